@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Everything runs inside .venv, made here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED ?= 0
+
+.PHONY: setup test demo bench clean-demo
+
+setup: $(STAMP)
+
+# Re-installs whenever requirements.txt changes (the stamp is older than it).
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@cp requirements.txt $(STAMP)
+	@echo "set-up done: $(VENV) ($$($(PY) -c 'import tensorflow as tf; print("tensorflow", tf.__version__)' 2>/dev/null))"
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) scripts/demo.py $(if $(FRESH),--fresh,)
+
+bench: setup
+	$(PY) bench/run_all.py
+
+clean-demo:
+	rm -rf data/shapes runs/demo

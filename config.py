@@ -1,0 +1,487 @@
+"""Configuration of YOLOV4+1Tr: one typed `Config` dataclass, named presets, overrides and run-directory I/O.
+
+Presets follow decisions.md §1: `yolov4p1` is the published system at 416x416 with the original HEAD values
+(original-model.md §1.1), `tiny` the same architecture narrowed and shrunk for CPU runs, tests and the demo, and
+`challenge2021` the state that produced the challenge submission (4 anchors a level).
+
+    cfg = get_preset("tiny")
+    cfg = apply_overrides(cfg, ["train.lr=0.002", "model.input_size=320"])
+    save_config(cfg, "runs/demo/config.yaml"); cfg = load_config("runs/demo/config.yaml")
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+# HEAD anchors of the original (original-model.md §1.2): 24 (w, h) pairs in pixels at 416, sorted by width,
+# split in order into 4 levels of 6.
+HEAD_ANCHORS_416 = [
+    [2, 2], [4, 4], [5, 6], [7, 7], [9, 8], [14, 11],
+    [15, 19], [20, 24], [22, 25], [27, 33], [33, 35], [47, 45],
+    [56, 48], [72, 63], [86, 67], [106, 89], [113, 91], [143, 113],
+    [184, 122], [253, 168], [287, 220], [323, 223], [376, 228], [398, 228],
+]
+# Challenge-era anchors (original-model.md §1.3, line 2 of info/anchors_yt_16.txt): 16 pairs, 4 a level.
+CHALLENGE_ANCHORS_416 = [
+    [2, 2], [4, 7], [6, 14], [8, 3],
+    [20, 15], [22, 41], [25, 24], [34, 48],
+    [69, 61], [81, 34], [100, 102], [101, 66],
+    [268, 219], [305, 84], [314, 154], [378, 222],
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or inconsistent."""
+
+
+@dataclass
+class ModelConfig:
+    input_size: int = 416                 # square letterboxed input side, multiple of 32
+    width: float = 1.0                    # channel multiplier of backbone, neck and heads (1.0 = original)
+    num_classes: int = 40                 # set from the dataset's `categories` by train.py
+    anchors: list = field(default_factory=lambda: copy.deepcopy(HEAD_ANCHORS_416))  # (w, h) px at input_size
+    anchors_per_level: int = 6            # anchors are split evenly over the levels in order
+    anchors_file: Optional[str] = None    # anchor file written by clusters.py; replaces `anchors` when set
+    strides: list = field(default_factory=lambda: [4, 8, 16, 32])   # levels 2..5
+    tolerance: list = field(default_factory=lambda: [0.6, 0.8, 1.0, 1.2])  # per-level multiplier of thresholds
+    fg_thresh: float = 0.4                # anchor IoU > fg*tol: positive
+    bg_thresh: float = 0.3                # anchor IoU < bg*tol: negative; between: ignored
+    id_thresh: float = 0.4                # centroid anchor carries the class label if IoU > id*tol
+    nms_thresh: float = 0.3               # IoU threshold of both NMS stages
+    pre_nms_limit: int = 200              # proposals kept per level by the per-level NMS
+    max_prop: int = 50                    # proposals kept by the global NMS (static)
+    min_box_dim: float = 5e-4             # proposals narrower than this (normalised) are dropped
+    min_box_ratio: float = 1e-3           # proposals with w/h or h/w below this are dropped
+    emb_dim: int = 208                    # channels of the embedding maps e2..e5
+    mask_layers: int = 256                # channels of the mask-subnet convs
+    mask_pool: int = 14                   # ROI-align output side
+    mask_size: int = 28                   # mask prediction side
+    gn_groups: int = 32                   # group normalisation groups in the mask subnet
+    mask_iou_thresh: float = 0.5          # proposal-GT box IoU for a mask target
+    sync_bn: bool = True                  # synchronised BN across replicas (decisions M14)
+    bn_epsilon: float = 1e-5              # close to Darknet's, so pretrained weights behave (decisions M2)
+    mixed_precision: bool = False         # mixed_float16 for GPUs (decisions M13)
+
+
+@dataclass
+class DataConfig:
+    max_instances: int = 15               # GT padding per frame
+    mask_res: int = 104                   # GT masks kept at this side (letterboxed frame, reduced resolution)
+    frame_stride: int = 1                 # use every k-th annotated frame
+    augment: bool = True
+    flip_prob: float = 0.5
+    crop_prob: float = 0.5
+    translate_prob: float = 0.5
+    scale_jitter: list = field(default_factory=lambda: [0.75, 1.25])  # random scale range of the letterboxed frame
+    hsv_prob: float = 0.5
+    hsv_gains: list = field(default_factory=lambda: [0.015, 0.5, 0.3])  # hue, saturation, value jitter
+    skip_bad_frames: bool = False         # skip missing/corrupt frames (reported) instead of failing
+    shuffle_buffer: int = 1024
+    categories: list = field(default_factory=list)  # [{"id": i, "name": s}] from the training JSON
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 4                   # global batch (split over replicas)
+    lr: float = 1e-3
+    lr_schedule: str = "constant"         # constant | cosine
+    warmup_steps: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4            # decoupled (SGDW): v -= wd * v each step
+    clip_norm: float = 5.0                # global-norm clipping after the cross-replica reduction
+    epochs: int = 60
+    steps_per_epoch: int = 0              # 0: one pass over the training frames
+    freeze_epochs: int = 2                # backbone frozen for these epochs
+    unfreeze: str = "outputs"             # outputs (the four b2..b5 convs, faithful) | all
+    alb: str = "per_level"                # per_level (report) | global (original code's 4 scalars)
+    loss_norm: str = "positives"          # positives (decisions M8) | all (original)
+    val_fraction: float = 0.1             # whole videos held out from the training JSON
+    val_max_frames: int = 400             # cap on validation frames per epoch (0: all)
+    split_seed: int = 0
+    seed: int = 0
+    ckpt_every: int = 500                 # steps between checkpoints (also at each epoch end)
+    keep_ckpts: int = 3
+    log_every: int = 10
+
+
+@dataclass
+class InferConfig:
+    score_floor: float = 0.05             # detections stored in frame predictions (decisions §6.2)
+    conf_thresh: float = 0.5              # score gate for frame mAP and drawings
+    mask_thresh: float = 0.5
+    batch_size: int = 4
+
+
+@dataclass
+class TrackConfig:
+    lam: float = 0.5                      # class-mismatch cost (decisions T1)
+    tau: float = 0.99                     # gate: cost < tau
+    gamma: float = 0.01                   # Lonely Best Friend margin
+    score_floor: float = 0.6              # detections with score >= floor take part
+    min_hits: int = 4                     # track kept iff >= min_hits detections ...
+    min_score: float = 0.6                # ... and mean score > min_score
+    max_age: Optional[int] = None         # None: tracks never expire
+    keep_doubtful: bool = False           # start tracks from detections failing BF/LBF
+
+
+@dataclass
+class Config:
+    preset: str = "yolov4p1"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+    # ---- derived values ------------------------------------------------------------------------------
+    @property
+    def num_levels(self) -> int:
+        return len(self.model.strides)
+
+    def level_anchors(self):
+        """Anchors as a [levels, anchors_per_level, 2] float32 array of (w, h) pixels at the input size."""
+        import numpy as np
+        anchors = np.asarray(self.model.anchors, np.float32).reshape(self.num_levels, self.model.anchors_per_level, 2)
+        return anchors
+
+    def class_names(self) -> list:
+        if self.data.categories:
+            return [c["name"] for c in self.data.categories]
+        return [f"class_{i + 1}" for i in range(self.model.num_classes)]
+
+    def category_ids(self) -> list:
+        if self.data.categories:
+            return [int(c["id"]) for c in self.data.categories]
+        return list(range(1, self.model.num_classes + 1))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- presets -----------------------------------------------------------------------------------------------
+
+def _scaled_anchors(anchors, size):
+    # The original multiplies the 416 anchors by TRAIN_SIZE/416 and truncates to int; keep floats, floor at 1 px.
+    return [[max(1.0, round(w * size / 416.0, 2)), max(1.0, round(h * size / 416.0, 2))] for w, h in anchors]
+
+
+def _preset_yolov4p1() -> Config:
+    return Config(preset="yolov4p1")
+
+
+def _preset_tiny() -> Config:
+    cfg = Config(preset="tiny")
+    size = 256
+    cfg.model.input_size = size
+    cfg.model.width = 0.25
+    cfg.model.anchors = _scaled_anchors(HEAD_ANCHORS_416, size)
+    cfg.model.emb_dim = 64
+    cfg.model.mask_layers = 64
+    cfg.model.gn_groups = 16
+    cfg.model.pre_nms_limit = 100
+    cfg.model.max_prop = 24
+    cfg.model.sync_bn = False
+    cfg.data.mask_res = 64
+    cfg.data.max_instances = 8
+    cfg.train.batch_size = 8
+    cfg.train.lr = 1e-2
+    cfg.train.lr_schedule = "cosine"
+    cfg.train.warmup_steps = 50
+    cfg.train.epochs = 12
+    cfg.train.freeze_epochs = 0
+    cfg.train.unfreeze = "all"
+    cfg.train.ckpt_every = 100
+    cfg.train.val_max_frames = 200
+    return cfg
+
+
+def _preset_challenge2021() -> Config:
+    cfg = Config(preset="challenge2021")
+    cfg.model.anchors = copy.deepcopy(CHALLENGE_ANCHORS_416)
+    cfg.model.anchors_per_level = 4
+    cfg.model.tolerance = [0.4, 0.6, 0.8, 1.0]
+    cfg.model.nms_thresh = 0.2
+    cfg.infer.conf_thresh = 0.7
+    return cfg
+
+
+PRESETS = {"yolov4p1": _preset_yolov4p1, "tiny": _preset_tiny, "challenge2021": _preset_challenge2021}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return validate(PRESETS[name]())
+
+
+# ---- overrides, validation, I/O -------------------------------------------------------------------------
+
+def _field_types(obj) -> dict:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _coerce(value: Any, hint, key: str):
+    """Check `value` against the annotation `hint`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} expects a boolean (true/false), got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. --set model.anchors_file=2021 parsed by YAML as a number
+        raise ConfigError(f"config key {key!r} expects a string, got {value!r}")
+    if hint is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+    return value
+
+
+def _set(cfg: Config, key: str, value: Any, parsed: bool = True):
+    parts = key.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"unknown config key {key!r}")
+        types = _field_types(obj)
+        if part not in types:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {key!r}: {part!r} is not a field of {where} "
+                              f"(fields: {', '.join(sorted(types))})")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config key {key!r} is a section; give a mapping")
+                for k, v in value.items():
+                    _set(cfg, f"{key}.{k}", v)
+            else:
+                setattr(obj, part, _coerce(value, types[part], key))
+        else:
+            obj = getattr(obj, part)
+
+
+def apply_overrides(cfg: Config, overrides) -> Config:
+    """Apply `key=value` strings (values parsed as YAML: numbers, booleans, lists, null) and validate."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        _set(cfg, key.strip(), value)
+    return validate(cfg)
+
+
+def apply_dict(cfg: Config, data: dict, source: str = "<dict>") -> Config:
+    cfg = copy.deepcopy(cfg)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping")
+    for key, value in data.items():
+        if key == "preset":
+            continue
+        try:
+            _set(cfg, key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+    return validate(cfg)
+
+
+def read_anchor_file(path: str, input_size: int):
+    """Read an anchor file (format in clusters.py): returns (anchors [[w, h], ...] scaled to `input_size`,
+    anchors_per_level). Lines: `# size N`, then one line per level of space-separated `w,h` pixel pairs."""
+    size = None
+    levels = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ConfigError(f"anchor file {path}: cannot read ({e.strerror})") from None
+    for n, line in enumerate(lines, 1):
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#"):
+            tok = s[1:].split()
+            if len(tok) == 2 and tok[0] == "size":
+                size = int(tok[1])
+            continue
+        try:
+            levels.append([[float(v) for v in pair.split(",")] for pair in s.split()])
+        except ValueError:
+            raise ConfigError(f"anchor file {path}, line {n}: expected space-separated w,h pairs, got {s!r}") from None
+    if size is None:
+        raise ConfigError(f"anchor file {path}: missing the '# size N' line giving the input size of the anchors")
+    if not levels or any(len(lv) != len(levels[0]) or any(len(p) != 2 for p in lv) for lv in levels):
+        raise ConfigError(f"anchor file {path}: every level line must hold the same number of w,h pairs")
+    scale = input_size / size
+    anchors = [[round(w * scale, 4), round(h * scale, 4)] for lv in levels for w, h in lv]
+    return anchors, len(levels[0]), len(levels)
+
+
+def write_anchor_file(path: str, level_anchors, input_size: int, comment: str = ""):
+    """Write anchors given as [levels][per_level][(w, h)] pixels at `input_size` (atomically)."""
+    lines = []
+    for c in comment.splitlines():
+        lines.append(f"# {c}")
+    lines.append(f"# size {input_size}")
+    for lv in level_anchors:
+        lines.append(" ".join(f"{float(w):.2f},{float(h):.2f}" for w, h in lv))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def validate(cfg: Config) -> Config:
+    m = cfg.model
+    if m.anchors_file:
+        anchors, per_level, n_levels = read_anchor_file(m.anchors_file, m.input_size)
+        if n_levels != len(m.strides):
+            raise ConfigError(f"anchor file {m.anchors_file}: {n_levels} levels, the model has {len(m.strides)}")
+        m.anchors, m.anchors_per_level = anchors, per_level
+    if m.input_size % 32 or m.input_size < 64:
+        raise ConfigError(f"model.input_size must be a multiple of 32 and at least 64, got {m.input_size}")
+    if len(m.strides) != 4 or list(m.strides) != [4, 8, 16, 32]:
+        raise ConfigError(f"model.strides must be [4, 8, 16, 32] (the four levels b2..b5), got {m.strides}")
+    if len(m.tolerance) != len(m.strides):
+        raise ConfigError(f"model.tolerance needs one value per level ({len(m.strides)}), got {m.tolerance}")
+    if any(not isinstance(a, (list, tuple)) or len(a) != 2 for a in m.anchors):
+        raise ConfigError("model.anchors must be a list of [w, h] pairs")
+    if m.anchors_per_level < 1 or len(m.anchors) != m.anchors_per_level * len(m.strides):
+        raise ConfigError(f"model.anchors: {len(m.anchors)} anchors are not divisible into {len(m.strides)} levels "
+                          f"of {m.anchors_per_level} (model.anchors_per_level)")
+    if any(w <= 0 or h <= 0 for w, h in m.anchors):
+        raise ConfigError("model.anchors: every width and height must be positive")
+    if m.width <= 0:
+        raise ConfigError(f"model.width must be positive, got {m.width}")
+    if m.mask_layers % m.gn_groups or (m.mask_layers // 2) % m.gn_groups:
+        raise ConfigError(f"model.mask_layers ({m.mask_layers}) and half of it must be divisible by "
+                          f"model.gn_groups ({m.gn_groups})")
+    if m.mask_size != 2 * m.mask_pool:
+        raise ConfigError(f"model.mask_size must be twice model.mask_pool (one 2x deconvolution), "
+                          f"got {m.mask_size} and {m.mask_pool}")
+    if m.max_prop > m.pre_nms_limit * len(m.strides):
+        raise ConfigError("model.max_prop cannot exceed pre_nms_limit times the number of levels")
+    if m.num_classes < 1:
+        raise ConfigError("model.num_classes must be at least 1")
+    if cfg.data.categories and len(cfg.data.categories) != m.num_classes:
+        raise ConfigError(f"data.categories lists {len(cfg.data.categories)} classes, model.num_classes is "
+                          f"{m.num_classes}")
+    t = cfg.train
+    if t.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', got {t.lr_schedule!r}")
+    if t.unfreeze not in ("outputs", "all"):
+        raise ConfigError(f"train.unfreeze must be 'outputs' or 'all', got {t.unfreeze!r}")
+    if t.alb not in ("per_level", "global"):
+        raise ConfigError(f"train.alb must be 'per_level' or 'global', got {t.alb!r}")
+    if t.loss_norm not in ("positives", "all"):
+        raise ConfigError(f"train.loss_norm must be 'positives' or 'all', got {t.loss_norm!r}")
+    if not 0.0 <= t.val_fraction < 1.0:
+        raise ConfigError(f"train.val_fraction must be in [0, 1), got {t.val_fraction}")
+    if t.batch_size < 1:
+        raise ConfigError("train.batch_size must be at least 1")
+    if len(cfg.data.scale_jitter) != 2 or cfg.data.scale_jitter[0] > cfg.data.scale_jitter[1]:
+        raise ConfigError("data.scale_jitter must be [low, high] with low <= high")
+    if cfg.data.mask_res < 8 or cfg.data.mask_res > m.input_size:
+        raise ConfigError("data.mask_res must be between 8 and model.input_size")
+    return cfg
+
+
+def atomic_write_text(path: str, text: str):
+    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_config(cfg: Config, path: str):
+    """Write the resolved config as YAML (or JSON if `path` ends in .json), atomically."""
+    data = cfg.to_dict()
+    text = json.dumps(data, indent=2) if path.endswith(".json") else yaml.safe_dump(data, sort_keys=False)
+    atomic_write_text(path, text)
+
+
+def load_config(path: str) -> Config:
+    """Read a config file (YAML or JSON). A `preset` key picks the base; other keys override it."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read ({e.strerror})") from None
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"config file {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    base = get_preset(data.get("preset", "yolov4p1"))
+    # The anchors of a resolved config are already read; do not read the anchor file again.
+    model = data.get("model") or {}
+    if isinstance(model, dict) and model.get("anchors_file") and "anchors" in model:
+        model = dict(model)
+        model["anchors_file"] = None
+        data = dict(data, model=model)
+    cfg = apply_dict(base, data, source=path)
+    cfg.preset = data.get("preset", cfg.preset)
+    return cfg
+
+
+def add_config_args(parser: argparse.ArgumentParser, default_preset: Optional[str] = "yolov4p1"):
+    parser.add_argument("--preset", default=default_preset, choices=sorted(PRESETS), help="base configuration")
+    parser.add_argument("--config", default=None, help="YAML or JSON file of overrides (applied after the preset)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one value, e.g. --set train.lr=0.002 (repeatable)")
+
+
+def config_from_args(args) -> Config:
+    cfg = get_preset(args.preset)
+    if getattr(args, "config", None):
+        try:
+            with open(args.config) as f:
+                data = json.load(f) if args.config.endswith(".json") else yaml.safe_load(f)
+        except (OSError, json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"config file {args.config}: {e}") from None
+        cfg = apply_dict(cfg, data or {}, source=args.config)
+    return apply_overrides(cfg, args.overrides)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Print a resolved configuration as YAML.")
+    add_config_args(ap)
+    print(yaml.safe_dump(config_from_args(ap.parse_args()).to_dict(), sort_keys=False), end="")
