@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -127,3 +128,40 @@ def decode_deltas(deltas, anchors_cxcywh, clip_log_scale: bool = True):
         dw = tf.minimum(dw, MAX_LOG_SCALE)
         dh = tf.minimum(dh, MAX_LOG_SCALE)
     return tf.stack([ax + dx * aw, ay + dy * ah, aw * tf.exp(dw), ah * tf.exp(dh)], axis=-1)
+
+
+# ---- Automatic Loss Balancing (decisions M7) ---------------------------------------------------------------
+
+class AutoLossBalance(keras.layers.Layer):
+    """Automatic Loss Balancing (Kendall et al.; report eq. 1): total = sum_i 0.5 * (exp(-s_i) * L_i + s_i).
+
+    One learnable log-variance per loss term, initialised to 0 (weight 1). With `alb="per_level"` the terms are
+    box, objectness and class for each of the 4 levels plus the mask loss (13); with `alb="global"` the original
+    code's 4 scalars (box, objectness, class, mask), whose total 0.5 * (L_det + L_m) is the same formula.
+
+    Args:
+        num_terms: number of loss terms, one log-variance each.
+
+    Example:
+        alb = AutoLossBalance(13); total = alb(tf.stack(terms))   # terms: [13] scalar losses
+    """
+
+    def __init__(self, num_terms, **kwargs):
+        super().__init__(**kwargs)
+        self.num_terms = int(num_terms)
+
+    def build(self, input_shape=None):
+        self.alb_log_vars = self.add_weight(shape=(self.num_terms,), initializer="zeros", name="alb_log_vars",
+                                            trainable=True)
+        self.built = True
+
+    def call(self, losses):
+        s = tf.cast(self.alb_log_vars, losses.dtype)
+        return tf.reduce_sum(0.5 * (tf.exp(-s) * losses + s))
+
+    def get_config(self):
+        return {**super().get_config(), "num_terms": self.num_terms}
+
+
+def alb_num_terms(alb: str, num_levels: int = 4) -> int:
+    return num_levels * 3 + 1 if alb == "per_level" else 4
