@@ -335,7 +335,10 @@ def read_anchor_file(path: str, input_size: int):
                 size = int(tok[1])
             continue
         try:
-            levels.append([[float(v) for v in pair.split(",")] for pair in s.split()])
+            pairs = [[float(v) for v in pair.split(",")] for pair in s.split()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError
+            levels.append(pairs)
         except ValueError:
             raise ConfigError(f"anchor file {path}, line {n}: expected space-separated w,h pairs, got {s!r}") from None
     if size is None:

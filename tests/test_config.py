@@ -1,0 +1,111 @@
+"""Config presets, overrides, validation errors and run-directory round trips (decisions §1)."""
+import json
+
+import pytest
+
+import config
+from config import ConfigError, apply_overrides, get_preset, load_config, save_config
+
+
+def test_yolov4p1_preset_has_the_original_head_values():
+    cfg = get_preset("yolov4p1")
+    m = cfg.model
+    assert m.input_size == 416 and m.anchors_per_level == 6 and len(m.anchors) == 24
+    assert m.tolerance == [0.6, 0.8, 1.0, 1.2]
+    assert (m.fg_thresh, m.bg_thresh, m.id_thresh) == (0.4, 0.3, 0.4)
+    assert (m.nms_thresh, m.pre_nms_limit, m.max_prop) == (0.3, 200, 50)
+    assert (m.mask_pool, m.mask_size, m.emb_dim, m.mask_layers) == (14, 28, 208, 256)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.freeze_epochs) == (1e-3, 60, 2)
+    # original-model.md §1.2: level 3 anchors in grid units (stride 8)
+    anchors = cfg.level_anchors()
+    assert anchors.shape == (4, 6, 2)
+    assert (anchors[1] / 8).tolist()[0] == [1.875, 2.375]
+    assert anchors[3, 5].tolist() == [398, 228]
+
+
+def test_challenge_preset_uses_four_anchors_a_level():
+    cfg = get_preset("challenge2021")
+    assert cfg.level_anchors().shape == (4, 4, 2)
+    assert cfg.model.tolerance == [0.4, 0.6, 0.8, 1.0] and cfg.model.nms_thresh == 0.2
+
+
+def test_tiny_preset_scales_anchors_with_the_input():
+    cfg = get_preset("tiny")
+    assert cfg.model.input_size % 32 == 0 and cfg.model.width < 1
+    # the largest HEAD anchor (398 x 228 at 416) scaled to the tiny input size
+    w, h = cfg.level_anchors()[3, 5]
+    assert w == pytest.approx(398 * cfg.model.input_size / 416, abs=0.01)
+    assert h == pytest.approx(228 * cfg.model.input_size / 416, abs=0.01)
+
+
+def test_overrides_parse_types():
+    cfg = apply_overrides(get_preset("tiny"), ["train.lr=0.002", "model.sync_bn=true", "track.max_age=5",
+                                               "model.tolerance=[0.5, 0.6, 0.7, 0.8]", "track.max_age=null"])
+    assert cfg.train.lr == 0.002 and cfg.model.sync_bn is True and cfg.track.max_age is None
+    assert cfg.model.tolerance == [0.5, 0.6, 0.7, 0.8]
+    assert apply_overrides(cfg, ["train.epochs=3"]).train.epochs == 3
+    assert cfg.train.epochs == get_preset("tiny").train.epochs  # the input is not mutated
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.nope=1", "unknown config key 'model.nope'"),
+    ("nope.lr=1", "unknown config key 'nope.lr'"),
+    ("train.epochs=1.5", "expects an integer"),
+    ("train.lr=fast", "expects a number"),
+    ("model.sync_bn=3", "expects a boolean"),
+    ("model.anchors_per_level=5", "not divisible into 4 levels of 5"),
+    ("model.input_size=100", "multiple of 32"),
+    ("train.alb=sometimes", "train.alb"),
+    ("train.lr", "key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        apply_overrides(get_preset("tiny"), [override])
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "json"])
+def test_save_and_load_round_trip(tmp_path, suffix):
+    cfg = apply_overrides(get_preset("tiny"), ["train.lr=0.0042", "model.num_classes=3"])
+    cfg.data.categories = [{"id": 1, "name": "a"}, {"id": 5, "name": "b"}, {"id": 9, "name": "c"}]
+    path = str(tmp_path / f"config.{suffix}")
+    save_config(cfg, path)
+    back = load_config(path)
+    assert back.to_dict() == cfg.to_dict()
+    assert back.category_ids() == [1, 5, 9] and back.class_names() == ["a", "b", "c"]
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"train": {"lr": 0.1')
+    with pytest.raises(ConfigError, match="broken.json"):
+        load_config(str(bad))
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"train": {"lrr": 0.1}}))
+    with pytest.raises(ConfigError, match=r"wrong.json: unknown config key 'train.lrr'"):
+        load_config(str(wrong))
+
+
+def test_anchor_file_round_trip_and_scaling(tmp_path):
+    path = str(tmp_path / "anchors.txt")
+    levels = [[[4, 6], [8, 8]], [[16, 12], [20, 30]], [[40, 44], [60, 50]], [[100, 90], [200, 150]]]
+    config.write_anchor_file(path, levels, 416, comment="test anchors")
+    cfg = apply_overrides(get_preset("yolov4p1"), [f"model.anchors_file={path}"])
+    assert cfg.model.anchors_per_level == 2
+    assert cfg.level_anchors()[3, 1].tolist() == [200, 150]
+    tiny = apply_overrides(get_preset("tiny"), [f"model.anchors_file={path}"])
+    s = tiny.model.input_size / 416
+    assert tiny.level_anchors()[0, 0].tolist() == pytest.approx([4 * s, 6 * s], abs=1e-3)
+    # a resolved config with an anchor file reloads without reading the file again
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    (tmp_path / "anchors.txt").unlink()
+    assert load_config(str(tmp_path / "config.yaml")).level_anchors()[3, 1].tolist() == [200, 150]
+
+
+def test_anchor_file_errors(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_text("1,2 3,4\n")
+    with pytest.raises(ConfigError, match="size N"):
+        config.read_anchor_file(str(p), 416)
+    p.write_text("# size 416\n1,2 3\n")
+    with pytest.raises(ConfigError, match="line 2"):
+        config.read_anchor_file(str(p), 416)
