@@ -1,0 +1,253 @@
+"""Runs a trained YOLOV4+1 model over videos and writes per-frame predictions (decisions §6.2).
+
+Sources: a dataset split (JPEGImages/ + the split's JSON), a folder of frames, or a video file (OpenCV). For a
+video file or a frame folder it then runs the tracker (tracking/, decisions §4) and the overlay, so one command
+turns `clip.mp4` into `results.json` and an annotated mp4 (original-tracking-eval.md §1.1-§1.2, re-done).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class FrameError(RuntimeError):
+    """A frame cannot be read or does not fit its video."""
+
+
+# ---- frame sources: each yields (video record, iterator of (index, rgb uint8 frame)) -----------------------
+
+def read_rgb(path: str, video_id, index: int) -> np.ndarray:
+    """Read an image file as RGB uint8 (grayscale, CMYK and PNG with alpha come out as 3-channel RGB)."""
+    data = np.fromfile(path, np.uint8) if os.path.exists(path) else None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
+    if img is None:
+        raise FrameError(f"video {video_id}, frame {index}: cannot read image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def dataset_source(data_root: str, ann_path: str | None = None):
+    """Videos of a YouTube-VIS split in JSON order; frames in `file_names` order."""
+    ann_path = ann_path or os.path.join(data_root, "instances.json")
+    try:
+        with open(ann_path) as f:
+            ann = json.load(f)
+    except FileNotFoundError:
+        raise FrameError(f"annotation file not found: {ann_path}") from None
+    except json.JSONDecodeError as e:
+        raise FrameError(f"{ann_path}: not valid JSON ({e})") from None
+    for key in ("videos", "categories"):
+        if key not in ann:
+            raise FrameError(f"{ann_path}: missing key '{key}'")
+    image_root = os.path.join(data_root, "JPEGImages")
+    videos = []
+    for i, v in enumerate(ann["videos"]):
+        for key in ("id", "width", "height", "length", "file_names"):
+            if key not in v:
+                raise FrameError(f"{ann_path}: videos[{i}] has no '{key}'")
+        if len(v["file_names"]) != v["length"]:
+            raise FrameError(f"{ann_path}: video {v['id']} has {len(v['file_names'])} file_names but length "
+                             f"{v['length']}")
+        rec = {k: v[k] for k in ("id", "width", "height", "length", "file_names")}
+
+        def frames(v=v):
+            for t, name in enumerate(v["file_names"]):
+                yield t, read_rgb(os.path.join(image_root, name), v["id"], t)
+        videos.append((rec, frames))
+    cats = [{"id": int(c["id"]), "name": c["name"]} for c in ann["categories"]]
+    return videos, cats
+
+
+def folder_source(folder: str, video_id: int = 1):
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    if not names:
+        raise FrameError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    first = read_rgb(os.path.join(folder, names[0]), video_id, 0)
+    base = os.path.basename(os.path.normpath(folder))
+    rec = {"id": video_id, "width": int(first.shape[1]), "height": int(first.shape[0]), "length": len(names),
+           "file_names": [f"{base}/{n}" for n in names]}
+
+    def frames():
+        for t, n in enumerate(names):
+            yield t, read_rgb(os.path.join(folder, n), video_id, t)
+    return [(rec, frames)]
+
+
+def video_source(path: str, video_id: int = 1):
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise FrameError(f"cannot open video file {path}")
+    n = 0
+    width = height = None
+    while True:  # count by decoding: CAP_PROP_FRAME_COUNT is an estimate for many containers
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if width is None:
+            height, width = frame.shape[:2]
+        n += 1
+    cap.release()
+    if n == 0:
+        raise FrameError(f"video file {path} has no readable frame")
+    base = os.path.splitext(os.path.basename(path))[0]
+    rec = {"id": video_id, "width": int(width), "height": int(height), "length": n,
+           "file_names": [f"{base}/{t:05d}.jpg" for t in range(n)]}
+
+    def frames():
+        cap = cv2.VideoCapture(path)
+        try:
+            for t in range(n):
+                ok, frame = cap.read()
+                if not ok:
+                    raise FrameError(f"video {path}: frame {t} cannot be decoded")
+                yield t, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            cap.release()
+    return [(rec, frames)]
+
+
+# ---- inference ---------------------------------------------------------------------------------------------
+
+class FramePredictor:
+    """Batched per-frame inference with one traced graph: batches are padded to a fixed size so the graph is
+    traced once, whatever the video lengths."""
+
+    def __init__(self, cfg, model, batch_size: int, score_floor: float):
+        import tensorflow as tf
+        import model as model_lib
+        self.cfg, self.model, self.batch_size, self.score_floor = cfg, model, batch_size, score_floor
+        self.letterbox = model_lib.letterbox_image
+        self.postprocess = model_lib.postprocess
+        size = cfg.model.input_size
+        spec = {"image": tf.TensorSpec([batch_size, size, size, 3], tf.float32),
+                "image_hw": tf.TensorSpec([batch_size, 2], tf.int32)}
+        self._call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def __call__(self, frames_rgb):
+        n = len(frames_rgb)
+        size = self.cfg.model.input_size
+        images = np.zeros((self.batch_size, size, size, 3), np.float32)
+        hw = np.ones((self.batch_size, 2), np.int32)
+        for i, f in enumerate(frames_rgb):
+            images[i] = self.letterbox(f, size)
+            hw[i] = f.shape[:2]
+        out = self._call({"image": images, "image_hw": hw})
+        out = {k: v.numpy()[:n] for k, v in out.items()}
+        return self.postprocess(out, self.cfg, score_floor=self.score_floor)
+
+
+def predict_videos(predictor, videos, categories, log=print):
+    """Run `predictor` over every video; returns the frame-predictions document (decisions §6.2)."""
+    out_videos = []
+    t_start, n_frames = time.time(), 0
+    for k, (rec, frames) in enumerate(videos):
+        t0 = time.time()
+        frame_recs, batch, idx = [], [], []
+
+        def flush():
+            for t, dets in zip(idx, predictor(batch)):
+                frame_recs.append({"index": t, "detections": dets})
+            batch.clear(), idx.clear()
+
+        for t, img in frames():
+            if img.shape[0] != rec["height"] or img.shape[1] != rec["width"]:
+                raise FrameError(f"video {rec['id']}, frame {t} ({rec['file_names'][t]}): size "
+                                 f"{img.shape[1]}x{img.shape[0]} differs from the video's "
+                                 f"{rec['width']}x{rec['height']}")
+            batch.append(img)
+            idx.append(t)
+            if len(batch) == predictor.batch_size:
+                flush()
+        if batch:
+            flush()
+        if len(frame_recs) != rec["length"]:
+            raise FrameError(f"video {rec['id']}: read {len(frame_recs)} frames, expected {rec['length']}")
+        out_videos.append({**rec, "frames": frame_recs})
+        n_frames += len(frame_recs)
+        dets = sum(len(f["detections"]) for f in frame_recs)
+        dt = time.time() - t0
+        log(f"[{k + 1}/{len(videos)}] video {rec['id']}: {rec['length']} frames, {dets} detections, "
+            f"{rec['length'] / max(dt, 1e-9):.1f} frames/s", flush=True)
+    log(f"{n_frames} frames in {time.time() - t_start:.1f} s", flush=True)
+    return {"format": "ytvis-frame-predictions", "version": 1, "categories": categories, "videos": out_videos}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Per-frame YOLOV4+1 predictions over a dataset split, a frame folder "
+                                             "or a video file (then tracking and an overlay video).")
+    ap.add_argument("--run-dir", required=True, help="training run directory (config + checkpoints)")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint path or prefix (default: the latest)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="dataset split root holding JPEGImages/ and the split JSON")
+    src.add_argument("--video", help="a video file or a folder of frames")
+    ap.add_argument("--ann", default=None, help="split JSON (default: <data>/instances.json)")
+    ap.add_argument("--out", default=None, help="frame-predictions JSON (with --data)")
+    ap.add_argument("--out-dir", default=None, help="output folder (with --video): frames.json, results.json, "
+                                                    "overlay")
+    ap.add_argument("--batch-size", type=int, default=None, help="frames per forward pass (default: config)")
+    ap.add_argument("--score-floor", type=float, default=None, help="lowest score stored (default: config, 0.05)")
+    ap.add_argument("--max-videos", type=int, default=None, help="only the first N videos (with --data)")
+    ap.add_argument("--fps", type=float, default=None, help="overlay fps (with --video; default: the video's)")
+    ap.add_argument("--lam", type=float, default=None, help="tracking class-mismatch cost (with --video)")
+    args = ap.parse_args(argv)
+    if args.data and not args.out:
+        ap.error("--data needs --out (the frame-predictions JSON)")
+    if args.video and not args.out_dir:
+        ap.error("--video needs --out-dir")
+
+    from tracking.io import write_frame_predictions
+    from train import load_run
+    try:
+        if args.data:
+            videos, _ = dataset_source(args.data, args.ann)
+            videos = videos[:args.max_videos] if args.max_videos else videos
+        elif os.path.isdir(args.video):
+            videos = folder_source(args.video)
+        else:
+            videos = video_source(args.video)
+        cfg, model = load_run(args.run_dir, checkpoint=args.checkpoint, mode="infer")
+        categories = [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())]
+        predictor = FramePredictor(cfg, model, args.batch_size or cfg.infer.batch_size,
+                                   cfg.infer.score_floor if args.score_floor is None else args.score_floor)
+        doc = predict_videos(predictor, videos, categories)
+    except FrameError as e:
+        sys.exit(f"tracker.py: {e}")
+
+    if args.data:
+        write_frame_predictions(args.out, doc)
+        print(f"frame predictions written to {args.out}")
+        return
+    os.makedirs(args.out_dir, exist_ok=True)
+    frames_json = os.path.join(args.out_dir, "frames.json")
+    results_json = os.path.join(args.out_dir, "results.json")
+    write_frame_predictions(frames_json, doc)
+    print(f"frame predictions written to {frames_json}")
+    track_cmd = [sys.executable, "-m", "tracking.track", "--pred", frames_json, "--out", results_json]
+    if args.lam is not None:
+        track_cmd += ["--lam", str(args.lam)]
+    overlay_cmd = [sys.executable, os.path.join(ROOT, "scripts", "overlay_vis_on_video.py"), "--results",
+                   results_json, "--out-dir", os.path.join(args.out_dir, "overlay")]
+    if os.path.isdir(args.video):
+        overlay_cmd += ["--pred", frames_json, "--frames-root", os.path.dirname(os.path.normpath(args.video))]
+    else:
+        overlay_cmd += ["--video", args.video]
+    if args.fps:
+        overlay_cmd += ["--fps", str(args.fps)]
+    for cmd in (track_cmd, overlay_cmd):
+        r = subprocess.run(cmd, cwd=ROOT)
+        if r.returncode:
+            sys.exit(f"tracker.py: '{' '.join(cmd[1:3])}' failed with exit code {r.returncode}")
+    print(f"results written to {results_json}; overlay in {os.path.join(args.out_dir, 'overlay')}")
+
+
+if __name__ == "__main__":
+    main()
