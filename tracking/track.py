@@ -1,0 +1,68 @@
+"""Command line of the tracking stage: frame predictions (decisions.md §6.2) to the official YouTube-VIS results
+JSON (§6.3) with the heuristic tracker of §4. Does not import TensorFlow.
+
+    python -m tracking.track --pred runs/demo/valid_frames.json --out runs/demo/results.json [--lam 0.5]
+"""
+import argparse
+import dataclasses
+import sys
+import time
+
+from config import TrackConfig, load_config
+from tracking.io import read_frame_predictions, write_results
+from tracking.tracks import track_predictions
+
+
+def build_parser():
+    d = TrackConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pred", required=True, help="frame-predictions JSON written by tracker.py")
+    p.add_argument("--out", required=True, help="results JSON to write (official YouTube-VIS format)")
+    p.add_argument("--config", default=None,
+                   help="a run's config.yaml/.json; its `track` section replaces the defaults below")
+    p.add_argument("--lam", type=float, default=None, help=f"class-mismatch cost (default {d.lam})")
+    p.add_argument("--tau", type=float, default=None, help=f"gate: a pair passes iff cost < tau (default {d.tau})")
+    p.add_argument("--gamma", type=float, default=None, help=f"Lonely Best Friend margin (default {d.gamma})")
+    p.add_argument("--score-floor", type=float, default=None,
+                   help=f"detections with score >= floor take part (default {d.score_floor})")
+    p.add_argument("--min-hits", type=int, default=None,
+                   help=f"a track is kept iff it has >= this many detections (default {d.min_hits})")
+    p.add_argument("--min-score", type=float, default=None,
+                   help=f"... and its mean score is > this (default {d.min_score})")
+    p.add_argument("--max-age", type=int, default=None,
+                   help="a track takes part in frame t iff t - last_hit <= max_age (default: never expires)")
+    p.add_argument("--keep-doubtful", action="store_true", default=None,
+                   help="start new tracks from detections failing Best Friend / Lonely Best Friend")
+    return p
+
+
+def resolve_config(args) -> TrackConfig:
+    cfg = load_config(args.config).track if args.config else TrackConfig()
+    flags = {"lam": args.lam, "tau": args.tau, "gamma": args.gamma, "score_floor": args.score_floor,
+             "min_hits": args.min_hits, "min_score": args.min_score, "max_age": args.max_age,
+             "keep_doubtful": args.keep_doubtful}
+    return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    start = time.time()
+    data = read_frame_predictions(args.pred)
+    num_frames = sum(int(v["length"]) for v in data["videos"])
+    print(f"read {len(data['videos'])} videos, {num_frames} frames from {args.pred}", flush=True)
+    print("tracking with " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
+
+    def progress(position, num_videos, video, tracks, kept):
+        print(f"[{position + 1}/{num_videos}] video {video['id']}: {video['length']} frames, "
+              f"{len(tracks)} tracks, {len(kept)} kept", flush=True)
+
+    results = track_predictions(data, cfg, source=args.pred, progress=progress, validate=False)
+    write_results(args.out, results)
+    elapsed = time.time() - start
+    print(f"wrote {len(results)} tracks to {args.out} ({elapsed:.1f} s, {num_frames / max(elapsed, 1e-9):.1f} frames/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

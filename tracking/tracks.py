@@ -1,0 +1,145 @@
+"""Track bookkeeping of the YOLOV4+1Tr heuristic tracker: frame predictions in, official results list out.
+
+Implements decisions.md §4 T3-T8 (fixes H2-H11 of original-tracking-eval.md §5.1): histories indexed by absolute
+frame index, inclusive score floor, optional max_age and keep_doubtful, video-level mode category and mean score.
+
+    results = track_predictions(read_frame_predictions("valid_frames.json"), TrackConfig())
+"""
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from associations import associate, cost_matrix
+from config import TrackConfig
+from tracking.io import FramePredictionsError, validate_frame_predictions
+
+
+@dataclass
+class Detection:
+    index: int              # position in the frame's `detections` list (file order, descending score)
+    score: float
+    category_id: int
+    rle: dict               # compressed RLE, counts as str
+
+
+@dataclass
+class Track:
+    track_id: int           # creation order within the video
+    history: list           # [length] Detection or None, indexed by absolute frame index
+    last_rle: dict          # the mask the next frame is compared against (decisions T4)
+    last_category: int      # category of the last matched detection (decisions T1)
+    last_hit: int           # frame index of the last detection
+    hits: int = 0
+
+    def add(self, t: int, det: Detection):
+        self.history[t] = det
+        self.last_rle, self.last_category, self.last_hit = det.rle, det.category_id, t
+        self.hits += 1
+
+    def detections(self) -> List[Detection]:
+        return [d for d in self.history if d is not None]
+
+
+def compressed_rle(seg, height, width):
+    """A copy of `seg` as compressed RLE with `counts` a str (the official results format)."""
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    return {"size": [int(height), int(width)], "counts": counts}
+
+
+def kept_detections(frame, height, width, score_floor, where="") -> List[Detection]:
+    """Detections of one frame taking part in tracking: score >= floor (inclusive) and a non-empty mask
+    (decisions T5). A mask of the wrong size is an error even below the floor."""
+    kept = []
+    for k, det in enumerate(frame["detections"]):
+        seg = det.get("segmentation")
+        if seg is None:
+            continue
+        if [int(s) for s in seg["size"]] != [height, width]:
+            raise FramePredictionsError(f"{where} detection {k}: segmentation size {list(seg['size'])} is not "
+                                        f"the video's [{height}, {width}]")
+        if det["score"] < score_floor:
+            continue
+        rle = compressed_rle(seg, height, width)
+        if int(mask_utils.area(rle)) == 0:
+            continue
+        kept.append(Detection(k, float(det["score"]), int(det["category_id"]), rle))
+    return kept
+
+
+def track_video(video, cfg: TrackConfig, source="<frame predictions>") -> List[Track]:
+    """Run the heuristic tracker over one video of the frame-predictions format; tracks in creation order."""
+    height, width, length = int(video["height"]), int(video["width"]), int(video["length"])
+    where_video = f"{source}: video {video['id']}"
+    if len(video["frames"]) != length:
+        raise FramePredictionsError(f"{where_video}: 'frames' has {len(video['frames'])} entries but length "
+                                    f"is {length}")
+    tracks: List[Track] = []
+    for t, frame in enumerate(video["frames"]):
+        if frame.get("index") != t:
+            raise FramePredictionsError(f"{where_video} frame {t}: 'index' is {frame.get('index')!r}, "
+                                        f"expected its position {t}")
+        dets = kept_detections(frame, height, width, cfg.score_floor, f"{where_video} frame {t}")
+        if not dets:
+            continue
+        # Only tracks created before this frame take part (T3); with max_age, only those seen recently (T4).
+        active = [tr for tr in tracks if cfg.max_age is None or t - tr.last_hit <= cfg.max_age]
+        cost = cost_matrix([d.rle for d in dets], [d.category_id for d in dets],
+                           [tr.last_rle for tr in active], [tr.last_category for tr in active], cfg.lam)
+        matches, new_dets, doubtful = associate(cost, cfg.tau, cfg.gamma)
+        for i, j in matches:
+            active[j].add(t, dets[i])
+        starters = sorted(new_dets + doubtful) if cfg.keep_doubtful else new_dets
+        for i in starters:
+            track = Track(len(tracks), [None] * length, dets[i].rle, dets[i].category_id, t)
+            track.add(t, dets[i])
+            tracks.append(track)
+    return tracks
+
+
+def video_category(categories) -> int:
+    """Most frequent category; ties go to the smallest id (decisions T7, as np.bincount(...).argmax())."""
+    counts = Counter(categories)
+    top = max(counts.values())
+    return min(c for c, n in counts.items() if n == top)
+
+
+def summarize_track(track: Track, video_id, cfg: TrackConfig) -> Optional[dict]:
+    """The official results entry of a track, or None if it fails min_hits / min_score (decisions T7, T8)."""
+    dets = track.detections()
+    if len(dets) < cfg.min_hits or not dets:
+        return None
+    score = float(np.mean(np.array([d.score for d in dets], np.float64)))
+    if not score > cfg.min_score:
+        return None
+    return {"video_id": video_id,
+            "category_id": video_category([d.category_id for d in dets]),
+            "score": score,
+            "segmentations": [None if d is None else dict(d.rle) for d in track.history]}
+
+
+def track_predictions(data, cfg: Optional[TrackConfig] = None, source="<frame predictions>", progress=None,
+                      validate=True) -> list:
+    """Track every video of a frame-predictions object; returns the official results list (videos in input
+    order, tracks in creation order). `progress(position, num_videos, video, tracks, kept)` is called per video."""
+    cfg = cfg or TrackConfig()
+    if cfg.max_age is not None and cfg.max_age < 0:
+        raise ValueError(f"max_age must be >= 0 or None, got {cfg.max_age}")
+    if validate:
+        validate_frame_predictions(data, source)
+    results = []
+    videos = data["videos"]
+    for position, video in enumerate(videos):
+        tracks = track_video(video, cfg, source)
+        kept = [s for s in (summarize_track(tr, video["id"], cfg) for tr in tracks) if s is not None]
+        results.extend(kept)
+        if progress is not None:
+            progress(position, len(videos), video, tracks, kept)
+    return results
