@@ -165,3 +165,222 @@ class AutoLossBalance(keras.layers.Layer):
 
 def alb_num_terms(alb: str, num_levels: int = 4) -> int:
     return num_levels * 3 + 1 if alb == "per_level" else 4
+
+
+# ---- detection targets (original-model.md §6.2-6.3) -------------------------------------------------------
+# A level target is [B, nA, S, S, 7] like the original label: 0..3 tbox (deltas of the argmax GT, 0 off fg),
+# 4 tconf (1 fg, 0 bg, -1 ignored), 5 tid (class index 0..K-1 at the centroid anchor, -1 elsewhere), 6 iou.
+TARGET_CHANNELS = 7
+
+# Anchor positions whose IoU with a GT equals that GT's best IoU are all "centroid" candidates (§6.2 step 4).
+# Identical anchors at different cells give IoUs that differ by float rounding only, so equality is taken
+# within this tolerance rather than bit-exactly.
+CENTROID_IOU_TOL = 1e-6
+
+
+def level_targets(boxes, labels, anchors_cxcywh, stride, tol, fg_thresh, bg_thresh, id_thresh):
+    """Targets of one pyramid level for a batch, vectorised over instances (original-model.md §6.2).
+
+    Args:
+        boxes: [B, N, 4] GT x1, y1, x2, y2 in canvas pixels (0-padded).
+        labels: [B, N] int class 1..K, 0 = padding (padded rows never match anything).
+        anchors_cxcywh: [nA, S, S, 4] from `anchor_grid` (grid units, [anchor, y, x], centres at +0.5).
+        stride: pixels per grid cell of this level; tol: TOLERANCE of this level.
+    Returns:
+        [B, nA, S, S, 7] float32 (see TARGET_CHANNELS).
+    """
+    anchors = tf.convert_to_tensor(anchors_cxcywh, tf.float32)
+    n_a, s = anchors.shape[0], anchors.shape[1]
+    labels = tf.cast(labels, tf.int32)
+    valid = labels > 0                                                         # [B, N]
+    gt = tf.clip_by_value(tf.cast(boxes, tf.float32) / float(stride), 0.0, float(s))   # grid units
+    flat_anchors = tf.reshape(cxcywh_to_xyxy(anchors), [-1, 4])                # [M, 4], M = nA*S*S
+    iou = box_iou(flat_anchors[None], gt)                                      # [B, M, N]
+    iou = tf.where(valid[:, None, :], iou, -1.0)
+    iou_map = tf.maximum(tf.reduce_max(iou, axis=-1), 0.0)                     # [B, M]
+    gt_index = tf.argmax(iou, axis=-1, output_type=tf.int32)                   # [B, M]
+
+    # Centroid point (§6.2 step 4): per GT, the positions at its global best IoU; per anchor plane holding any,
+    # one point at the floor of the mean (row, col) of those positions; union over GTs.
+    best = tf.reduce_max(iou, axis=1, keepdims=True)                           # [B, 1, N]
+    marked = (iou >= best - CENTROID_IOU_TOL) & (best > 0.0) & valid[:, None, :]
+    marked = tf.cast(tf.reshape(marked, [-1, n_a, s, s, tf.shape(iou)[-1]]), tf.float32)  # [B, nA, S, S, N]
+    count = tf.reduce_sum(marked, axis=[2, 3])                                 # [B, nA, N]
+    idx = tf.range(s, dtype=tf.float32)
+    mean_row = tf.math.floor(tf.math.divide_no_nan(tf.einsum("bayxn,y->ban", marked, idx), count))
+    mean_col = tf.math.floor(tf.math.divide_no_nan(tf.einsum("bayxn,x->ban", marked, idx), count))
+    row_hot = tf.one_hot(tf.cast(mean_row, tf.int32), s, axis=2)               # [B, nA, S, N]
+    col_hot = tf.one_hot(tf.cast(mean_col, tf.int32), s, axis=2)
+    points = row_hot[:, :, :, None, :] * col_hot[:, :, None, :, :] * tf.cast(count > 0, tf.float32)[:, :, None, None, :]
+    point_mask = tf.reshape(tf.reduce_max(points, axis=-1) > 0.0, [-1, n_a * s * s])   # [B, M]
+
+    fg = iou_map > fg_thresh * tol
+    bg = iou_map < bg_thresh * tol
+    tconf = tf.where(fg, 1.0, tf.where(bg, 0.0, -1.0))
+    matched_label = tf.gather(labels, gt_index, batch_dims=1)                  # [B, M]
+    is_id = (iou_map > id_thresh * tol) & point_mask & (matched_label > 0)
+    tid = tf.where(is_id, tf.cast(matched_label - 1, tf.float32), -1.0)
+
+    gt_cxcywh = xyxy_to_cxcywh(tf.gather(gt, gt_index, batch_dims=1))         # [B, M, 4]
+    # Off fg the GT is replaced by the anchor itself so the log never sees a degenerate box.
+    safe_gt = tf.where(fg[..., None], gt_cxcywh, tf.reshape(anchors, [1, -1, 4]))
+    tbox = tf.where(fg[..., None], encode_deltas(safe_gt, tf.reshape(anchors, [1, -1, 4])), 0.0)
+    target = tf.concat([tbox, tconf[..., None], tid[..., None], iou_map[..., None]], axis=-1)
+    return tf.reshape(target, [-1, n_a, s, s, TARGET_CHANNELS])
+
+
+def build_targets(cfg, boxes, labels):
+    """Targets of all levels: a list of 4 tensors [B, nA, S_k, S_k, 7] for a loader batch."""
+    m = cfg.model
+    targets = []
+    for k, (stride, anchors_px) in enumerate(zip(m.strides, cfg.level_anchors())):
+        grid = anchor_grid(m.input_size // stride, anchors_px, stride)
+        targets.append(level_targets(boxes, labels, grid, stride, m.tolerance[k], m.fg_thresh, m.bg_thresh,
+                                     m.id_thresh))
+    return targets
+
+
+# ---- mask targets (original-model.md §6.5) ------------------------------------------------------------------
+
+def aligned_crop_boxes(boxes_norm, src_size: int, crop_size: int):
+    """Turn normalised (y1, x1, y2, x2) canvas boxes into `tf.image.crop_and_resize` boxes whose samples land at
+    the centres of the crop_size x crop_size output cells (crop_and_resize maps 0 and 1 to the centres of the
+    first and last source pixels, half a pixel off the canvas edges)."""
+    y1, x1, y2, x2 = tf.unstack(boxes_norm, 4, axis=-1)
+    r = float(src_size)
+
+    def ends(a, b):
+        step = (b - a) / crop_size
+        first = (a + 0.5 * step) * r - 0.5                                     # source pixel index of sample 0
+        last = (b - 0.5 * step) * r - 0.5
+        return first / (r - 1.0), last / (r - 1.0)
+
+    ny1, ny2 = ends(y1, y2)
+    nx1, nx2 = ends(x1, x2)
+    return tf.stack([ny1, nx1, ny2, nx2], axis=-1)
+
+
+def mask_targets(proposals, num_valid, boxes, labels, masks, input_size: int, iou_thresh: float,
+                 mask_size: int = 28):
+    """Mask targets for the (stop-gradient) proposals.
+
+    A valid proposal (slot < num_valid) is positive iff its best box IoU with a real GT is >= iou_thresh; its
+    target is that GT's mask (R x R over the canvas) cropped by the proposal box to mask_size^2, threshold 0.5.
+
+    Args:
+        proposals: [B, P, >=4] x1, y1, x2, y2 normalised to [0, 1] of the canvas.
+        num_valid: [B] int; boxes [B, N, 4] canvas px; labels [B, N]; masks [B, N, R, R] (0/1).
+    Returns:
+        (targets [B, P, mask_size, mask_size] float32 0/1, positive [B, P] float32 0/1)
+    """
+    proposals = tf.stop_gradient(tf.cast(proposals[..., :4], tf.float32))
+    b, p = tf.shape(proposals)[0], tf.shape(proposals)[1]
+    n = tf.shape(boxes)[1]
+    gt = tf.cast(boxes, tf.float32) / float(input_size)
+    iou = box_iou(proposals, gt)                                               # [B, P, N]
+    iou = tf.where((tf.cast(labels, tf.int32) > 0)[:, None, :], iou, -1.0)
+    target_index = tf.argmax(iou, axis=-1, output_type=tf.int32)               # [B, P]
+    slot_valid = tf.range(p)[None, :] < tf.cast(num_valid, tf.int32)[:, None]
+    positive = (tf.reduce_max(iou, axis=-1) >= iou_thresh) & slot_valid
+
+    res = masks.shape[-1]
+    images = tf.reshape(tf.cast(masks, tf.float32), [-1, res, res, 1])       # [B*N, R, R, 1]
+    box_indices = tf.reshape(tf.range(b)[:, None] * n + target_index, [-1])
+    crop = aligned_crop_boxes(tf.gather(proposals, [1, 0, 3, 2], axis=-1), res, mask_size)
+    crops = tf.image.crop_and_resize(images, tf.reshape(crop, [-1, 4]), box_indices, [mask_size, mask_size])
+    crops = tf.reshape(tf.cast(crops[..., 0] >= 0.5, tf.float32), [b, p, mask_size, mask_size])
+    positive = tf.cast(positive, tf.float32)
+    return crops * positive[:, :, None, None], positive
+
+
+# ---- losses (original-model.md §6.4, §6.6; decisions M7-M9) ------------------------------------------------
+
+def smooth_l1(d):
+    a = tf.abs(d)
+    return tf.where(a < 1.0, 0.5 * d * d, a - 0.5)
+
+
+def _identity(x):
+    return x
+
+
+def level_losses(pred, target, loss_norm: str = "positives", global_sum=_identity, global_batch=None):
+    """Box, objectness and class losses of one level: a [3] tensor.
+
+    Each loss is a sum over this replica's examples divided by a count taken over the GLOBAL batch
+    (`global_sum` all-reduces a local count; identity on one device), so summing the per-replica values gives the
+    loss of the whole batch whatever the replica count (M9).
+
+    loss_norm="positives" (M8): box over fg anchors (x 4 coordinates), objectness over non-ignored anchors, class
+    over centroid anchors. "all" (original): box and objectness over every anchor entry of the global batch
+    (`global_batch` examples), class still over centroid anchors, as the original.
+    """
+    pred = tf.cast(pred, tf.float32)
+    tbox, tconf, tid = target[..., 0:4], target[..., 4], target[..., 5]
+    pos = tf.cast(tconf > 0, tf.float32)
+    valid = tf.cast(tconf >= 0, tf.float32)
+    box_sum = tf.reduce_sum(smooth_l1(tbox - pred[..., 0:4]) * pos[..., None])
+    obj_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(tf.maximum(tconf, 0.0), tf.int32), logits=pred[..., 4:6])
+    has_id = tf.cast(tid >= 0, tf.float32)
+    cls_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(tf.maximum(tid, 0.0), tf.int32), logits=pred[..., 6:])
+    cls_sum = tf.reduce_sum(cls_ce * has_id)
+    n_cls = global_sum(tf.reduce_sum(has_id))
+    if loss_norm == "all":
+        per_example = float(np.prod(target.shape[1:4]))
+        n_entries = tf.cast(global_batch, tf.float32) * per_example
+        box = box_sum / (4.0 * n_entries)
+        # Ignored anchors count as the original (target 0, no gradient): a constant added to the value.
+        obj = tf.reduce_sum(tf.where(valid > 0, obj_ce, tf.stop_gradient(obj_ce))) / n_entries
+    else:
+        box = tf.math.divide_no_nan(box_sum, 4.0 * global_sum(tf.reduce_sum(pos)))
+        obj = tf.math.divide_no_nan(tf.reduce_sum(obj_ce * valid), global_sum(tf.reduce_sum(valid)))
+    cls = tf.math.divide_no_nan(cls_sum, n_cls)
+    return tf.stack([box, obj, cls])
+
+
+def mask_loss(mask_logits, targets, positive, global_sum=_identity):
+    """2-way softmax cross entropy over every pixel of the positive proposals (class-agnostic, §6.6)."""
+    logits = tf.cast(mask_logits, tf.float32)                                  # [B, P, m, m, 2]
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=logits)
+    pixels = float(np.prod(targets.shape[2:4]))
+    total = tf.reduce_sum(ce * positive[:, :, None, None])
+    return tf.math.divide_no_nan(total, global_sum(tf.reduce_sum(positive)) * pixels)
+
+
+def loss_terms(level_loss_list, mask_value, alb: str = "per_level"):
+    """The ALB input vector: per_level = [box_2, obj_2, cls_2, ..., box_5, obj_5, cls_5, mask] (13);
+    global = [mean box, mean obj, mean cls, mask] (4, the original code's terms)."""
+    stacked = tf.stack(level_loss_list)                                        # [L, 3]
+    if alb == "per_level":
+        return tf.concat([tf.reshape(stacked, [-1]), [mask_value]], axis=0)
+    return tf.concat([tf.reduce_mean(stacked, axis=0), [mask_value]], axis=0)
+
+
+def alb_total(alb_layer, terms, num_replicas: int = 1):
+    """sum 0.5 * (exp(-s) L + s) for one replica's share: the L are already global-batch shares, the s term is
+    split evenly so that the replicas' totals add up to the formula exactly once."""
+    total = alb_layer(terms)
+    if num_replicas > 1:
+        total -= 0.5 * (1.0 - 1.0 / num_replicas) * tf.reduce_sum(tf.cast(alb_layer.alb_log_vars, total.dtype))
+    return total
+
+
+def compute_losses(cfg, outputs, batch, alb_layer, global_sum=_identity, global_batch=None, num_replicas=1):
+    """All losses of a forward pass. Returns a dict: total, box/obj/cls (level means), box_2..cls_5, mask, terms."""
+    targets = build_targets(cfg, batch["boxes"], batch["labels"])
+    per_level = [level_losses(p, t, cfg.train.loss_norm, global_sum,
+                              global_batch if global_batch is not None else tf.shape(batch["boxes"])[0])
+                 for p, t in zip(outputs["level_preds"], targets)]
+    mt, pos = mask_targets(outputs["proposals"], outputs["num_valid"], batch["boxes"], batch["labels"],
+                           batch["masks"], cfg.model.input_size, cfg.model.mask_iou_thresh, cfg.model.mask_size)
+    m = mask_loss(outputs["mask_logits"], mt, pos, global_sum)
+    terms = loss_terms(per_level, m, cfg.train.alb)
+    out = {"total": alb_total(alb_layer, terms, num_replicas), "mask": m, "terms": terms}
+    stacked = tf.stack(per_level)
+    for j, name in enumerate(("box", "obj", "cls")):
+        out[name] = tf.reduce_mean(stacked[:, j])
+        for k in range(len(per_level)):
+            out[f"{name}_{k + 2}"] = stacked[k, j]
+    return out
