@@ -64,6 +64,32 @@ def _warn(msg):
     print(f"warning: {msg}", file=sys.stderr)
 
 
+def frame_tracks(tracks, f, frame_hw, where_v="video", lenient=False, size_warned=None):
+    """The tracks present in frame f, each with its decoded "mask", ready for draw_frame.
+
+    A mask whose size differs from frame_hw is an error naming the video, track and frame; with `lenient` it
+    is left out with one warning per track (recorded in `size_warned`).
+    """
+    size_warned = set() if size_warned is None else size_warned
+    present = []
+    for t in tracks:
+        seg = t["segmentations"][f] if f < len(t["segmentations"]) else None
+        if seg is None:
+            continue
+        mask = decode_rle(seg, f"{where_v}, track #{t['track_id']}, frame {f}")
+        if mask.shape != tuple(frame_hw):
+            msg = (f"{where_v}, track #{t['track_id']}, frame {f}: mask size {mask.shape[0]}x{mask.shape[1]} "
+                   f"(HxW) differs from the frame's {frame_hw[0]}x{frame_hw[1]}")
+            if not lenient:
+                raise VisError(msg + " (use --lenient to skip such masks)")
+            if t["track_id"] not in size_warned:
+                _warn(msg + "; mask not drawn (further frames of this track not reported)")
+                size_warned.add(t["track_id"])
+            continue
+        present.append({**t, "mask": mask})
+    return present
+
+
 def render_video(video_id, frames, n_frames, tracks, out_path, names=None, fps=6.0, alpha=0.45,
                  draw_boxes=True, lenient=False, results_path="results"):
     """Draw `tracks` (from load_results) over `frames` (an iterable of n_frames BGR images) into `out_path`."""
@@ -79,22 +105,7 @@ def render_video(video_id, frames, n_frames, tracks, out_path, names=None, fps=6
     writer = None
     try:
         for f, frame in enumerate(frames):
-            present = []
-            for t in tracks:
-                seg = t["segmentations"][f] if f < len(t["segmentations"]) else None
-                if seg is None:
-                    continue
-                mask = decode_rle(seg, f"{where_v}, track #{t['track_id']}, frame {f}")
-                if mask.shape != frame.shape[:2]:
-                    msg = (f"{where_v}, track #{t['track_id']}, frame {f}: mask size {mask.shape[0]}x{mask.shape[1]}"
-                           f" (HxW) differs from the frame's {frame.shape[0]}x{frame.shape[1]}")
-                    if not lenient:
-                        raise VisError(msg + " (use --lenient to skip such masks)")
-                    if t["track_id"] not in size_warned:
-                        _warn(msg + "; mask not drawn (further frames of this track not reported)")
-                        size_warned.add(t["track_id"])
-                    continue
-                present.append({**t, "mask": mask})
+            present = frame_tracks(tracks, f, frame.shape[:2], where_v, lenient, size_warned)
             img = draw_frame(frame, present, names, alpha=alpha, draw_boxes=draw_boxes,
                              header=f"video {video_id}  frame {f + 1}/{n_frames}")
             if writer is None:
