@@ -1,0 +1,531 @@
+"""Mask metrics: the YouTube-VIS video AP with the official youtubevos/cocoapi semantics, and frame-level mask mAP.
+
+Video AP follows original-tracking-eval.md §3 (every quirk of §3.6 reproduced) and decisions.md §5; the
+frame mAP used during training drives pycocotools' COCOeval on frame-level "images". numpy + pycocotools only.
+
+    gt = load_gt("instances.json"); res = load_results("results.json", gt)
+    E = YTVISEval(gt, res); E.evaluate(); E.accumulate(); stats = E.summarize()   # the official 12 stats
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import numbers
+import os
+from collections import defaultdict
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+# The official Params (ytvoseval.py). int(...) patches quirk 1 (a float `num` breaks modern NumPy); same values.
+IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+MAX_DETS = [1, 10, 100]
+AREA_RNG = [[0 ** 2, 1e5 ** 2], [0 ** 2, 128 ** 2], [128 ** 2, 256 ** 2], [256 ** 2, 1e5 ** 2]]
+AREA_LBL = ["all", "small", "medium", "large"]
+# (name in metrics.json, ap?, iouThr, area, maxDets): the order of the official `stats` array (§3.5).
+STAT_SPECS = [("AP", 1, None, "all", 100), ("AP50", 1, .5, "all", 100), ("AP75", 1, .75, "all", 100),
+              ("APs", 1, None, "small", 100), ("APm", 1, None, "medium", 100), ("APl", 1, None, "large", 100),
+              ("AR1", 0, None, "all", 1), ("AR10", 0, None, "all", 10), ("AR100", 0, None, "all", 100),
+              ("ARs", 0, None, "small", 100), ("ARm", 0, None, "medium", 100), ("ARl", 0, None, "large", 100)]
+STAT_NAMES = [s[0] for s in STAT_SPECS]
+
+
+class EvalInputError(ValueError):
+    """A GT or results file that cannot be evaluated; the message names the file and the entry."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Segmentation parsing and validation
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _compressed_total(counts: bytes):
+    """Sum of the run lengths encoded in a compressed RLE string (pycocotools rleFrString), or None if malformed.
+
+    Decoding in numpy (not per character in Python) keeps the check cheap for 1280x720 masks."""
+    b = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if b.size == 0:
+        return 0
+    if b.min() < 0 or b.max() > 63:
+        return None
+    ends = (b & 0x20) == 0
+    if not ends[-1]:  # the string stops inside a value
+        return None
+    gid = np.concatenate([[0], np.cumsum(ends)[:-1]])  # which count each character belongs to
+    starts = np.flatnonzero(np.concatenate([[True], ends[:-1]]))
+    k = np.arange(b.size) - starts[gid]
+    if k.max() > 6:  # more than 35 bits: no valid uint32 count needs that
+        return None
+    x = np.bincount(gid, weights=(b & 0x1f) << (5 * k)).astype(np.int64)
+    neg = (b[ends] & 0x10) != 0  # sign bit of the last 5-bit chunk
+    x[neg] -= np.int64(1) << (5 * (k[ends][neg] + 1))
+    # counts from the 4th on are stored as deltas to the count two places earlier
+    cnts = x.copy()
+    cnts[1::2] = np.cumsum(x[1::2])
+    cnts[2::2] = np.cumsum(x[2::2])
+    if (cnts < 0).any() or (cnts >= 2 ** 32).any():
+        return None
+    return int(cnts.sum())
+
+
+def to_rle(seg, height, width, where: str, allow_polygon: bool = True):
+    """Any accepted segmentation -> compressed RLE dict (bytes counts), or None for an absent frame.
+
+    Accepts uncompressed RLE (counts a list), compressed RLE (counts str/bytes) and, if `allow_polygon`,
+    polygons (a list of flat [x0, y0, x1, y1, ...] lists, rasterised at `height` x `width`). A falsy value (null,
+    [], {}) is an absent frame, as in the official `if seg:` tests. `where` names the entry in error messages."""
+    if not seg:
+        return None
+    if isinstance(seg, list):
+        if not allow_polygon:
+            raise EvalInputError(f"{where}: polygons are not accepted here; use RLE")
+        for p in seg:
+            if (not isinstance(p, list) or len(p) < 4 or len(p) % 2
+                    or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in p)):
+                raise EvalInputError(f"{where}: malformed polygon (want lists of x,y pairs)")
+        return mask_utils.merge(mask_utils.frPyObjects(seg, int(height), int(width)))
+    if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+        raise EvalInputError(f"{where}: malformed RLE (want a dict with 'size' and 'counts'), got {str(seg)[:80]}")
+    size = seg["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v >= 0 for v in size)):
+        raise EvalInputError(f"{where}: malformed RLE 'size' {size!r} (want [height, width])")
+    h, w = int(size[0]), int(size[1])
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != h * w:
+            raise EvalInputError(f"{where}: malformed uncompressed RLE (counts must be non-negative ints "
+                                 f"summing to {h}*{w})")
+        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    if isinstance(counts, str):
+        counts = counts.encode("ascii", errors="replace")
+    if not isinstance(counts, bytes):
+        raise EvalInputError(f"{where}: malformed RLE 'counts' of type {type(counts).__name__}")
+    if _compressed_total(counts) != h * w:
+        raise EvalInputError(f"{where}: malformed compressed RLE (runs do not cover {h}x{w} pixels)")
+    return {"size": [h, w], "counts": counts}
+
+
+def _avg_area(areas) -> float:
+    """The official avg_area: mean over truthy per-frame areas (null and 0 excluded), 0 if none (§3.3)."""
+    kept = [a for a in areas if a]
+    return np.array(kept).mean() if kept else 0
+
+
+def _read_json(src, what: str):
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            with open(src) as f:
+                return json.load(f), str(src)
+        except (OSError, json.JSONDecodeError) as e:
+            raise EvalInputError(f"{what} {src}: cannot read JSON ({e})") from e
+    return src, f"<{what}>"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loaders
+
+def load_gt(src) -> dict:
+    """Read a YouTube-VIS GT JSON (path or dict) into the evaluation form.
+
+    Returns {"videos": {id: video}, "categories": [sorted by id], "annotations": [...]} where each annotation
+    keeps id, video_id, category_id, iscrowd, `segmentations` as compressed RLE or None per frame, `mask_areas`
+    (pixels, 0 for absent frames) and `avg_area` from the file's `areas` field (official semantics). The input is
+    not modified. A GT without `areas` falls back to mask pixel counts (the official code would crash)."""
+    data, name = _read_json(src, "GT")
+    if not isinstance(data, dict) or not isinstance(data.get("videos"), list) \
+            or not isinstance(data.get("categories"), list):
+        raise EvalInputError(f"GT {name}: want an object with 'videos', 'annotations' and 'categories' lists")
+    videos = {}
+    for i, v in enumerate(data["videos"]):
+        if not isinstance(v, dict) or not _is_int(v.get("id")):
+            raise EvalInputError(f"GT {name}: videos[{i}] has no integer 'id'")
+        videos[v["id"]] = v
+    cats = []
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not _is_int(c.get("id")):
+            raise EvalInputError(f"GT {name}: categories[{i}] has no integer 'id'")
+        cats.append({"id": c["id"], "name": str(c.get("name", c["id"]))})
+    cats.sort(key=lambda c: c["id"])
+    anns = []
+    for i, a in enumerate(data.get("annotations") or []):
+        where = f"GT {name}: annotations[{i}]"
+        if not isinstance(a, dict):
+            raise EvalInputError(f"{where} is not an object")
+        for key in ("id", "video_id", "category_id"):
+            if not _is_int(a.get(key)):
+                raise EvalInputError(f"{where}: field '{key}' missing or not an integer")
+        vid = a["video_id"]
+        where += f" (video_id {vid})"
+        if vid not in videos:
+            raise EvalInputError(f"{where}: video_id not among the GT videos")
+        segs = a.get("segmentations")
+        if not isinstance(segs, list):
+            raise EvalInputError(f"{where}: 'segmentations' must be a list (one entry per frame)")
+        h, w = videos[vid].get("height"), videos[vid].get("width")
+        rles = []
+        for t, s in enumerate(segs):
+            if s and isinstance(s, list) and not (_is_int(h) and _is_int(w)):
+                raise EvalInputError(f"{where} frame {t}: polygon needs the video's height and width")
+            rles.append(to_rle(s, h, w, f"{where} frame {t}"))
+        mask_areas = [int(mask_utils.area(r)) if r else 0 for r in rles]
+        areas = a.get("areas")
+        if areas is None:
+            areas = mask_areas
+        elif not isinstance(areas, list) or not all(x is None or (isinstance(x, numbers.Real)
+                                                                  and not isinstance(x, bool)) for x in areas):
+            raise EvalInputError(f"{where}: 'areas' must be a list of numbers or nulls")
+        anns.append({"id": a["id"], "video_id": vid, "category_id": a["category_id"],
+                     "iscrowd": int(a.get("iscrowd") or 0), "segmentations": rles,
+                     "mask_areas": mask_areas, "avg_area": _avg_area(areas)})
+    return {"videos": videos, "categories": cats, "annotations": anns, "name": name}
+
+
+def load_results(src, gt: dict) -> list:
+    """Read a results list (path or list) into the evaluation form, checking every entry against `gt`.
+
+    Each result keeps video_id, category_id, score (float), `segmentations` as compressed RLE or None per frame,
+    `mask_areas`, `avg_area` (from RLE pixel counts) and `id` = 1-based position in the file, as the official
+    `loadRes`. Compressed and uncompressed RLE are accepted (the official accepts compressed only)."""
+    data, name = _read_json(src, "results")
+    if not isinstance(data, list):
+        raise EvalInputError(f"results {name}: want a list of results, got {type(data).__name__}")
+    out = []
+    for i, r in enumerate(data):
+        where = f"results {name}: entry {i}"
+        if not isinstance(r, dict):
+            raise EvalInputError(f"{where} is not an object")
+        vid = r.get("video_id")
+        if not _is_int(vid) or vid not in gt["videos"]:
+            raise EvalInputError(f"{where}: video_id {vid!r} is not a GT video")
+        where += f" (video_id {vid})"
+        if not _is_int(r.get("category_id")):
+            raise EvalInputError(f"{where}: 'category_id' missing or not an integer")
+        score = r.get("score")
+        if not isinstance(score, numbers.Real) or isinstance(score, bool) or not math.isfinite(score):
+            raise EvalInputError(f"{where}: 'score' {score!r} is not a finite number")
+        segs = r.get("segmentations")
+        if not isinstance(segs, list):
+            raise EvalInputError(f"{where}: 'segmentations' must be a list (one RLE or null per frame)")
+        rles = [to_rle(s, None, None, f"{where} frame {t}", allow_polygon=False) for t, s in enumerate(segs)]
+        mask_areas = [int(mask_utils.area(s)) if s else 0 for s in rles]
+        out.append({"id": i + 1, "video_id": vid, "category_id": r["category_id"], "score": float(score),
+                    "segmentations": rles, "mask_areas": mask_areas,
+                    "avg_area": _avg_area([a if s else None for a, s in zip(mask_areas, rles)])})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Video IoU and matching
+
+def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
+    """[D, G] video IoU = sum_t |D_t & G_t| / sum_t |D_t | G_t| over zip(dt, gt) frames (§3.4).
+
+    Sequences are lists of compressed RLE or None. Frames beyond the shorter sequence of a pair are skipped; a
+    frame present on one side only adds its area to the union; masks of different sizes add nothing; U == 0 gives
+    0. Intersections come from one pycocotools `iou` call per frame and are recovered as exact integers
+    (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5 pixel)."""
+    D, G = len(dt_seqs), len(gt_seqs)
+    if D == 0 or G == 0:
+        return np.zeros((D, G))
+    if dt_areas is None:
+        dt_areas = [[int(mask_utils.area(s)) if s else 0 for s in seq] for seq in dt_seqs]
+    if gt_areas is None:
+        gt_areas = [[int(mask_utils.area(s)) if s else 0 for s in seq] for seq in gt_seqs]
+    d_len = np.array([len(s) for s in dt_seqs])
+    g_len = np.array([len(s) for s in gt_seqs])
+    inter = np.zeros((D, G), dtype=np.int64)
+    union = np.zeros((D, G), dtype=np.int64)
+    for t in range(int(min(d_len.max(), g_len.max()))):
+        d_idx = [i for i in range(D) if t < d_len[i]]
+        g_idx = [j for j in range(G) if t < g_len[j]]
+        if not d_idx or not g_idx:
+            continue
+        d_on = np.array([dt_seqs[i][t] is not None for i in d_idx])
+        g_on = np.array([gt_seqs[j][t] is not None for j in g_idx])
+        if not d_on.any() and not g_on.any():
+            continue
+        d_a = np.array([dt_areas[i][t] for i in d_idx], dtype=np.int64) * d_on
+        g_a = np.array([gt_areas[j][t] for j in g_idx], dtype=np.int64) * g_on
+        # only-dt / only-gt frames add their own area; both-present pairs are overwritten below
+        u_t = np.where(d_on[:, None], d_a[:, None], 0) + np.where(g_on[None, :], g_a[None, :], 0)
+        i_t = np.zeros_like(u_t)
+        both_d = [k for k in range(len(d_idx)) if d_on[k]]
+        both_g = [k for k in range(len(g_idx)) if g_on[k]]
+        if both_d and both_g:
+            u_t[np.ix_(both_d, both_g)] = 0  # a pair of different sizes merges to an empty mask: adds nothing
+            for size in {tuple(dt_seqs[d_idx[k]][t]["size"]) for k in both_d}:
+                dk = [k for k in both_d if tuple(dt_seqs[d_idx[k]][t]["size"]) == size]
+                gk = [k for k in both_g if tuple(gt_seqs[g_idx[k]][t]["size"]) == size]
+                if not gk:
+                    continue
+                iou = np.asarray(mask_utils.iou([dt_seqs[d_idx[k]][t] for k in dk],
+                                                [gt_seqs[g_idx[k]][t] for k in gk], [0] * len(gk)))
+                iou = iou.reshape(len(dk), len(gk))
+                ab = d_a[dk][:, None] + g_a[gk][None, :]
+                i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
+                i_t[np.ix_(dk, gk)] = i_exact
+                u_t[np.ix_(dk, gk)] = ab - i_exact
+        rows, cols = np.array(d_idx), np.array(g_idx)
+        inter[np.ix_(rows, cols)] += i_t
+        union[np.ix_(rows, cols)] += u_t
+    # float sums of integers are exact, so this equals the official i / u
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _greedy_match(ious, gt_ignore, gt_crowd, gt_ids, dt_ids):
+    """The official per-threshold greedy matching (ytvoseval.evaluateVid), kept as plain loops because each
+    match depends on the previous ones. Returns dtm [T, D] (matched gt id), gtm [T, G], dtIg [T, D]."""
+    T, D, G = len(IOU_THRS), len(dt_ids), len(gt_ids)
+    gtm = np.zeros((T, G))
+    dtm = np.zeros((T, D))
+    dt_ig = np.zeros((T, D))
+    if D == 0 or G == 0:
+        return dtm, gtm, dt_ig
+    ious = ious.tolist()
+    gt_ignore = [int(g) for g in gt_ignore]
+    for tind, t in enumerate(IOU_THRS.tolist()):
+        matched = [0] * G
+        for dind in range(D):
+            best, m = min([t, 1 - 1e-10]), -1
+            row = ious[dind]
+            for gind in range(G):
+                if matched[gind] > 0 and not gt_crowd[gind]:  # crowd gts can be matched again
+                    continue
+                if m > -1 and gt_ignore[m] == 0 and gt_ignore[gind] == 1:  # ignored gts sort last
+                    break
+                if row[gind] < best:  # an equal IoU does not skip: the later gt wins the tie
+                    continue
+                best, m = row[gind], gind
+            if m == -1:
+                continue
+            dt_ig[tind, dind] = gt_ignore[m]
+            dtm[tind, dind] = gt_ids[m]
+            gtm[tind, m] = dt_ids[dind]
+            matched[m] = dt_ids[dind]
+    return dtm, gtm, dt_ig
+
+
+class YTVISEval:
+    """The official YTVOSeval (segm) on `load_gt` / `load_results` output: evaluate, accumulate, summarize.
+
+    After `accumulate()`, `eval["precision"]` is [T, R, K, A, M] and `eval["recall"]` [T, K, A, M] with -1 where a
+    (category, area) has no non-ignored GT; `summarize()` fills `stats` (12 values, official order) and
+    `per_category` ({category id: AP@[.5:.95], area all, maxDets 100})."""
+
+    def __init__(self, gt: dict, results: list):
+        self.gt = gt
+        self.vid_ids = sorted(gt["videos"])
+        self.cat_ids = sorted(c["id"] for c in gt["categories"])
+        cat_set = set(self.cat_ids)
+        # results for a category the GT does not list are dropped, as getAnnIds(catIds=...) does (quirk 8)
+        self.dropped = sum(1 for r in results if r["category_id"] not in cat_set)
+        self._gts, self._dts = defaultdict(list), defaultdict(list)
+        for g in gt["annotations"]:  # file order within a (video, category), as the official index
+            if g["category_id"] in cat_set:
+                self._gts[g["video_id"], g["category_id"]].append(g)
+        for d in results:
+            if d["category_id"] in cat_set:
+                self._dts[d["video_id"], d["category_id"]].append(d)
+        self.ious, self.eval_vids, self.eval, self.stats, self.per_category = {}, {}, {}, [], {}
+
+    def compute_iou(self, vid, cat):
+        gt, dt = self._gts[vid, cat], self._dts[vid, cat]
+        order = np.argsort([-d["score"] for d in dt], kind="mergesort")[:MAX_DETS[-1]]
+        dt = [dt[i] for i in order]
+        return video_iou([d["segmentations"] for d in dt], [g["segmentations"] for g in gt],
+                         [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt])
+
+    def evaluate_vid(self, vid, cat, a_rng, max_det):
+        gt, dt = self._gts[vid, cat], self._dts[vid, cat]
+        if not gt and not dt:
+            return None
+        g_ignore = [1 if (g["iscrowd"] or g["avg_area"] < a_rng[0] or g["avg_area"] > a_rng[1]) else 0
+                    for g in gt]
+        gt_order = np.argsort(g_ignore, kind="mergesort")
+        gt = [gt[i] for i in gt_order]
+        g_ignore = np.array([g_ignore[i] for i in gt_order])
+        dt_order = np.argsort([-d["score"] for d in dt], kind="mergesort")
+        dt = [dt[i] for i in dt_order[:max_det]]
+        ious = self.ious[vid, cat][:, gt_order]
+        dtm, gtm, dt_ig = _greedy_match(ious, g_ignore, [g["iscrowd"] for g in gt],
+                                        [g["id"] for g in gt], [d["id"] for d in dt])
+        # unmatched detections outside the area range are ignored (a gt id of 0 counts as unmatched, as official)
+        out = np.array([d["avg_area"] < a_rng[0] or d["avg_area"] > a_rng[1] for d in dt]).reshape(1, len(dt))
+        dt_ig = np.logical_or(dt_ig, np.logical_and(dtm == 0, np.repeat(out, len(IOU_THRS), 0)))
+        return {"dtScores": [d["score"] for d in dt], "dtMatches": dtm, "gtMatches": gtm,
+                "gtIgnore": g_ignore, "dtIgnore": dt_ig, "dtIds": [d["id"] for d in dt],
+                "gtIds": [g["id"] for g in gt]}
+
+    def evaluate(self, progress=None):
+        """IoUs for every (video, category) that has a gt or a result, then matching per area range."""
+        pairs = sorted(set(self._gts) | set(self._dts))
+        for n, (vid, cat) in enumerate(pairs):
+            self.ious[vid, cat] = self.compute_iou(vid, cat)
+            if progress:
+                progress(n + 1, len(pairs))
+        self.eval_vids = {(cat, a, vid): self.evaluate_vid(vid, cat, rng, MAX_DETS[-1])
+                          for (vid, cat) in pairs for a, rng in enumerate(AREA_RNG)}
+
+    def accumulate(self):
+        T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(self.cat_ids), len(AREA_RNG), len(MAX_DETS)
+        precision = -np.ones((T, R, K, A, M))
+        recall = -np.ones((T, K, A, M))
+        scores = -np.ones((T, R, K, A, M))
+        for k, cat in enumerate(self.cat_ids):
+            for a in range(A):
+                E = [self.eval_vids.get((cat, a, vid)) for vid in self.vid_ids]
+                E = [e for e in E if e is not None]
+                if not E:
+                    continue
+                gt_ig = np.concatenate([e["gtIgnore"] for e in E])
+                npig = np.count_nonzero(gt_ig == 0)
+                if npig == 0:
+                    continue
+                for m, max_det in enumerate(MAX_DETS):
+                    dt_scores = np.concatenate([e["dtScores"][0:max_det] for e in E])
+                    inds = np.argsort(-dt_scores, kind="mergesort")
+                    scores_sorted = dt_scores[inds]
+                    dtm = np.concatenate([e["dtMatches"][:, 0:max_det] for e in E], axis=1)[:, inds]
+                    dt_ig = np.concatenate([e["dtIgnore"][:, 0:max_det] for e in E], axis=1)[:, inds]
+                    tps = np.logical_and(dtm, np.logical_not(dt_ig))
+                    fps = np.logical_and(np.logical_not(dtm), np.logical_not(dt_ig))
+                    tp_sum = np.cumsum(tps, axis=1).astype(float)
+                    fp_sum = np.cumsum(fps, axis=1).astype(float)
+                    nd = tp_sum.shape[1]
+                    for t in range(T):
+                        tp, fp = tp_sum[t], fp_sum[t]
+                        rc = tp / npig
+                        pr = tp / (fp + tp + np.spacing(1))
+                        recall[t, k, a, m] = rc[-1] if nd else 0
+                        pr = np.maximum.accumulate(pr[::-1])[::-1]  # monotone from the right
+                        idx = np.searchsorted(rc, REC_THRS, side="left")
+                        ok = idx < nd  # recall levels never reached keep precision 0
+                        q, ss = np.zeros(R), np.zeros(R)
+                        q[ok] = pr[idx[ok]]
+                        ss[ok] = scores_sorted[idx[ok]]
+                        precision[t, :, k, a, m] = q
+                        scores[t, :, k, a, m] = ss
+        self.eval = {"counts": [T, R, K, A, M], "precision": precision, "recall": recall, "scores": scores}
+
+    def _summarize(self, ap=1, iou_thr=None, area="all", max_dets=100):
+        aind = [i for i, lbl in enumerate(AREA_LBL) if lbl == area]
+        mind = [i for i, md in enumerate(MAX_DETS) if md == max_dets]
+        s = self.eval["precision"] if ap == 1 else self.eval["recall"]
+        if iou_thr is not None:
+            s = s[np.where(iou_thr == IOU_THRS)[0]]
+        s = s[:, :, :, aind, mind] if ap == 1 else s[:, :, aind, mind]
+        return -1 if len(s[s > -1]) == 0 else np.mean(s[s > -1])
+
+    def summarize(self, verbose: bool = False) -> np.ndarray:
+        """The 12 official stats (§3.5) as float64; with `verbose` prints the official table."""
+        if not self.eval:
+            raise RuntimeError("run accumulate() first")
+        self.stats = np.zeros((12,))
+        for i, (_, ap, thr, area, md) in enumerate(STAT_SPECS):
+            self.stats[i] = self._summarize(ap, thr, area, md)
+        prec = self.eval["precision"]
+        for k, cat in enumerate(self.cat_ids):
+            s = prec[:, :, k, 0, -1]
+            self.per_category[cat] = -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
+        if verbose:
+            print(format_stats(self.stats))
+        return self.stats
+
+
+def format_stats(stats) -> str:
+    """The 12 stats as the official summarize() prints them."""
+    lines = []
+    for (_, ap, thr, area, md), v in zip(STAT_SPECS, stats):
+        title, kind = ("Average Precision", "(AP)") if ap else ("Average Recall", "(AR)")
+        iou = f"{IOU_THRS[0]:0.2f}:{IOU_THRS[-1]:0.2f}" if thr is None else f"{thr:0.2f}"
+        lines.append(f" {title:<18} {kind} @[ IoU={iou:<9} | area={area:>6s} | maxDets={md:>3d} ] = {v:0.3f}")
+    return "\n".join(lines)
+
+
+def evaluate_vis(gt, results, verbose: bool = False, progress=None):
+    """Load (paths or parsed JSON), evaluate, accumulate and summarize. Returns (metrics dict, YTVISEval).
+
+    `metrics` is the decisions.md §6.4 dict: the 12 stats by name plus per_category {name: {id, AP}}. An empty
+    results list gives AP 0 for categories with GT and -1 elsewhere (decisions.md §5)."""
+    if not (isinstance(gt, dict) and isinstance(gt.get("videos"), dict)):  # not yet through load_gt
+        gt = load_gt(gt)
+    res = load_results(results, gt)
+    E = YTVISEval(gt, res)
+    E.evaluate(progress=progress)
+    E.accumulate()
+    stats = E.summarize(verbose=verbose)
+    metrics = {name: float(v) for name, v in zip(STAT_NAMES, stats)}
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    metrics["per_category"] = {names[c]: {"id": c, "AP": E.per_category[c]} for c in E.cat_ids}
+    return metrics, E
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Frame-level mask mAP (training-time metric)
+
+def frame_map(gt_frames, dt_frames, categories) -> dict:
+    """COCO mask mAP over frames, via pycocotools COCOeval(iouType='segm') on frame-level "images".
+
+    gt_frames: [{"id": int image id, "height": int, "width": int,
+                 "instances": [{"category_id": int, "segmentation": RLE | polygon, "iscrowd": 0/1 (optional)}]}]
+    dt_frames: [{"id": int image id (one of gt_frames), "instances": [{"category_id": int, "score": float,
+                 "segmentation": RLE}]}]  (frames without detections may be left out)
+    categories: [{"id": int, "name": str}] or a list of ids.
+    RLE may be compressed (str/bytes counts) or uncompressed (list counts).
+    Returns {"mAP": AP@[.5:.95], "mAP50": AP@.5, "per_category": {name: {"id", "AP"}}} with COCO semantics
+    (maxDets 100 a frame, area "all"; -1 for a category without GT, excluded from the means)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    cats = [c if isinstance(c, dict) else {"id": int(c), "name": str(c)} for c in categories]
+    images, anns = [], []
+    sizes = {}
+    for f in gt_frames:
+        images.append({"id": f["id"], "height": f["height"], "width": f["width"]})
+        sizes[f["id"]] = (f["height"], f["width"])
+        for inst in f.get("instances", []):
+            rle = to_rle(inst["segmentation"], f["height"], f["width"], f"gt frame {f['id']}")
+            if rle is None:
+                continue
+            anns.append({"id": len(anns) + 1, "image_id": f["id"], "category_id": inst["category_id"],
+                         "segmentation": rle, "area": float(mask_utils.area(rle)),
+                         "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": int(inst.get("iscrowd", 0))})
+    dets = []
+    for f in dt_frames:
+        if f["id"] not in sizes:
+            raise EvalInputError(f"detections for frame {f['id']}, which is not a GT frame")
+        for inst in f.get("instances", []):
+            rle = to_rle(inst["segmentation"], *sizes[f["id"]], f"detection on frame {f['id']}",
+                         allow_polygon=False)
+            if rle is None:
+                continue
+            dets.append({"image_id": f["id"], "category_id": inst["category_id"], "score": float(inst["score"]),
+                         "segmentation": rle})
+    cat_ids = sorted(c["id"] for c in cats)
+    names = {c["id"]: c.get("name", str(c["id"])) for c in cats}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress we do not want in training logs
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": anns, "categories": cats}
+        coco_gt.createIndex()
+        if dets:
+            coco_dt = coco_gt.loadRes(dets)
+        else:  # loadRes cannot take an empty list; an empty result set is still a valid (all-miss) answer
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": images, "annotations": [], "categories": cats}
+            coco_dt.createIndex()
+        E = COCOeval(coco_gt, coco_dt, iouType="segm")
+        E.params.catIds = cat_ids
+        E.evaluate()
+        E.accumulate()
+        E.summarize()
+    prec = E.eval["precision"]  # [T, R, K, A, M]
+    per_cat = {}
+    for k, cid in enumerate(cat_ids):
+        s = prec[:, :, k, 0, -1]
+        per_cat[names[cid]] = {"id": cid, "AP": -1.0 if not (s > -1).any() else float(np.mean(s[s > -1]))}
+    return {"mAP": float(E.stats[0]), "mAP50": float(E.stats[1]), "per_category": per_cat}
