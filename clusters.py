@@ -136,17 +136,17 @@ def kmeans_anchors(boxes, k, seed=0, max_iter=300, init=None):
         iou = iou_wh(boxes, centroids)
         new = iou.argmax(axis=1)                      # nearest = largest IoU; first index on ties
         counts = np.bincount(new, minlength=k)
-        taken = set()
+        # Empty clusters take the box farthest from every centroid so far (each re-seeded box counts as one),
+        # so two empty clusters do not land in the same far-away group.
+        far = 1.0 - iou[np.arange(len(boxes)), new]
         for j in np.flatnonzero(counts == 0):
-            # Farthest box from its own centroid, never one already used for another empty cluster.
-            far = 1.0 - iou[np.arange(len(boxes)), new]
-            far[list(taken)] = -1.0
             i = int(far.argmax())
-            taken.add(i)
             counts[new[i]] -= 1
             new[i] = j
             counts[j] = 1
             reseeded += 1
+            far = np.minimum(far, 1.0 - iou_wh(boxes, boxes[i:i + 1])[:, 0])
+            far[i] = -1.0  # never the seed of two clusters, even when every distance is 0
         if assign is not None and np.array_equal(new, assign):
             converged = True
             break
