@@ -1,0 +1,413 @@
+"""Neck, heads, decoding, proposals and mask head of YOLOV4+1 (original-model.md §3, §4, §5; decisions M3-M6, M10).
+
+Blocks are plain functions over tensors (`apply_neck`, `apply_heads`, `apply_mask_head`); everything that calls
+`tf.*` is a Keras layer with a round-tripping `get_config`: `LevelPrediction`, `DecodeLevel`, `ProposalLayer`,
+`PyramidROIAlign`, `UnflattenROIs`, `DetectionOutputs`.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import utils
+from backbone import scaled
+
+NUM_BOX = 4          # dx, dy, dw, dh
+NUM_OBJ = 2          # objectness logits [background, foreground]
+LEVELS = (2, 3, 4, 5)
+
+
+# ---- neck: the extended YOLOv4 PAN (§3) --------------------------------------------------------------------
+
+def neck_conv(x, filters, kernel, name, cfg, downsample=False):
+    """Conv (no bias) + BN + leaky 0.1, named neck_conv_/neck_bn_/neck_leaky_<name>."""
+    if downsample:
+        x = keras.layers.ZeroPadding2D(((1, 0), (1, 0)), name=f"neck_pad_{name}")(x)
+    x = keras.layers.Conv2D(filters, kernel, strides=2 if downsample else 1,
+                            padding="valid" if downsample else "same", use_bias=False,
+                            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                            name=f"neck_conv_{name}")(x)
+    x = keras.layers.BatchNormalization(epsilon=cfg.model.bn_epsilon, synchronized=cfg.model.sync_bn,
+                                        name=f"neck_bn_{name}")(x)
+    return keras.layers.LeakyReLU(negative_slope=0.1, name=f"neck_leaky_{name}")(x)
+
+
+def five_convs(x, filters, name, cfg):
+    """The YOLOv4 1x1 f, 3x3 2f, 1x1 f, 3x3 2f, 1x1 f stack."""
+    for j, (mult, k) in enumerate(((1, 1), (2, 3), (1, 1), (2, 3), (1, 1))):
+        x = neck_conv(x, filters * mult, k, f"{name}_{j}", cfg)
+    return x
+
+
+def apply_neck(b, cfg):
+    """[b2, b3, b4, b5] -> [n2, n3, n4, n5] (64/128/256/512 channels at width 1.0).
+
+    Top-down: concat [lateral 1x1 of b_k, bilinear x2 of a 1x1 of p_{k+1}], five convs. Bottom-up: concat
+    [3x3 stride-2 of n_{k-1}, p_k], five convs.
+    """
+    w = cfg.model.width
+    b2, b3, b4, b5 = b
+    p = {5: b5}
+    for lvl, bk, f in ((4, b4, 256), (3, b3, 128), (2, b2, 64)):
+        f = scaled(f, w)
+        up = neck_conv(p[lvl + 1], f, 1, f"p{lvl}_up", cfg)
+        up = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"neck_upsample_p{lvl}")(up)
+        lat = neck_conv(bk, f, 1, f"p{lvl}_lat", cfg)
+        x = keras.layers.Concatenate(name=f"neck_cat_p{lvl}")([lat, up])
+        p[lvl] = five_convs(x, f, f"p{lvl}", cfg)                     # [B, S_k, S_k, f]
+    n = {2: p[2]}
+    for lvl, f in ((3, 128), (4, 256), (5, 512)):
+        f = scaled(f, w)
+        down = neck_conv(n[lvl - 1], f, 3, f"n{lvl}_down", cfg, downsample=True)
+        x = keras.layers.Concatenate(name=f"neck_cat_n{lvl}")([down, p[lvl]])
+        n[lvl] = five_convs(x, f, f"n{lvl}", cfg)                     # [B, S_k, S_k, f]
+    return [n[k] for k in LEVELS]
+
+
+# ---- heads (§4.1) ------------------------------------------------------------------------------------------
+
+class LevelPrediction(keras.layers.Layer):
+    """Assembles one level's prediction from the detection and class heads (original-model.md §4.1).
+
+    The detection output [B, S, S, nA*6] (channel = anchor*6 + j) becomes [B, nA, S, S, 6]; the per-cell class
+    logits [B, S, S, K] are tiled over the nA anchors (decisions M6) and appended: [B, nA, S, S, 6+K] with
+    channels 0..3 deltas, 4..5 objectness logits [bg, fg], 6.. class logits; spatial axes [row=y, col=x].
+
+    Args:
+        num_anchors: anchors per cell (nA).
+
+    Example:
+        pred = LevelPrediction(6)([det_raw, cls_logits])    # [B, 6, S, S, 6 + K]
+    """
+
+    def __init__(self, num_anchors, **kwargs):
+        super().__init__(**kwargs)
+        self.num_anchors = int(num_anchors)
+
+    def call(self, inputs):
+        det, cls = inputs
+        s1, s2 = tf.shape(det)[1], tf.shape(det)[2]
+        det = tf.reshape(det, [-1, s1, s2, self.num_anchors, NUM_BOX + NUM_OBJ])
+        det = tf.transpose(det, [0, 3, 1, 2, 4])                       # [B, nA, S, S, 6]
+        cls = tf.tile(cls[:, None], [1, self.num_anchors, 1, 1, 1])     # [B, nA, S, S, K]
+        return tf.concat([det, cls], axis=-1)
+
+    def compute_output_shape(self, input_shapes):
+        det, cls = input_shapes
+        return (det[0], self.num_anchors, det[1], det[2], NUM_BOX + NUM_OBJ + cls[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "num_anchors": self.num_anchors}
+
+
+def apply_heads(n, cfg):
+    """Per-level heads on [n2..n5]: returns (level predictions [B, nA, S, S, 6+K] x4, embeddings [B, S, S, E] x4).
+
+    Detection: 3x3 conv+BN+leaky (C_k filters), 1x1 conv to nA*6 with bias. Class: Dense(K) on the channel axis
+    (a 1x1 conv). Embedding: 3x3 linear conv with bias to emb_dim, used only by the mask head.
+    """
+    m = cfg.model
+    preds, embs = [], []
+    for lvl, x in zip(LEVELS, n):
+        c = int(x.shape[-1])
+        d = keras.layers.Conv2D(c, 3, padding="same", use_bias=False,
+                                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                name=f"head_det_conv_{lvl}")(x)
+        d = keras.layers.BatchNormalization(epsilon=m.bn_epsilon, synchronized=m.sync_bn, name=f"head_det_bn_{lvl}")(d)
+        d = keras.layers.LeakyReLU(negative_slope=0.1, name=f"head_det_leaky_{lvl}")(d)
+        d = keras.layers.Conv2D(m.anchors_per_level * (NUM_BOX + NUM_OBJ), 1,
+                                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                name=f"head_det_out_{lvl}")(d)                   # [B, S, S, nA*6]
+        cls = keras.layers.Dense(m.num_classes, name=f"head_cls_{lvl}")(x)        # [B, S, S, K]
+        preds.append(LevelPrediction(m.anchors_per_level, name=f"head_pred_{lvl}")([d, cls]))
+        embs.append(keras.layers.Conv2D(m.emb_dim, 3, padding="same", name=f"head_emb_{lvl}")(x))  # [B, S, S, E]
+    return preds, embs
+
+
+# ---- decoding and proposals (§4.2, §4.3; decisions M4, M5) -------------------------------------------------
+
+class DecodeLevel(keras.layers.Layer):
+    """Decodes one level's prediction into candidates [B, nA*S*S, 5+K] = x1, y1, x2, y2 (normalised to [0, 1] of
+    the canvas, clipped), foreground probability, K class probabilities; order anchor, row, column.
+
+    Anchors and deltas go through `utils.anchor_grid` / `utils.decode_deltas`, the pair the target encoder
+    uses, so anchors sit at cell centres (+0.5, decisions M4).
+
+    Args:
+        anchors: [[w, h], ...] anchor sizes of this level in pixels at the input size.
+        stride: the level's stride in pixels.
+        input_size: side of the square input canvas in pixels.
+
+    Example:
+        cand = DecodeLevel([[56, 48], [72, 63]], 16, 416)(pred)   # [B, 2*26*26, 5 + K]
+    """
+
+    def __init__(self, anchors, stride, input_size, **kwargs):
+        super().__init__(**kwargs)
+        self.anchors = [[float(a) for a in wh] for wh in np.asarray(anchors).tolist()]
+        self.stride = int(stride)
+        self.input_size = int(input_size)
+        self.grid = self.input_size // self.stride
+        self._anchor_grid = utils.anchor_grid(self.grid, self.anchors, self.stride)   # [nA, S, S, 4] grid units
+
+    def call(self, pred):
+        boxes = utils.decode_deltas(pred[..., :NUM_BOX], self._anchor_grid)           # cxcywh grid units
+        boxes = tf.clip_by_value(utils.cxcywh_to_xyxy(boxes) * (self.stride / self.input_size), 0.0, 1.0)
+        obj = tf.nn.softmax(pred[..., NUM_BOX:NUM_BOX + NUM_OBJ], axis=-1)[..., 1:]
+        cls = tf.nn.softmax(pred[..., NUM_BOX + NUM_OBJ:], axis=-1)
+        out = tf.concat([boxes, obj, cls], axis=-1)                                     # [B, nA, S, S, 5+K]
+        return tf.reshape(out, [-1, len(self.anchors) * self.grid * self.grid, out.shape[-1]])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.anchors) * self.grid * self.grid, input_shape[-1] - 1)
+
+    def get_config(self):
+        return {**super().get_config(), "anchors": self.anchors, "stride": self.stride,
+                "input_size": self.input_size}
+
+
+def _nms_padded(boxes, scores, limit, iou_thresh):
+    """Greedy NMS per image: boxes [B, N, 4] xyxy, scores [B, N] (<= 0 means 'not a candidate').
+
+    Returns (indices [B, limit] int32, valid [B, limit] bool, num_valid [B] int32). Padded slots hold index 0 and
+    valid False; the caller zeroes them, so nothing downstream depends on what TF pads with.
+    """
+    def one(args):
+        b, s = args
+        idx = tf.image.non_max_suppression(tf.gather(b, [1, 0, 3, 2], axis=-1), s, limit,
+                                           iou_threshold=iou_thresh, score_threshold=0.0)  # keeps score > 0
+        n = tf.shape(idx)[0]
+        return tf.pad(idx, [[0, limit - n]]), n
+
+    idx, num = tf.map_fn(one, (boxes, scores), fn_output_signature=(tf.TensorSpec([limit], tf.int32),
+                                                                     tf.TensorSpec([], tf.int32)))
+    valid = tf.range(limit)[None, :] < num[:, None]
+    return idx, valid, num
+
+
+class ProposalLayer(keras.layers.Layer):
+    """Proposals from the decoded candidates of all levels (original-model.md §4.3, decisions M5).
+
+    Score = objectness x max class probability, class = argmax + 1. Degenerate boxes (side <= min_box_dim or
+    aspect <= min_box_ratio, normalised units) and candidates whose score underflows to 0 are dropped. Per
+    level NMS keeps up to `pre_nms_limit`, a global NMS over the survivors keeps up to `max_prop`, sorted by
+    descending score. Slots past `num_valid` are explicit padding: zero box, score 0, class 0, zero class probs.
+
+    Args:
+        pre_nms_limit: proposals kept per level.
+        max_prop: proposals kept after the global NMS (P, static).
+        nms_thresh: IoU threshold of both NMS stages.
+        min_box_dim: minimum normalised width and height.
+        min_box_ratio: minimum w/h and h/w.
+
+    Returns:
+        proposals [B, P, 6] = x1, y1, x2, y2, score, class (float), num_valid [B] int32, class_probs [B, P, K].
+
+    Example:
+        proposals, num_valid, class_probs = ProposalLayer(200, 50, 0.3, 5e-4, 1e-3)([c2, c3, c4, c5])
+    """
+
+    def __init__(self, pre_nms_limit, max_prop, nms_thresh, min_box_dim, min_box_ratio, **kwargs):
+        super().__init__(**kwargs)
+        self.pre_nms_limit = int(pre_nms_limit)
+        self.max_prop = int(max_prop)
+        self.nms_thresh = float(nms_thresh)
+        self.min_box_dim = float(min_box_dim)
+        self.min_box_ratio = float(min_box_ratio)
+
+    def _scores(self, cand):
+        boxes, obj, cls = cand[..., :4], cand[..., 4], cand[..., 5:]
+        w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+        ok = (w > self.min_box_dim) & (h > self.min_box_dim)
+        ok &= (tf.math.divide_no_nan(w, h) > self.min_box_ratio) & (tf.math.divide_no_nan(h, w) > self.min_box_ratio)
+        return tf.where(ok, obj * tf.reduce_max(cls, axis=-1), 0.0)
+
+    def call(self, candidates):
+        kept, kept_scores = [], []
+        for cand in candidates:                                          # [B, N_k, 5+K]
+            cand = tf.stop_gradient(cand)
+            scores = self._scores(cand)
+            limit = min(self.pre_nms_limit, int(cand.shape[1]) if cand.shape[1] is not None else self.pre_nms_limit)
+            idx, valid, _ = _nms_padded(cand[..., :4], scores, limit, self.nms_thresh)
+            kept.append(tf.gather(cand, idx, batch_dims=1))
+            kept_scores.append(tf.where(valid, tf.gather(scores, idx, batch_dims=1), 0.0))   # padding: score 0
+        cand = tf.concat(kept, axis=1)                                   # [B, <=4*pre, 5+K]
+        scores = tf.concat(kept_scores, axis=1)
+        idx, valid, num_valid = _nms_padded(cand[..., :4], scores, self.max_prop, self.nms_thresh)
+        cand = tf.gather(cand, idx, batch_dims=1)                        # [B, P, 5+K]
+        validf = tf.cast(valid, cand.dtype)[..., None]
+        cls = cand[..., 5:] * validf
+        score = tf.gather(scores, idx, batch_dims=1)[..., None] * validf
+        label = tf.cast(tf.argmax(cls, axis=-1) + 1, cand.dtype)[..., None] * validf
+        proposals = tf.concat([cand[..., :4] * validf, score, label], axis=-1)
+        return proposals, num_valid, cls
+
+    def compute_output_shape(self, input_shapes):
+        b, k = input_shapes[0][0], input_shapes[0][-1] - 5
+        return (b, self.max_prop, 6), (b,), (b, self.max_prop, k)
+
+    def compute_output_spec(self, candidates):
+        b, k = candidates[0].shape[0], candidates[0].shape[-1] - 5
+        return (keras.KerasTensor((b, self.max_prop, 6), "float32"), keras.KerasTensor((b,), "int32"),
+                keras.KerasTensor((b, self.max_prop, k), "float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "pre_nms_limit": self.pre_nms_limit, "max_prop": self.max_prop,
+                "nms_thresh": self.nms_thresh, "min_box_dim": self.min_box_dim, "min_box_ratio": self.min_box_ratio}
+
+
+# ---- mask head (§5; decisions M3, M10) ---------------------------------------------------------------------
+
+class PyramidROIAlign(keras.layers.Layer):
+    """Adaptive feature pooling input: crops every proposal from every embedding map (original-model.md §5.1).
+
+    `tf.image.crop_and_resize` (TF's normalised convention: 0..1 maps to pixel centres 0..S-1, one bilinear sample
+    per bin) on each of e2..e5, gradients stopped at the boxes. ROIs are flattened to B*P so the mask subnet runs
+    as plain convs.
+
+    Args:
+        pool_size: side of the pooled crops.
+
+    Returns:
+        A list of 4 tensors [B*P, pool_size, pool_size, E], one per level.
+
+    Example:
+        rois = PyramidROIAlign(14)([proposals, e2, e3, e4, e5])
+    """
+
+    def __init__(self, pool_size, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = int(pool_size)
+
+    def call(self, inputs):
+        proposals, maps = inputs[0], inputs[1:]
+        boxes = tf.stop_gradient(proposals[..., :4])
+        num = tf.shape(boxes)[1]
+        boxes = tf.reshape(tf.gather(boxes, [1, 0, 3, 2], axis=-1), [-1, 4])      # [B*P, 4] y1, x1, y2, x2
+        box_idx = tf.repeat(tf.range(tf.shape(proposals)[0]), num)
+        return [tf.image.crop_and_resize(m, boxes, box_idx, (self.pool_size, self.pool_size), method="bilinear")
+                for m in maps]
+
+    def compute_output_shape(self, input_shapes):
+        p = input_shapes[0]
+        b = None if p[0] is None or p[1] is None else p[0] * p[1]
+        return [(b, self.pool_size, self.pool_size, s[-1]) for s in input_shapes[1:]]
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+class UnflattenROIs(keras.layers.Layer):
+    """[B*P, ...] -> [B, P, ...] after the per-ROI mask subnet.
+
+    Args:
+        num_rois: P, the static number of proposals per image.
+
+    Example:
+        mask_logits = UnflattenROIs(50)(x)    # [B*50, 28, 28, 2] -> [B, 50, 28, 28, 2]
+    """
+
+    def __init__(self, num_rois, **kwargs):
+        super().__init__(**kwargs)
+        self.num_rois = int(num_rois)
+
+    def call(self, x):
+        return tf.reshape(x, tf.concat([[-1, self.num_rois], tf.shape(x)[1:]], axis=0))
+
+    def compute_output_shape(self, input_shape):
+        return (None, self.num_rois) + tuple(input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "num_rois": self.num_rois}
+
+
+def _mask_conv(x, filters, kernel, name, cfg):
+    """Conv + real GroupNorm (decisions M3) + ReLU, named mask_<name> / mask_gn_<name>."""
+    x = keras.layers.Conv2D(filters, kernel, padding="same", name=f"mask_{name}")(x)
+    x = keras.layers.GroupNormalization(groups=cfg.model.gn_groups, epsilon=1e-5, name=f"mask_gn_{name}")(x)
+    return keras.layers.ReLU(name=f"mask_relu_{name}")(x)
+
+
+def apply_mask_head(rois, cfg):
+    """Mask subnet on the pooled ROIs (4 x [B*P, 14, 14, E]) -> [B*P, 28, 28, 2] bg/fg logits.
+
+    AFP: per-level 3x3 conv + GN + ReLU, element-wise max. Shared conv1, conv2. FCN branch: conv3, 2x2 deconv
+    stride 2 + ReLU, 1x1 to 2. FC branch: conv4, conv5 (half width), flatten, Dense mask_size^2 + ReLU, reshape,
+    tiled to 2 channels. Fusion: concat and a learned 1x1 conv to 2 (faithful, original-model.md §5.2).
+    """
+    m = cfg.model
+    f, ms = m.mask_layers, m.mask_size
+    x = keras.layers.Maximum(name="mask_afp_max")(
+        [_mask_conv(r, f, 3, f"afp_conv_{lvl}", cfg) for lvl, r in zip(LEVELS, rois)])   # [B*P, 14, 14, f]
+    x = _mask_conv(x, f, 3, "conv1", cfg)
+    x = _mask_conv(x, f, 3, "conv2", cfg)
+    fcn = _mask_conv(x, f, 3, "conv3", cfg)
+    fcn = keras.layers.Conv2DTranspose(f, 2, strides=2, activation="relu", name="mask_deconv")(fcn)  # [.., 28, 28, f]
+    fcn = keras.layers.Conv2D(2, 1, name="mask_fcn_out")(fcn)                                     # [.., 28, 28, 2]
+    fc = _mask_conv(x, f, 3, "conv4", cfg)
+    fc = _mask_conv(fc, f // 2, 3, "conv5", cfg)
+    fc = keras.layers.Flatten(name="mask_flatten")(fc)
+    fc = keras.layers.Dense(ms * ms, activation="relu", name="mask_fc")(fc)
+    fc = keras.layers.Reshape((ms, ms, 1), name="mask_fc_reshape")(fc)
+    fc = keras.layers.Concatenate(name="mask_fc_tile")([fc, fc])                                  # [.., 28, 28, 2]
+    x = keras.layers.Concatenate(name="mask_fuse_cat")([fcn, fc])
+    return keras.layers.Conv2D(2, 1, name="mask_out")(x)                                          # [B*P, 28, 28, 2]
+
+
+# ---- inference outputs (decisions M12) ---------------------------------------------------------------------
+
+class DetectionOutputs(keras.layers.Layer):
+    """Turns proposals and mask logits into the inference outputs, in original-frame pixels.
+
+    Boxes are un-letterboxed with `utils.Letterbox`'s math (scale = min(S/w, S/h), nw = int(scale*w),
+    dw = (S - nw) // 2, x = (x_canvas - dw) * w / nw), computed in float64 so the integer sizes match the numpy
+    letterbox exactly, then clipped to the frame. Padded slots (index >= num_valid) are all zero.
+
+    Args:
+        input_size: side of the square canvas in pixels.
+
+    Returns:
+        dict boxes [B, P, 4] float32 px, scores [B, P], classes int32 [B, P], masks [B, P, M, M] fg probability,
+        image_hw [B, 2] (passed through so post-processing knows each frame's size).
+
+    Example:
+        out = DetectionOutputs(416)([proposals, num_valid, mask_logits, image_hw])
+    """
+
+    def __init__(self, input_size, **kwargs):
+        super().__init__(**kwargs)
+        self.input_size = int(input_size)
+
+    def call(self, inputs):
+        proposals, num_valid, mask_logits, image_hw = inputs
+        size = tf.constant(self.input_size, tf.float64)
+        hw = tf.cast(image_hw, tf.float64)
+        h, w = hw[:, 0], hw[:, 1]
+        scale = tf.minimum(size / w, size / h)
+        nw, nh = tf.maximum(1.0, tf.floor(scale * w)), tf.maximum(1.0, tf.floor(scale * h))
+        dw, dh = tf.floor((size - nw) / 2.0), tf.floor((size - nh) / 2.0)
+        b = tf.cast(proposals[..., :4], tf.float64) * size                          # canvas px
+        x = (b[..., 0::2] - dw[:, None, None]) * (w / nw)[:, None, None]
+        y = (b[..., 1::2] - dh[:, None, None]) * (h / nh)[:, None, None]
+        x = tf.clip_by_value(x, 0.0, w[:, None, None])
+        y = tf.clip_by_value(y, 0.0, h[:, None, None])
+        boxes = tf.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
+        valid = tf.range(tf.shape(proposals)[1])[None, :] < num_valid[:, None]     # [B, P]
+        validf = tf.cast(valid, tf.float32)
+        return {"boxes": tf.cast(boxes, tf.float32) * validf[..., None],
+                "scores": proposals[..., 4] * validf,
+                "classes": tf.cast(tf.round(proposals[..., 5]), tf.int32) * tf.cast(valid, tf.int32),
+                "masks": tf.nn.softmax(mask_logits, axis=-1)[..., 1] * validf[..., None, None],
+                "image_hw": tf.identity(image_hw)}
+
+    def compute_output_spec(self, inputs):
+        proposals, _, mask_logits, _ = inputs
+        b, p = proposals.shape[0], proposals.shape[1]
+        return {"boxes": keras.KerasTensor((b, p, 4), "float32"), "scores": keras.KerasTensor((b, p), "float32"),
+                "classes": keras.KerasTensor((b, p), "int32"),
+                "masks": keras.KerasTensor((b, p) + tuple(mask_logits.shape[2:4]), "float32"),
+                "image_hw": keras.KerasTensor((b, 2), "int32")}
+
+    def get_config(self):
+        return {**super().get_config(), "input_size": self.input_size}

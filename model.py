@@ -1,0 +1,182 @@
+"""YOLOV4+1 assembled: train and inference models, mask pasting / RLE post-processing and frame letterboxing
+(original-model.md §0, §4.4, §5.3, §7.1; decisions M5, M7, M12).
+
+    python model.py --preset yolov4p1 --summary
+"""
+from __future__ import annotations
+
+import argparse
+
+import cv2
+import keras
+import numpy as np
+
+import layers
+import utils
+from backbone import apply_backbone
+
+PARTS = (("backbone", "bb_"), ("neck", "neck_"), ("heads", "head_"), ("mask_head", "mask_"))
+
+
+def build_model(cfg, mode="train") -> keras.Model:
+    """YOLOV4+1 for `cfg`. mode "train": image -> {level_preds, proposals, num_valid, class_probs, mask_logits};
+    mode "infer": {image, image_hw} -> {boxes, scores, classes, class_probs, masks, num_valid} (decisions M12).
+
+    Both modes build the same named layers and own the ALB layer (`model.alb`), so weights move between them by
+    name (`copy_weights_by_name`) or through `save_weights` / `load_weights`.
+    """
+    if mode not in ("train", "infer"):
+        raise ValueError(f"build_model: mode must be 'train' or 'infer', got {mode!r}")
+    m = cfg.model
+    s = m.input_size
+    image = keras.Input((s, s, 3), name="image")                                  # [B, S, S, 3] in [0, 1]
+    b = apply_backbone(image, cfg)                                                # b2..b5
+    n = layers.apply_neck(b, cfg)                                                 # n2..n5
+    level_preds, embs = layers.apply_heads(n, cfg)                                # [B, nA, S_k, S_k, 6+K], e2..e5
+    anchors = cfg.level_anchors()
+    candidates = [layers.DecodeLevel(anchors[i], stride, s, name=f"head_decode_{lvl}")(p)
+                  for i, (lvl, stride, p) in enumerate(zip(layers.LEVELS, m.strides, level_preds))]
+    proposals, num_valid, class_probs = layers.ProposalLayer(
+        m.pre_nms_limit, m.max_prop, m.nms_thresh, m.min_box_dim, m.min_box_ratio,
+        name="head_proposals")(candidates)                                        # [B, P, 6], [B], [B, P, K]
+    rois = layers.PyramidROIAlign(m.mask_pool, name="mask_roi_align")([proposals] + embs)  # 4 x [B*P, 14, 14, E]
+    mask_logits = layers.UnflattenROIs(m.max_prop, name="mask_unflatten")(
+        layers.apply_mask_head(rois, cfg))                                        # [B, P, 28, 28, 2]
+    if mode == "train":
+        outputs = {"level_preds": level_preds, "proposals": proposals, "num_valid": num_valid,
+                   "class_probs": class_probs, "mask_logits": mask_logits}
+        model = keras.Model(image, outputs, name="yolov4p1_train")
+    else:
+        image_hw = keras.Input((2,), dtype="int32", name="image_hw")             # original (height, width)
+        det = layers.DetectionOutputs(s, name="head_outputs")([proposals, num_valid, mask_logits, image_hw])
+        outputs = {"boxes": det["boxes"], "scores": det["scores"], "classes": det["classes"],
+                   "class_probs": class_probs, "masks": det["masks"], "num_valid": num_valid,
+                   "image_hw": det["image_hw"]}                               # passed through for postprocess
+        model = keras.Model({"image": image, "image_hw": image_hw}, outputs, name="yolov4p1_infer")
+    # ALB log-variances (decisions M7) live on the model so checkpoints save them; inference ignores them.
+    model.alb = utils.AutoLossBalance(utils.alb_num_terms(cfg.train.alb, cfg.num_levels), name="alb")
+    model.alb.build()
+    return model
+
+
+def copy_weights_by_name(src: keras.Model, dst: keras.Model) -> int:
+    """Copy every layer's weights from `src` into the layer of the same name in `dst` (plus `alb`); returns the
+    number of layers copied. Raises if a shared name has weights of a different shape."""
+    copied = 0
+    pairs = [(l.name, l, dst.get_layer(l.name)) for l in src.layers if l.weights and l.name in
+             {d.name for d in dst.layers}]
+    if hasattr(src, "alb") and hasattr(dst, "alb"):
+        pairs.append(("alb", src.alb, dst.alb))
+    for name, a, b in pairs:
+        wa, wb = a.get_weights(), b.get_weights()
+        if [w.shape for w in wa] != [w.shape for w in wb]:
+            raise ValueError(f"layer {name}: weight shapes {[w.shape for w in wa]} != {[w.shape for w in wb]}")
+        b.set_weights(wa)
+        copied += 1
+    return copied
+
+
+def part_param_counts(model) -> dict:
+    """Parameter counts per part (layer-name prefix), Keras count_params semantics (BN moving stats included)."""
+    counts = {part: 0 for part, _ in PARTS}
+    for layer in model.layers:
+        for part, prefix in PARTS:
+            if layer.name.startswith(prefix):
+                counts[part] += sum(int(np.prod(w.shape)) for w in layer.weights)
+    counts["alb"] = sum(int(np.prod(w.shape)) for w in model.alb.weights)
+    counts["total"] = sum(int(np.prod(w.shape)) for w in model.weights)
+    return counts
+
+
+# ---- frames in, detections out -----------------------------------------------------------------------------
+
+def letterbox_image(frame_rgb_uint8, size):
+    """Letterbox an RGB uint8 frame [h, w, 3] into a float32 [size, size, 3] canvas in [0, 1] with gray (128)
+    padding, with `utils.Letterbox`'s geometry. Resizing uses cv2.INTER_AREA when shrinking and
+    cv2.INTER_LINEAR when enlarging (the original used PIL Lanczos)."""
+    frame = np.asarray(frame_rgb_uint8)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"letterbox_image: expected an RGB frame [h, w, 3], got shape {frame.shape}")
+    lb = utils.Letterbox(frame.shape[0], frame.shape[1], int(size))
+    interp = cv2.INTER_AREA if lb.nw < lb.width else cv2.INTER_LINEAR
+    canvas = np.full((lb.size, lb.size, 3), 128, np.uint8)
+    canvas[lb.dh:lb.dh + lb.nh, lb.dw:lb.dw + lb.nw] = cv2.resize(frame, (lb.nw, lb.nh), interpolation=interp)
+    return canvas.astype(np.float32) / 255.0
+
+
+def paste_mask(prob, box, height, width, thresh):
+    """Paste a [M, M] foreground probability into a (height, width) frame inside `box` (x1, y1, x2, y2 px, float)
+    with bilinear resizing, then threshold (value >= thresh). Returns a uint8 [height, width] mask."""
+    out = np.zeros((height, width), np.uint8)
+    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    x1, y1 = min(max(x1, 0), width), min(max(y1, 0), height)
+    x2, y2 = min(max(x2, x1), width), min(max(y2, y1), height)
+    if x2 <= x1 or y2 <= y1:
+        return out
+    resized = cv2.resize(np.asarray(prob, np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+    out[y1:y2, x1:x2] = resized >= thresh
+    return out
+
+
+def postprocess(outputs, cfg, score_floor=None, image_hw=None):
+    """Inference outputs (numpy dict of the infer model, batch of frames) -> per frame, a list of detections
+    {"score", "category_id", "class_scores", "bbox" [x, y, w, h] px, "segmentation" compressed RLE at the original
+    frame size}, sorted by descending score; only valid slots with score >= score_floor (cfg.infer.score_floor if
+    None). Frame sizes (height, width) come from outputs["image_hw"] unless `image_hw` [B, 2] is given."""
+    from pycocotools import mask as mask_utils
+
+    if image_hw is None:
+        if "image_hw" not in outputs:
+            raise ValueError("postprocess: outputs have no 'image_hw'; pass image_hw=[[height, width], ...]")
+        image_hw = outputs["image_hw"]
+    floor = cfg.infer.score_floor if score_floor is None else float(score_floor)
+    cat_ids = cfg.category_ids()
+    boxes, scores = np.asarray(outputs["boxes"]), np.asarray(outputs["scores"])
+    classes, probs = np.asarray(outputs["classes"]), np.asarray(outputs["class_probs"])
+    masks, num_valid = np.asarray(outputs["masks"]), np.asarray(outputs["num_valid"])
+    image_hw = np.asarray(image_hw).reshape(-1, 2)
+    if len(image_hw) != len(scores):
+        raise ValueError(f"postprocess: image_hw has {len(image_hw)} frames, outputs have {len(scores)}")
+    frames = []
+    for f in range(len(scores)):
+        h, w = int(image_hw[f, 0]), int(image_hw[f, 1])
+        keep = [i for i in range(int(num_valid[f])) if scores[f, i] >= floor]
+        keep.sort(key=lambda i: -float(scores[f, i]))
+        dets = []
+        if keep:
+            stack = np.stack([paste_mask(masks[f, i], boxes[f, i], h, w, cfg.infer.mask_thresh) for i in keep], -1)
+            rles = mask_utils.encode(np.asfortranarray(stack))
+            for i, rle in zip(keep, rles):
+                x1, y1, x2, y2 = (float(v) for v in boxes[f, i])
+                c = int(classes[f, i])
+                if not 1 <= c <= len(cat_ids):
+                    raise ValueError(f"postprocess: frame {f}, slot {i}: class {c} outside 1..{len(cat_ids)}")
+                dets.append({"score": float(scores[f, i]), "category_id": cat_ids[c - 1],
+                             "class_scores": [float(p) for p in probs[f, i]],
+                             "bbox": [x1, y1, x2 - x1, y2 - y1],
+                             "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")}})
+        frames.append(dets)
+    return frames
+
+
+def main():
+    import config
+
+    ap = argparse.ArgumentParser(description="Build YOLOV4+1 and print its parts' parameter counts.")
+    config.add_config_args(ap)
+    ap.add_argument("--mode", default="train", choices=("train", "infer"))
+    ap.add_argument("--summary", action="store_true", help="print '<part> <parameter count>' lines")
+    ap.add_argument("--keras-summary", action="store_true", help="print Keras's layer-by-layer summary")
+    args = ap.parse_args()
+    cfg = config.config_from_args(args)
+    model = build_model(cfg, args.mode)
+    if args.keras_summary:
+        model.summary(line_length=140)
+    if args.summary or not args.keras_summary:
+        for part, count in part_param_counts(model).items():
+            print(part, count)
+
+
+if __name__ == "__main__":
+    main()
