@@ -1,0 +1,484 @@
+"""Tests of the tracking package (decisions.md §4 T3-T8, §6.2, §6.3): hand-worked scenarios on 24x32 masks,
+invariants on seeded random videos, a dense-mask transcription of the original prune_heuristics
+(original-tracking-eval.md §1.5) as the lam=0 reference, file validation errors and the command line.
+
+Scenario expectations are written as one list per track (creation order) of the detection index taken in
+each frame (`None` where absent); detection indices are positions in the frame's `detections` list.
+"""
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from config import TrackConfig
+from tracking import track as track_cli
+from tracking.io import (FramePredictionsError, read_frame_predictions, validate_frame_predictions,
+                         write_frame_predictions, write_results)
+from tracking.tracks import track_predictions, track_video, video_category
+
+H, W = 24, 32
+N = None
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CATEGORIES = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "fox"}]
+
+
+# ---- builders -------------------------------------------------------------------------------------------------
+
+def dense(y0, x0, y1, x1):
+    m = np.zeros((H, W), np.uint8)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def rle_of(m):
+    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": [H, W], "counts": rle["counts"].decode("ascii")}
+
+
+def det(box, score=0.9, cat=1):
+    """A detection on the box (y0, x0, y1, x1); box None gives a null segmentation, () an empty mask."""
+    if box is None:
+        seg = None
+    elif box == ():
+        seg = rle_of(np.zeros((H, W), np.uint8))
+    else:
+        seg = rle_of(dense(*box))
+    class_scores = [0.0] * len(CATEGORIES)
+    class_scores[cat - 1] = score
+    return {"score": score, "category_id": cat, "class_scores": class_scores, "bbox": [0, 0, 1, 1],
+            "segmentation": seg}
+
+
+def video(frames, vid=1):
+    return {"id": vid, "width": W, "height": H, "length": len(frames),
+            "file_names": [f"v{vid}/{t:05d}.jpg" for t in range(len(frames))],
+            "frames": [{"index": t, "detections": dets} for t, dets in enumerate(frames)]}
+
+
+def preds(*videos):
+    return {"format": "ytvis-frame-predictions", "version": 1, "categories": CATEGORIES, "videos": list(videos)}
+
+
+def layout(frames, **cfg):
+    """Run the tracker on one video; one list per track of the detection index used in each frame."""
+    tracks = track_video(video(frames), TrackConfig(**cfg))
+    return [[None if d is None else d.index for d in tr.history] for tr in tracks]
+
+
+# ---- hand-worked scenarios ------------------------------------------------------------------------------------
+
+def test_two_same_class_objects_crossing():
+    # A (rows 2-12) moves right 3 px a frame, B (rows 10-20) moves left; both 10x8. Own-track IoU 50/110 (cost
+    # 0.545), cross IoU at most 16/144 (cost 0.889). B overtakes A in score from frame 4, so detection order flips.
+    frames = []
+    for t in range(8):
+        a = det((2, 2 + 3 * t, 12, 10 + 3 * t), score=0.9 if t < 4 else 0.7)
+        b = det((10, 22 - 3 * t, 20, 30 - 3 * t), score=0.8 if t < 4 else 0.95)
+        frames.append([a, b] if t < 4 else [b, a])
+    assert layout(frames) == [[0, 0, 0, 0, 1, 1, 1, 1],
+                              [1, 1, 1, 1, 0, 0, 0, 0]]
+
+
+def crossing_frames():
+    # Rows 8-16, width 8; A (class 1) from x=4 moving right 4 px, B (class 2) from x=20 moving left: in frame 2
+    # both masks are [12, 20) exactly. Own-track IoU 32/96 = 1/3 every frame.
+    return [[det((8, 4 + 4 * t, 16, 12 + 4 * t), 0.9, cat=1), det((8, 20 - 4 * t, 16, 28 - 4 * t), 0.8, cat=2)]
+            for t in range(5)]
+
+
+def test_two_different_class_objects_crossing_keep_identity_with_class_term():
+    # lam=0.5, frame 2: A costs 0.667 to its own track and 0.667+0.5 to B's; margins 0.5 -> both match.
+    assert layout(crossing_frames(), lam=0.5) == [[0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_two_different_class_objects_crossing_swap_without_class_term():
+    # lam=0 (the original code), frame 2: both detections cost 2/3 to both tracks: A wins track 0 on the
+    # first-index ties, B fails Best Friend, and A fails Lonely Best Friend (row margin 0): nothing matches.
+    # Frame 3: A [16,24) equals track 1's last mask (B at frame 1), B [8,16) equals track 0's: identities swap.
+    assert layout(crossing_frames(), lam=0.0) == [[0, 0, N, 1, 1], [1, 1, N, 0, 0]]
+
+
+def hidden_frames():
+    # A visible in frames 0-2 and 6-8 (one px to the right when it comes back), B visible throughout.
+    frames = []
+    for t in range(9):
+        dets = [det((2, 2, 10, 10) if t < 3 else (2, 3, 10, 11), 0.9)] if t < 3 or t >= 6 else []
+        frames.append(dets + [det((14, 20, 22, 30), 0.8)])
+    return frames
+
+
+def test_hidden_object_is_reidentified():
+    assert layout(hidden_frames()) == [[0, 0, 0, N, N, N, 0, 0, 0],
+                                       [1, 1, 1, 0, 0, 0, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("max_age, reidentified", [(4, True), (3, False), (2, False)])
+def test_max_age(max_age, reidentified):
+    # A was last hit in frame 2 and comes back in frame 6: it takes part iff 6 - 2 <= max_age.
+    got = layout(hidden_frames(), max_age=max_age)
+    if reidentified:
+        assert got == [[0, 0, 0, N, N, N, 0, 0, 0], [1, 1, 1, 0, 0, 0, 1, 1, 1]]
+    else:  # the expired track stays in the output; A starts a third track
+        assert got == [[0, 0, 0, N, N, N, N, N, N], [1, 1, 1, 0, 0, 0, 1, 1, 1], [N] * 6 + [0, 0, 0]]
+
+
+@pytest.mark.parametrize("lam, expected", [
+    (0.0, [[0, 0, 0, 0]]),
+    (0.5, [[0, 0, 0, 0]]),                     # flicker costs 0 + 0.5 < tau: still linked
+    (1.0, [[0, 0, N, 0], [N, N, 0, N]]),       # flicker costs 1.0 >= tau: new track; frame 3 returns to track 0
+])
+def test_class_flicker(lam, expected):
+    frames = [[det((4, 4, 16, 20), 0.9, cat=c)] for c in (1, 1, 2, 1)]
+    assert layout(frames, lam=lam) == expected
+
+
+def test_track_class_is_the_class_of_its_last_match():
+    # Static 10x10 object whose class changes from 1 to 2 in frame 2 (cost 0.5: linked). In frame 4 two
+    # detections compete: det 0 (class 1, 1 px off: 1 - 90/110 = 0.182) and det 1 (class 2, 2 px off:
+    # 1 - 80/120 = 0.333). The track's class is now 2, so det 0 costs 0.682 and det 1 wins Best Friend.
+    frames = [[det((4, 4, 14, 14), 0.9, cat=c)] for c in (1, 1, 2, 2)]
+    frames.append([det((4, 5, 14, 15), 0.9, cat=1), det((4, 6, 14, 16), 0.8, cat=2)])
+    assert layout(frames, lam=0.5) == [[0, 0, 0, 0, 1]]
+    assert layout(frames, lam=0.0) == [[0, 0, 0, 0, 0]]
+
+
+def test_class_flicker_video_category_is_the_mode():
+    frames = [[det((4, 4, 16, 20), 0.9, cat=c)] for c in (1, 1, 2, 1)]
+    results = track_predictions(preds(video(frames)), TrackConfig(lam=0.5))
+    assert [r["category_id"] for r in results] == [1]
+
+
+def test_duplicate_detection_best_friend():
+    # Frame 1: det 0 has IoU 80/120 with A (cost 0.333), det 1 IoU 90/110 (cost 0.182): both pick track 0, whose
+    # column minimum is det 1, so det 0 fails Best Friend and is dropped (or starts a track with keep_doubtful).
+    # Det 2 is far from everything and starts a track; with keep_doubtful, new tracks are created in ascending
+    # detection order, so det 0 (doubtful) comes before det 2 (new).
+    frames = [[det((4, 4, 14, 14))],
+              [det((4, 6, 14, 16), 0.9), det((4, 5, 14, 15), 0.85), det((16, 20, 22, 30), 0.8)]]
+    assert layout(frames) == [[0, 1], [N, 2]]
+    assert layout(frames, keep_doubtful=True) == [[0, 1], [N, 0], [N, 2]]
+
+
+def test_near_tie_between_two_tracks_lonely_best_friend():
+    # Frame 1: C has cost 1 - 64/320 = 0.8 to A and 1 - 64/330 = 0.80606 to B: margin 0.006 < gamma -> doubtful.
+    frames = [[det((0, 0, 16, 10), 0.9), det((0, 16, 17, 26), 0.8)], [det((0, 6, 16, 20), 0.9)]]
+    assert layout(frames) == [[0, N], [1, N]]
+    assert layout(frames, keep_doubtful=True) == [[0, N], [1, N], [N, 0]]
+    assert layout(frames, gamma=0.005) == [[0, 0], [1, N]]
+
+
+def test_born_late_and_leaving_early():
+    frames = [[det((0, 0, 8, 8))] + ([det((12, 12, 20, 24), 0.8)] if t in (2, 3) else []) for t in range(6)]
+    assert layout(frames) == [[0] * 6, [N, N, 1, 1, N, N]]
+    results = track_predictions(preds(video(frames)), TrackConfig(min_hits=2))
+    late = results[1]["segmentations"]
+    assert late[:2] == [None, None] and late[4:] == [None, None]
+    assert late[2] == frames[2][1]["segmentation"] and late[3] == frames[3][1]["segmentation"]
+
+
+def test_empty_frames_at_start_middle_and_end():
+    frames = [[] if t in (0, 3, 6) else [det((4, 4, 12, 12))] for t in range(7)]
+    assert layout(frames) == [[N, 0, 0, N, 0, 0, N]]
+    (result,) = track_predictions(preds(video(frames)), TrackConfig())
+    assert [s is not None for s in result["segmentations"]] == [False, True, True, False, True, True, False]
+
+
+def test_empty_and_null_masks_are_dropped():
+    frames = [[det(())],                                                # only an empty mask: like an empty frame
+              [det((), 0.95), det(None, 0.9), det((4, 4, 12, 12), 0.8)],
+              [det((4, 4, 12, 12), 0.8)]]
+    assert layout(frames) == [[N, 2, 0]]
+
+
+def test_score_floor_is_inclusive():
+    frames = [[det((4, 4, 12, 12), 0.6)], [det((4, 4, 12, 12), 0.5999)], [det((4, 4, 12, 12), 0.6)]]
+    assert layout(frames) == [[0, N, 0]]
+    assert layout(frames, score_floor=0.5) == [[0, 0, 0]]
+    assert layout(frames, score_floor=0.61) == []
+
+
+def test_one_frame_video():
+    frames = [[det((0, 0, 8, 8), 0.9, cat=2), det((10, 10, 20, 20), 0.7, cat=3)]]
+    assert layout(frames) == [[0], [1]]
+    assert track_predictions(preds(video(frames)), TrackConfig()) == []  # min_hits 4
+    results = track_predictions(preds(video(frames, vid=42)), TrackConfig(min_hits=1))
+    assert results == [{"video_id": 42, "category_id": 2, "score": 0.9, "segmentations": [frames[0][0]["segmentation"]]},
+                       {"video_id": 42, "category_id": 3, "score": 0.7, "segmentations": [frames[0][1]["segmentation"]]}]
+
+
+def test_first_frame_overlapping_detections_all_start_tracks():
+    frames = [[det((4, 4, 12, 12), 0.9), det((4, 4, 12, 12), 0.8)], [det((4, 4, 12, 12), 0.9)]]
+    # Frame 1: cost 0 to both tracks: track 0 on the tie, then LBF prunes it (row margin 0).
+    assert layout(frames) == [[0, N], [1, N]]
+
+
+def test_tracks_created_in_a_frame_do_not_take_part_in_it():
+    # Frame 1: det 0 far from track 0 starts track 1; det 1 overlaps det 0 but is compared with track 0 only
+    # (cost 1 -> also new), not with the just-created track 1.
+    frames = [[det((0, 0, 4, 4))], [det((10, 10, 20, 20), 0.9), det((10, 11, 20, 21), 0.8)]]
+    assert layout(frames) == [[0, N], [N, 0], [N, 1]]
+
+
+def test_video_level_category_score_and_filters():
+    assert video_category([2, 2, 1, 1, 3]) == 1                      # tie between 1 and 2: smallest id
+    assert video_category([3, 3, 1]) == 3
+    box = (4, 4, 12, 12)
+    scores = [0.9, 0.8, 0.7, 0.65]
+    frames = [[det(box, s, cat=c)] for s, c in zip(scores, (3, 3, 2, 2))]
+    (r,) = track_predictions(preds(video(frames)), TrackConfig())
+    assert r["category_id"] == 2 and r["score"] == float(np.mean(scores)) and r["score"] == 0.7625000000000001
+    assert track_predictions(preds(video(frames)), TrackConfig(min_hits=5)) == []
+    # score > min_score is strict: four detections at exactly 0.6 average to exactly 0.6 and are dropped
+    frames = [[det(box, 0.6)] for _ in range(4)]
+    assert track_predictions(preds(video(frames)), TrackConfig()) == []
+    assert len(track_predictions(preds(video(frames)), TrackConfig(min_score=0.59))) == 1
+
+
+def test_results_order_videos_in_input_order_tracks_in_creation_order():
+    v1 = video([[det((0, 0, 8, 8), 0.9)], [det((0, 0, 8, 8), 0.9), det((12, 12, 20, 20), 0.8)],
+                [det((0, 0, 8, 8), 0.9), det((12, 12, 20, 20), 0.8)]], vid=9)
+    v2 = video([[det((2, 2, 8, 8), 0.7, cat=3)]], vid=4)
+    results = track_predictions(preds(v1, v2), TrackConfig(min_hits=1))
+    assert [(r["video_id"], r["category_id"], len(r["segmentations"])) for r in results] == [(9, 1, 3), (9, 1, 3), (4, 3, 1)]
+    assert results[1]["segmentations"][0] is None
+
+
+# ---- the original code as the lam=0 reference -------------------------------------------------------------------
+
+def original_prune_heuristics(A, tau=0.99, gamma=0.01):
+    """Dense transcription of the original prune_heuristics (original-tracking-eval.md §1.5): gating, Best
+    Friend and Lonely Best Friend on a float32 cost matrix, mutated in place. Returns (pairs, new, doubtful)."""
+    rows = np.arange(A.shape[0])
+    cols = np.argmin(A, axis=1)
+    best = A[rows, cols]
+    new = rows[best >= tau]
+    ok = best < tau
+    m, n, a = rows[ok], cols[ok], best[ok]
+    friend = np.argmin(A, axis=0)[n] == m
+    doubtful = list(m[~friend])
+    m, n, a = m[friend], n[friend], a[friend]
+    if len(m):
+        A[m, n] = np.inf
+        lonely = ~((A.min(axis=1)[m] - a < gamma) | (A.min(axis=0)[n] - a < gamma))
+        doubtful += list(m[~lonely])
+        m, n = m[lonely], n[lonely]
+    return list(zip(m.tolist(), n.tolist())), new.tolist(), sorted(int(i) for i in doubtful)
+
+
+def original_track(frames):
+    """The original per-frame loop on dense masks (no class term): returns one {det: track} dict per frame.
+    Valid on videos whose every frame has detections (the original's alignment bugs then do not matter)."""
+    last = []  # last dense mask of each track, creation order
+    per_frame = []
+    for dets in frames:
+        masks = [mask_utils.decode(d["segmentation"]) for d in dets]
+        assigned = {}
+        if not last:
+            new = list(range(len(masks)))
+        else:
+            m1 = np.stack(masks, -1).reshape(-1, len(masks)).astype(np.float32)
+            m2 = np.stack(last, -1).reshape(-1, len(last)).astype(np.float32)
+            inter = m1.T @ m2
+            union = m1.sum(0)[:, None] + m2.sum(0)[None, :] - inter
+            A = 1 - inter / union
+            pairs, new, _ = original_prune_heuristics(A)
+            for i, j in pairs:
+                assigned[i] = j
+                last[j] = masks[i]
+        for i in new:
+            assigned[i] = len(last)
+            last.append(masks[i])
+        per_frame.append(assigned)
+    return per_frame
+
+
+def reference_scenario(seed):
+    """Five 7x7..9x9 objects on random walks (2 px steps), the fifth born in frame 6, each dropped at random in
+    some frames, detection order shuffled each frame, plus a near-duplicate of one object now and then."""
+    rng = np.random.default_rng(seed)
+    pos = rng.integers([0, 0], [H - 9, W - 9], size=(5, 2))
+    sizes = rng.integers(7, 10, size=(5, 2))
+    frames = []
+    for t in range(14):
+        pos = np.clip(pos + rng.integers(-2, 3, size=(5, 2)), 0, [H - 9, W - 9])
+        objs = [k for k in range(5) if (k < 4 or t >= 6) and not (t > 0 and rng.random() < 0.15)] or [0]
+        boxes = [(pos[k, 0], pos[k, 1], pos[k, 0] + sizes[k, 0], pos[k, 1] + sizes[k, 1]) for k in objs]
+        if rng.random() < 0.3:
+            y0, x0, y1, x1 = boxes[0]
+            boxes.append((y0, x0 + 1, y1, x1 + 1))
+        order = rng.permutation(len(boxes))
+        frames.append([det(tuple(int(v) for v in boxes[i]), 0.9 - 0.01 * r) for r, i in enumerate(order)])
+    return frames
+
+
+@pytest.mark.parametrize("seed", [1, 2, 5, 6])
+def test_lam0_reproduces_original_association_decisions(seed):
+    frames = reference_scenario(seed)
+    expected = original_track(frames)
+    tracks = track_video(video(frames), TrackConfig(lam=0.0))
+    got = [{d.index: tr.track_id for tr in tracks if (d := tr.history[t]) is not None} for t in range(len(frames))]
+    assert got == expected
+    # the scenario exercises all three outcomes: matches, later new tracks and dropped (doubtful) detections
+    used = sum(len(f) for f in expected)
+    assert used < sum(len(f) for f in frames) and len(tracks) > len(frames[0])
+
+
+# ---- invariants on random inputs ------------------------------------------------------------------------------
+
+def random_video(rng, vid, length):
+    frames = []
+    for _ in range(length):
+        dets = []
+        for _ in range(rng.integers(0, 6)):
+            y0, x0 = rng.integers(0, H - 2), rng.integers(0, W - 2)
+            box = (int(y0), int(x0), int(y0 + rng.integers(1, 10)), int(x0 + rng.integers(1, 12)))
+            kind = rng.random()
+            dets.append(det(() if kind < 0.1 else None if kind < 0.15 else box,
+                            float(np.round(rng.uniform(0.3, 1.0), 3)), int(rng.integers(1, 4))))
+        dets.sort(key=lambda d: -d["score"])
+        frames.append(dets)
+    return video(frames, vid)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("cfg", [TrackConfig(), TrackConfig(lam=0.0, keep_doubtful=True, max_age=2, min_hits=1)])
+def test_invariants_on_random_videos(seed, cfg):
+    rng = np.random.default_rng(seed)
+    data = preds(*[random_video(rng, vid, int(rng.integers(1, 16))) for vid in (3, 1, 2)])
+    for v in data["videos"]:
+        tracks = track_video(v, cfg)
+        for tr in tracks:
+            assert len(tr.history) == v["length"]
+            birth = next(t for t, d in enumerate(tr.history) if d is not None)
+            assert tr.history[birth].rle == tr.history[birth].rle and all(d is None for d in tr.history[:birth])
+        for t, frame in enumerate(v["frames"]):
+            used = [tr.history[t].index for tr in tracks if tr.history[t] is not None]
+            assert len(used) == len(set(used))  # no detection used twice in a frame
+            for k in used:
+                d = frame["detections"][k]
+                assert d["score"] >= cfg.score_floor and mask_utils.area(d["segmentation"]) > 0
+    results = track_predictions(data, cfg)
+    for r in results:
+        v = next(v for v in data["videos"] if v["id"] == r["video_id"])
+        assert len(r["segmentations"]) == v["length"]
+        for t, seg in enumerate(r["segmentations"]):
+            if seg is not None:
+                assert isinstance(seg["counts"], str)
+                assert mask_utils.decode(seg).shape == (H, W)
+                assert any(d["segmentation"] == seg for d in v["frames"][t]["detections"])
+    assert [r["video_id"] for r in results] == sorted((r["video_id"] for r in results), key=[3, 1, 2].index)
+    assert json.dumps(track_predictions(data, cfg)) == json.dumps(results)  # deterministic
+
+
+# ---- files and errors -----------------------------------------------------------------------------------------
+
+def test_frame_predictions_round_trip_and_atomic_writes(tmp_path):
+    data = preds(video(crossing_frames()))
+    path = tmp_path / "frames.json"
+    write_frame_predictions(str(path), data)
+    assert read_frame_predictions(str(path)) == data
+    out = tmp_path / "results.json"
+    results = track_predictions(data, TrackConfig(min_hits=1))
+    write_results(str(out), results)
+    assert json.loads(out.read_text()) == results
+    assert sorted(os.listdir(tmp_path)) == ["frames.json", "results.json"]  # no temporary files left
+
+
+def test_uncompressed_input_rle_gives_compressed_output():
+    # Rows 4-11, columns 4-11 of 24x32, column-major runs: 4 empty columns + 4 rows = 100 zeros, then 8 ones and
+    # 16 zeros per column (7 times), the last 8 ones, then 12 + 20*24 = 492 zeros.
+    counts = [100] + [8, 16] * 7 + [8, 492]
+    assert sum(counts) == H * W
+    frames = [[det((4, 4, 12, 12))] for _ in range(4)]
+    for dets in frames:
+        dets[0]["segmentation"] = {"size": [H, W], "counts": list(counts)}
+    (r,) = track_predictions(preds(video(frames)), TrackConfig())
+    assert r["segmentations"][0] == rle_of(dense(4, 4, 12, 12))
+
+
+def bad(mutate):
+    data = preds(video([[det((4, 4, 12, 12))], [det((4, 4, 12, 12))]], vid=5))
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(format="coco"), r"frames\.json: not a frame-predictions file"),
+    (lambda d: d.update(version=2), r"frames\.json: not a frame-predictions file.*version 2"),
+    (lambda d: d["videos"][0]["frames"].pop(), r"video 5: 'frames' has 1 entries but length is 2"),
+    (lambda d: d["videos"][0]["frames"][1].update(index=0), r"video 5 frame 1: 'index' is 0"),
+    (lambda d: d["videos"][0]["frames"][1]["detections"][0]["segmentation"].update(size=[W, H]),
+     r"video 5 frame 1 detection 0: segmentation size \[32, 24\]"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(category_id=7), r"video 5 frame 0 detection 0: 'category_id' 7"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=None), r"video 5 frame 0 detection 0: 'score'"),
+    (lambda d: d["videos"][0].pop("height"), r"'height' must be an int"),
+])
+def test_bad_input_errors_name_file_video_frame(tmp_path, mutate, message):
+    path = tmp_path / "frames.json"
+    path.write_text(json.dumps(bad(mutate)))
+    with pytest.raises(FramePredictionsError, match=message) as err:
+        read_frame_predictions(str(path))
+    assert str(path) in str(err.value)
+
+
+def test_tracker_itself_rejects_wrong_mask_size_and_index():
+    data = bad(lambda d: d["videos"][0]["frames"][1]["detections"][0]["segmentation"].update(size=[W, H]))
+    with pytest.raises(FramePredictionsError, match=r"video 5 frame 1 detection 0: segmentation size"):
+        track_predictions(data, TrackConfig(), validate=False)
+    data = bad(lambda d: d["videos"][0]["frames"][1].update(index=3))
+    with pytest.raises(FramePredictionsError, match=r"video 5 frame 1: 'index' is 3"):
+        track_predictions(data, TrackConfig(), validate=False)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(FramePredictionsError, match="missing.json: cannot read"):
+        read_frame_predictions(str(tmp_path / "missing.json"))
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(FramePredictionsError, match="broken.json: not valid JSON"):
+        read_frame_predictions(str(tmp_path / "broken.json"))
+    with pytest.raises(FramePredictionsError, match="out.json: not a frame-predictions"):
+        write_frame_predictions(str(tmp_path / "out.json"), dict(preds(), version=3))
+    assert not (tmp_path / "out.json").exists()
+
+
+# ---- command line ---------------------------------------------------------------------------------------------
+
+def test_cli_help_does_not_import_tensorflow():
+    code = ("import runpy, sys\nsys.argv = ['track', '--help']\n"
+            "try:\n    runpy.run_module('tracking.track', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TF_LOADED', 'tensorflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--pred" in out.stdout and "--keep-doubtful" in out.stdout
+    assert "TF_LOADED False" in out.stdout
+
+
+def test_cli_end_to_end(tmp_path):
+    frames_path, out_path = tmp_path / "frames.json", tmp_path / "sub" / "results.json"
+    write_frame_predictions(str(frames_path), preds(video(hidden_frames(), vid=11)))
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        track_cli.main(["--pred", str(frames_path), "--out", str(out_path), "--max-age", "2", "--min-hits", "3"])
+    assert str(out_path) in buf.getvalue() and "[1/1] video 11" in buf.getvalue()
+    results = json.loads(out_path.read_text())
+    # max_age 2 splits A in two tracks of 3 hits each; B has 9
+    assert [sum(s is not None for s in r["segmentations"]) for r in results] == [3, 9, 3]
+    assert results == track_predictions(read_frame_predictions(str(frames_path)),
+                                        dataclasses.replace(TrackConfig(), max_age=2, min_hits=3))
+
+
+def test_cli_flags_override_config_file(tmp_path):
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text("preset: tiny\ntrack:\n  lam: 1.0\n  min_hits: 2\n")
+    args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o", "--config", str(cfg_path), "--lam", "0.25"])
+    cfg = track_cli.resolve_config(args)
+    assert (cfg.lam, cfg.min_hits, cfg.tau, cfg.keep_doubtful) == (0.25, 2, 0.99, False)
+    args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o"])
+    assert track_cli.resolve_config(args) == TrackConfig()
