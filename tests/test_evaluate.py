@@ -1,0 +1,112 @@
+"""scripts/evaluate.py end to end: the official-format table, the metrics JSON of decisions.md §6.4, plots, and
+errors naming the bad entry."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import evaluate  # noqa: E402
+
+H, W = 20, 30
+KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
+def enc(y0, y1, x0, x1):
+    m = np.zeros((H, W), np.uint8, order="F")
+    m[y0:y1, x0:x1] = 1
+    r = mask_utils.encode(m)
+    return {"size": r["size"], "counts": r["counts"].decode("ascii")}
+
+
+def write(tmp_path, name, obj):
+    p = tmp_path / name
+    p.write_text(json.dumps(obj))
+    return str(p)
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Two videos; cat 1 found perfectly in video 1, cat 2 (video 2) only half its frames: IoU 0.5.
+    AP50: both TPs -> 1; at t >= .55 cat 2 has only an FP -> 0. AP(cat 1) = 1, AP(cat 2) = 0.1 -> AP 0.55."""
+    a, b = enc(0, 10, 0, 10), enc(10, 20, 15, 25)
+    gt = {"videos": [{"id": 1, "height": H, "width": W, "length": 2}, {"id": 2, "height": H, "width": W, "length": 2}],
+          "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "fox"}],
+          "annotations": [
+              {"id": 1, "video_id": 1, "category_id": 1, "segmentations": [a, a], "areas": [100, 100], "iscrowd": 0},
+              {"id": 2, "video_id": 2, "category_id": 2, "segmentations": [b, b], "areas": [100, 100], "iscrowd": 0}]}
+    results = [{"video_id": 1, "category_id": 1, "score": 0.9, "segmentations": [a, a]},
+               {"video_id": 2, "category_id": 2, "score": 0.8, "segmentations": [b, None]}]
+    return write(tmp_path, "gt.json", gt), write(tmp_path, "results.json", results), tmp_path
+
+
+def test_cli_end_to_end(files, capsys):
+    gt, results, tmp = files
+    out = str(tmp / "metrics.json")
+    assert evaluate.main(["--gt", gt, "--results", results, "--out", out, "--plot", str(tmp / "plots"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.550" in text
+    assert " Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 1.000" in text
+    assert " Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = -1.000" in text
+    assert f"metrics written to {out}" in text
+    m = json.load(open(out))
+    assert list(m) == KEYS + ["per_category"]
+    assert m["AP"] == pytest.approx(0.55, abs=1e-12) and m["AP50"] == pytest.approx(1, abs=1e-12)
+    assert (m["APm"], m["APl"], m["ARm"], m["ARl"]) == (-1, -1, -1, -1)
+    assert m["AR100"] == pytest.approx(0.55)           # recall: cat 1 always 1, cat 2 only at t = .5
+    assert m["per_category"]["dog"]["id"] == 2 and m["per_category"]["dog"]["AP"] == pytest.approx(0.1, abs=1e-12)
+    assert m["per_category"]["fox"] == {"id": 3, "AP": -1.0}
+    for name in ("per_category_ap.png", "pr_curves.png"):
+        assert (tmp / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_runs_as_a_script_and_answers_help(files, tmp_path):
+    gt, results, _ = files
+    env = dict(os.environ, MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--help"],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0 and "--results" in r.stdout and "--plot" in r.stdout
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--gt", gt,
+                        "--results", results], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0 and "maxDets=100 ] = 0.550" in r.stdout
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"video_id": 9, "category_id": 1, "score": 0.5, "segmentations": []}, r"entry 1: video_id 9 is not a GT video"),
+    ({"video_id": 1, "category_id": 1, "score": "high", "segmentations": []},
+     r"entry 1 \(video_id 1\): 'score' 'high' is not a finite number"),
+    ({"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": [None, {"size": [H, W], "counts": "zz"}]},
+     r"entry 1 \(video_id 1\) frame 1: malformed compressed RLE"),
+    ({"video_id": 1, "category_id": 1, "score": 0.5, "segmentations": [{"size": [H, W]}]},
+     r"entry 1 \(video_id 1\) frame 0: malformed RLE"),
+])
+def test_cli_bad_results_name_the_entry(files, capsys, entry, message):
+    gt, results, tmp = files
+    bad = json.load(open(results))[:1] + [entry]
+    out = str(tmp / "metrics.json")
+    code = evaluate.main(["--gt", gt, "--results", write(tmp, "bad.json", bad), "--out", out, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.json" in err
+    import re
+    assert re.search(message, err), err
+    assert not os.path.exists(out)                     # nothing written on bad input
+
+
+def test_cli_results_not_a_list(files, capsys):
+    gt, _, tmp = files
+    code = evaluate.main(["--gt", gt, "--results", write(tmp, "obj.json", {"video_id": 1}), "--quiet"])
+    assert code == 2 and "want a list of results, got dict" in capsys.readouterr().err
+
+
+def test_cli_unknown_category_is_a_warning(files, capsys):
+    gt, results, tmp = files
+    extra = json.load(open(results)) + [{"video_id": 1, "category_id": 99, "score": 1.0, "segmentations": []}]
+    assert evaluate.main(["--gt", gt, "--results", write(tmp, "extra.json", extra), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 1 result(s) name a category that is not in the GT" in captured.err
+    assert "maxDets=100 ] = 0.550" in captured.out      # and they change nothing
