@@ -450,13 +450,20 @@ def test_unreadable_files(tmp_path):
 
 # ---- command line ---------------------------------------------------------------------------------------------
 
-def test_cli_help_does_not_import_tensorflow():
-    code = ("import runpy, sys\nsys.argv = ['track', '--help']\n"
-            "try:\n    runpy.run_module('tracking.track', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+def test_cli_does_not_import_tensorflow(tmp_path):
+    frames_path, out_path = tmp_path / "frames.json", tmp_path / "results.json"
+    write_frame_predictions(str(frames_path), preds(video(hidden_frames(), vid=11)))
+    code = ("import runpy, sys\n"
+            "for argv in (['--help'], ['--pred', sys.argv[1], '--out', sys.argv[2]]):\n"
+            "    sys.argv = ['track'] + argv\n"
+            "    try:\n        runpy.run_module('tracking.track', run_name='__main__')\n"
+            "    except SystemExit as e:\n        assert not e.code, e.code\n"
             "print('TF_LOADED', 'tensorflow' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code, str(frames_path), str(out_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--pred" in out.stdout and "--keep-doubtful" in out.stdout
+    assert f"wrote 2 tracks to {out_path}" in out.stdout
     assert "TF_LOADED False" in out.stdout
 
 
@@ -472,6 +479,15 @@ def test_cli_end_to_end(tmp_path):
     assert [sum(s is not None for s in r["segmentations"]) for r in results] == [3, 9, 3]
     assert results == track_predictions(read_frame_predictions(str(frames_path)),
                                         dataclasses.replace(TrackConfig(), max_age=2, min_hits=3))
+
+
+def test_cli_bad_input_exits_with_the_message(tmp_path):
+    path = tmp_path / "frames.json"
+    path.write_text(json.dumps(bad(lambda d: d["videos"][0]["frames"][1].update(index=0))))
+    with pytest.raises(SystemExit) as err:
+        track_cli.main(["--pred", str(path), "--out", str(tmp_path / "results.json")])
+    assert f"{path}: video 5 frame 1: 'index' is 0" in str(err.value.code)
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_cli_flags_override_config_file(tmp_path):

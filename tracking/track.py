@@ -8,8 +8,8 @@ import dataclasses
 import sys
 import time
 
-from config import TrackConfig, load_config
-from tracking.io import read_frame_predictions, write_results
+from config import ConfigError, TrackConfig, load_config
+from tracking.io import FramePredictionsError, read_frame_predictions, write_results
 from tracking.tracks import track_predictions
 
 
@@ -46,9 +46,12 @@ def resolve_config(args) -> TrackConfig:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cfg = resolve_config(args)
-    start = time.time()
-    data = read_frame_predictions(args.pred)
+    try:
+        cfg = resolve_config(args)
+        start = time.time()
+        data = read_frame_predictions(args.pred)
+    except (ConfigError, FramePredictionsError) as e:
+        sys.exit(f"tracking.track: {e}")
     num_frames = sum(int(v["length"]) for v in data["videos"])
     print(f"read {len(data['videos'])} videos, {num_frames} frames from {args.pred}", flush=True)
     print("tracking with " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), flush=True)
@@ -57,7 +60,10 @@ def main(argv=None):
         print(f"[{position + 1}/{num_videos}] video {video['id']}: {video['length']} frames, "
               f"{len(tracks)} tracks, {len(kept)} kept", flush=True)
 
-    results = track_predictions(data, cfg, source=args.pred, progress=progress, validate=False)
+    try:
+        results = track_predictions(data, cfg, source=args.pred, progress=progress, validate=False)
+    except (FramePredictionsError, ValueError) as e:
+        sys.exit(f"tracking.track: {e}")
     write_results(args.out, results)
     elapsed = time.time() - start
     print(f"wrote {len(results)} tracks to {args.out} ({elapsed:.1f} s, {num_frames / max(elapsed, 1e-9):.1f} frames/s)")
