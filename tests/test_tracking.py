@@ -356,8 +356,9 @@ def test_invariants_on_random_videos(seed, cfg):
         tracks = track_video(v, cfg)
         for tr in tracks:
             assert len(tr.history) == v["length"]
-            birth = next(t for t, d in enumerate(tr.history) if d is not None)
-            assert tr.history[birth].rle == tr.history[birth].rle and all(d is None for d in tr.history[:birth])
+            present = [t for t, d in enumerate(tr.history) if d is not None]
+            assert present and tr.hits == len(present) and tr.last_hit == present[-1]
+            assert tr.last_rle == tr.history[present[-1]].rle
         for t, frame in enumerate(v["frames"]):
             used = [tr.history[t].index for tr in tracks if tr.history[t] is not None]
             assert len(used) == len(set(used))  # no detection used twice in a frame
