@@ -19,8 +19,7 @@ from pycocotools import mask as mask_utils
 
 from config import TrackConfig
 from tracking import track as track_cli
-from tracking.io import (FramePredictionsError, read_frame_predictions, validate_frame_predictions,
-                         write_frame_predictions, write_results)
+from tracking.io import FramePredictionsError, read_frame_predictions, write_frame_predictions, write_results
 from tracking.tracks import track_predictions, track_video, video_category
 
 H, W = 24, 32

@@ -6,7 +6,7 @@ frame index, inclusive score floor, optional max_age and keep_doubtful, video-le
     results = track_predictions(read_frame_predictions("valid_frames.json"), TrackConfig())
 """
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
