@@ -1,0 +1,227 @@
+"""Neck, heads, decoding, proposals, ROI align, mask head and output layers against hand-computed numbers
+(original-model.md §3-§5, §7.1, Appendix A; decisions M3-M6, M10, M12)."""
+import keras
+import numpy as np
+import pytest
+
+import config
+import layers
+import utils
+
+
+def _cfg(preset="yolov4p1", **model):
+    cfg = config.get_preset(preset)
+    cfg.model.sync_bn = False
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    return cfg
+
+
+def _count(layer_list):
+    return sum(int(np.prod(w.shape)) for l in layer_list for w in l.weights)
+
+
+@pytest.fixture(scope="module")
+def neck_heads_416():
+    """Neck + heads at full width on symbolic b2..b5 of the 416 sizes (no backbone needed)."""
+    cfg = _cfg()
+    b = [keras.Input((s, s, c), name=f"b{i}") for i, (s, c) in
+         zip((2, 3, 4, 5), ((104, 128), (52, 256), (26, 512), (13, 512)))]
+    n = layers.apply_neck(b, cfg)
+    preds, embs = layers.apply_heads(n, cfg)
+    return keras.Model(b, {"n": n, "preds": preds, "embs": embs})
+
+
+def test_neck_count_and_shapes(neck_heads_416):
+    m = neck_heads_416
+    neck = [l for l in m.layers if l.name.startswith("neck_")]
+    assert _count(neck) == 20_000_512                                       # §7.1
+    assert sum(isinstance(l, keras.layers.Conv2D) for l in neck) == 39     # 3 x 7 top-down + 3 x 6 bottom-up
+    p_shapes = [tuple(m.get_layer(f"neck_leaky_p{k}_4").output.shape) for k in (2, 3, 4)]
+    assert p_shapes == [(None, 104, 104, 64), (None, 52, 52, 128), (None, 26, 26, 256)]
+    assert [tuple(t.shape) for t in m.output["n"]] == [(None, 104, 104, 64), (None, 52, 52, 128),
+                                                       (None, 26, 26, 256), (None, 13, 13, 512)]
+    # concatenation orders of §3: [lateral, upsampled] and [downsampled, p]
+    cat = m.get_layer("neck_cat_p4")
+    assert [t._keras_history.operation.name for t in cat._inbound_nodes[0].input_tensors] == \
+        ["neck_leaky_p4_lat", "neck_upsample_p4"]
+    cat = m.get_layer("neck_cat_n5")
+    assert [t._keras_history.operation.name for t in cat._inbound_nodes[0].input_tensors] == \
+        ["neck_leaky_n5_down", "b5"]
+    assert m.get_layer("neck_upsample_p2").interpolation == "bilinear"
+
+
+def test_heads_count_and_shapes(neck_heads_416):
+    m = neck_heads_416
+    emb = [l for l in m.layers if l.name.startswith("head_emb_")]
+    det = [l for l in m.layers if l.name.startswith("head_det_")]
+    cls = [l for l in m.layers if l.name.startswith("head_cls_")]
+    assert (_count(emb), _count(det), _count(cls)) == (1_797_952, 3_171_984, 38_560)      # §7.1
+    assert [tuple(t.shape) for t in m.output["preds"]] == [(None, 6, s, s, 46) for s in (104, 52, 26, 13)]
+    assert [tuple(t.shape) for t in m.output["embs"]] == [(None, s, s, 208) for s in (104, 52, 26, 13)]
+
+
+def test_level_prediction_layout():
+    na, s, k = 3, 2, 4
+    det = np.arange(2 * s * s * na * 6, dtype=np.float32).reshape(2, s, s, na * 6)
+    cls = -np.arange(2 * s * s * k, dtype=np.float32).reshape(2, s, s, k)
+    out = np.asarray(layers.LevelPrediction(na)([det, cls]))
+    assert out.shape == (2, na, s, s, 6 + k)
+    # anchor a, channel j of cell (row y, col x) is raw channel a*6 + j; class logits equal for every anchor
+    for a in range(na):
+        np.testing.assert_array_equal(out[:, a, :, :, :6], det[..., a * 6:(a + 1) * 6])
+        np.testing.assert_array_equal(out[:, a, :, :, 6:], cls)
+
+
+def test_decode_level_hand_computed():
+    # one 16x16 px anchor, stride 16, input 32: S = 2; cell (row 1, col 0) has its centre at (8, 24) px
+    pred = np.zeros((1, 1, 2, 2, 6 + 3), np.float32)
+    pred[0, 0, 1, 0, 5] = np.log(3.0)            # objectness logits [0, ln 3]: fg = 3 / 4
+    pred[0, 0, 1, 0, 6:] = [0, np.log(2.0), np.log(5.0)]  # class probs 1/8, 2/8, 5/8
+    pred[0, 0, 0, 1, :4] = [0.5, -0.25, np.log(2.0), 0.0]  # cell (0, 1): centre (24 + 8, 8 - 4), size 32 x 16
+    out = np.asarray(layers.DecodeLevel([[16, 16]], 16, 32)(pred))
+    assert out.shape == (1, 4, 8)                    # candidates in order anchor, row, column
+    np.testing.assert_allclose(out[0, 2], [0, 0.5, 0.5, 1.0, 0.75, 1 / 8, 2 / 8, 5 / 8], atol=1e-6)
+    # (32 - 16, 4 - 8, 32 + 16, 4 + 8) / 32, clipped to [0, 1]
+    np.testing.assert_allclose(out[0, 1, :4], [0.5, 0.0, 1.0, 0.375], atol=1e-6)
+
+
+def test_decode_inverts_the_target_encoder():
+    anchors, stride, size = [[20.0, 30.0], [50.0, 40.0]], 8, 64
+    grid = utils.anchor_grid(size // stride, anchors, stride)                    # [2, 8, 8, 4] grid units
+    rng = np.random.default_rng(0)
+    gt = np.concatenate([rng.uniform(1, 7, (2, 8, 8, 2)), rng.uniform(0.5, 3, (2, 8, 8, 2))], -1).astype(np.float32)
+    deltas = np.asarray(utils.encode_deltas(gt, grid))
+    pred = np.concatenate([deltas, np.zeros((2, 8, 8, 2 + 1), np.float32)], -1)[None]
+    out = np.asarray(layers.DecodeLevel(anchors, stride, size)(pred))
+    expect = np.asarray(utils.cxcywh_to_xyxy(gt)).reshape(-1, 4) * stride / size
+    np.testing.assert_allclose(out[0, :, :4], np.clip(expect, 0, 1), atol=1e-5)
+
+
+def _cands(rows, k=2):
+    """Candidates [1, N, 5+K] from rows (x1, y1, x2, y2, obj, class probs...)."""
+    return np.asarray(rows, np.float32).reshape(1, -1, 5 + k)
+
+
+def test_proposals_nms_scores_padding():
+    layer = layers.ProposalLayer(pre_nms_limit=3, max_prop=6, nms_thresh=0.5, min_box_dim=0.01, min_box_ratio=0.1)
+    l2 = _cands([[0.1, 0.1, 0.3, 0.3, 0.9, 0.2, 0.8],       # score 0.72, class 2
+                 [0.1, 0.1, 0.3, 0.32, 0.8, 0.5, 0.5],      # IoU 0.91 with the first: suppressed
+                 [0.5, 0.5, 0.505, 0.7, 0.99, 1.0, 0.0],    # width 0.005 <= min_box_dim: dropped
+                 [0.6, 0.6, 0.9, 0.9, 0.0, 1.0, 0.0]])      # objectness 0: score 0, not a proposal
+    l3 = _cands([[0.0, 0.0, 1.0, 0.05, 0.5, 0.6, 0.4],      # h/w = 0.05 <= min_box_ratio: dropped
+                 [0.4, 0.0, 0.6, 0.2, 0.5, 0.6, 0.4]])      # score 0.3, class 1
+    l4 = _cands([[0.12, 0.1, 0.3, 0.3, 0.95, 0.9, 0.1]])    # score 0.855, overlaps l2's first (IoU 0.9): wins
+    l5 = _cands([[0.7, 0.1, 0.9, 0.3, 0.4, 0.25, 0.75]])    # score 0.3, class 2
+    proposals, num_valid, probs = (np.asarray(t) for t in layer([l2, l3, l4, l5]))
+    assert proposals.shape == (1, 6, 6) and probs.shape == (1, 6, 2)
+    assert num_valid.tolist() == [3]
+    np.testing.assert_allclose(proposals[0, 0], [0.12, 0.1, 0.3, 0.3, 0.855, 1], atol=1e-6)
+    # ties (0.3) keep input order: l3 before l5
+    np.testing.assert_allclose(proposals[0, 1], [0.4, 0.0, 0.6, 0.2, 0.3, 1], atol=1e-6)
+    np.testing.assert_allclose(proposals[0, 2], [0.7, 0.1, 0.9, 0.3, 0.3, 2], atol=1e-6)
+    np.testing.assert_allclose(probs[0, :3], [[0.9, 0.1], [0.6, 0.4], [0.25, 0.75]], atol=1e-6)
+    assert not proposals[0, 3:].any() and not probs[0, 3:].any()   # explicit padding: zero box, score, class
+
+
+def test_proposals_all_background_and_batch():
+    layer = layers.ProposalLayer(4, 5, 0.3, 5e-4, 1e-3)
+    box = [0.1, 0.1, 0.4, 0.4]
+    bg = [_cands([box + [0.0, 0.5, 0.5]] * 3) for _ in range(4)]
+    proposals, num_valid, probs = (np.asarray(t) for t in layer(bg))
+    assert num_valid.tolist() == [0] and not proposals.any() and not probs.any()
+    # batch of 2 where only the second image has a candidate
+    two = [np.concatenate([c, _cands([box + [0.5 if lvl == 3 else 0.0, 0.5, 0.5]] * 3)], 0)
+           for lvl, c in enumerate(bg)]
+    proposals, num_valid, _ = (np.asarray(t) for t in layer(two))
+    assert num_valid.tolist() == [0, 1]
+    np.testing.assert_allclose(proposals[1, 0], box + [0.25, 1], atol=1e-6)
+    assert not proposals[0].any() and not proposals[1, 1:].any()
+
+
+def test_pyramid_roi_align_hand_computed():
+    s = 5
+    ramp = np.arange(s, dtype=np.float32)
+    fmap = np.stack([np.broadcast_to(ramp[None, :], (s, s)), np.broadcast_to(ramp[:, None], (s, s))], -1)
+    maps = [np.stack([fmap, fmap + 10])] * 4                                  # [2, 5, 5, 2]: x ramp, y ramp
+    proposals = np.zeros((2, 3, 6), np.float32)
+    proposals[:, 0, :4] = [0, 0, 1, 1]               # whole map: 0..1 maps to pixel centres 0..4
+    proposals[1, 1, :4] = [0.25, 0.5, 0.75, 1.0]     # x 1..3, y 2..4
+    out = layers.PyramidROIAlign(5)([proposals] + maps)
+    assert len(out) == 4 and out[0].shape == (6, 5, 5, 2)                    # [B*P, pool, pool, C]
+    out = np.asarray(out[3])
+    np.testing.assert_allclose(out[0], fmap, atol=1e-6)
+    np.testing.assert_allclose(out[3], fmap + 10, atol=1e-6)                 # ROI 0 of image 1
+    np.testing.assert_allclose(out[4, 0, :, 0], [11, 11.5, 12, 12.5, 13], atol=1e-6)
+    np.testing.assert_allclose(out[4, :, 0, 1], [12, 12.5, 13, 13.5, 14], atol=1e-6)
+
+
+def test_unflatten_rois():
+    x = np.arange(6 * 2, dtype=np.float32).reshape(6, 2)
+    out = np.asarray(layers.UnflattenROIs(3)(x))
+    np.testing.assert_array_equal(out, x.reshape(2, 3, 2))
+
+
+def test_mask_head_count_shapes_and_group_norm():
+    cfg = _cfg()
+    rois = [keras.Input((14, 14, 208)) for _ in range(4)]
+    out = layers.apply_mask_head(rois, cfg)
+    m = keras.Model(rois, out)
+    assert tuple(out.shape) == (None, 28, 28, 2)
+    assert m.count_params() == 24_510_364                                    # §7.1, real GN has the same count
+    assert m.get_layer("mask_fc").count_params() == 19_669_776
+    gns = [l for l in m.layers if isinstance(l, keras.layers.GroupNormalization)]
+    # 4 AFP + conv1..conv5 = 9 (§7.1's prose says 10 GroupNorm, but its 24,510,364 count is that of 9)
+    assert len(gns) == 9 and all(l.groups == 32 and l.epsilon == 1e-5 for l in gns)
+    assert m.get_layer("mask_gn_conv5").output.shape[-1] == 128
+
+
+def test_group_norm_normalises_channel_groups():
+    # decisions M3: each group of C/G channels is normalised over (H, W, channels of the group)
+    gn = keras.layers.GroupNormalization(groups=2, epsilon=1e-5)
+    x = np.random.default_rng(0).normal(3, 2, (1, 4, 4, 4)).astype(np.float32)
+    y = np.asarray(gn(x))
+    for g in range(2):
+        part = x[..., 2 * g:2 * g + 2]
+        np.testing.assert_allclose(y[..., 2 * g:2 * g + 2], (part - part.mean()) / np.sqrt(part.var() + 1e-5),
+                                   atol=1e-4)
+
+
+def test_detection_outputs_unletterbox():
+    size, (h, w) = 416, (720, 1280)
+    lb = utils.Letterbox(h, w, size)                                  # scale 0.325, nw 416, nh 234, dh 91
+    assert (lb.nw, lb.nh, lb.dw, lb.dh) == (416, 234, 0, 91)
+    rng = np.random.default_rng(0)
+    canvas = np.sort(rng.uniform(0, size, (1, 4, 2, 2)), axis=2).transpose(0, 1, 3, 2).reshape(1, 4, 4)
+    proposals = np.zeros((1, 5, 6), np.float32)
+    proposals[0, :4, :4] = canvas / size
+    proposals[0, :4, 4] = [0.9, 0.8, 0.7, 0.6]
+    proposals[0, :4, 5] = [3, 1, 2, 40]
+    logits = np.zeros((1, 5, 28, 28, 2), np.float32)
+    logits[..., 1] = np.log(3.0)                                      # fg probability 0.75
+    out = layers.DetectionOutputs(size)([proposals, np.array([4], np.int32), logits, np.array([[h, w]], np.int32)])
+    expect = lb.boxes_to_frame(proposals[0, :4, :4].astype(np.float64) * size)
+    np.testing.assert_allclose(np.asarray(out["boxes"])[0, :4], expect, atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(out["boxes"])[0, 4], 0)
+    assert np.asarray(out["classes"]).tolist() == [[3, 1, 2, 40, 0]] and out["classes"].dtype == "int32"
+    np.testing.assert_allclose(np.asarray(out["masks"])[0, :4], 0.75, atol=1e-6)
+    assert not np.asarray(out["masks"])[0, 4].any()
+    # a box in the letterbox padding maps to a zero-height box on the frame's edge
+    proposals[0, 0, :4] = [0.1, 0.0, 0.2, 90 / size]
+    out = layers.DetectionOutputs(size)([proposals, np.array([4], np.int32), logits, np.array([[h, w]], np.int32)])
+    np.testing.assert_allclose(np.asarray(out["boxes"])[0, 0], [41.6 / 0.325, 0, 83.2 / 0.325, 0], atol=1e-3)
+
+
+@pytest.mark.parametrize("layer", [
+    layers.LevelPrediction(6, name="p"),
+    layers.DecodeLevel([[2.0, 2.0], [4.0, 5.0]], 4, 64, name="d"),
+    layers.ProposalLayer(200, 50, 0.3, 5e-4, 1e-3, name="prop"),
+    layers.PyramidROIAlign(14, name="roi"),
+    layers.UnflattenROIs(50, name="u"),
+    layers.DetectionOutputs(416, name="o"),
+    utils.AutoLossBalance(13, name="alb"),
+])
+def test_get_config_round_trip(layer):
+    config_ = layer.get_config()
+    clone = type(layer).from_config(config_)
+    assert clone.get_config() == config_
