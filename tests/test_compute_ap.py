@@ -293,7 +293,25 @@ def test_malformed_rle_is_rejected_with_the_entry_named():
         with pytest.raises(C.EvalInputError, match=r"entry 1 \(video_id 3\) frame 0"):
             C.load_results([res(3, 1, 0.5, A), {"video_id": 3, "category_id": 1, "score": .5,
                                                 "segmentations": [bad]}], gt)
-    assert C._compressed_total(good["counts"].encode()) == H * W
+
+
+def test_compressed_rle_totals_batched():
+    """The batched numpy decoder sums the runs of each string exactly as pycocotools encodes them; a damaged
+    string is flagged without disturbing its neighbours."""
+    rng = np.random.default_rng(1)
+    masks = [rng.random((h, w)) < p for h, w, p in ((20, 30, .5), (7, 3, .9), (64, 48, .02), (1, 1, 1.0))]
+    masks.append(np.zeros((300, 500), bool))           # one run of 150000: a multi-chunk value
+    masks.append(box(3, 17, 2, 28))
+    strings = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"] for m in masks]
+    want = [m.size for m in masks]
+    np.testing.assert_array_equal(C._compressed_totals(strings), want)
+    damaged = list(strings)
+    damaged[1] = damaged[1][:-1] + b"\x7f"            # a character outside the RLE alphabet
+    damaged[2] = damaged[2] + b"1"                     # one more run: covers more than h*w
+    got = C._compressed_totals(damaged)
+    assert got[1] == -1 and got[2] != want[2]
+    np.testing.assert_array_equal(got[[0, 3, 4, 5]], np.array(want)[[0, 3, 4, 5]])
+    assert list(C._compressed_totals([b"", strings[0]])) == [0, 600]
 
 
 # ----------------------------------------------------------------------------------------------- frame mAP
