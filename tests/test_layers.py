@@ -139,6 +139,16 @@ def test_proposals_all_background_and_batch():
     assert not proposals[0].any() and not proposals[1, 1:].any()
 
 
+def test_proposals_ignore_non_finite_candidates():
+    layer = layers.ProposalLayer(4, 5, 0.3, 5e-4, 1e-3)
+    good = [0.1, 0.1, 0.4, 0.4, 0.5, 0.5, 0.5]
+    cands = [_cands([[np.nan, 0.1, 0.4, 0.4, 0.9, 0.5, 0.5], good]), _cands([[0.5, 0.5, 0.9, 0.9, np.nan, 1, 0]]),
+             _cands([good]), _cands([good])]
+    proposals, num_valid, _ = (np.asarray(t) for t in layer(cands))
+    assert num_valid.tolist() == [1] and np.isfinite(proposals).all()
+    np.testing.assert_allclose(proposals[0, 0], [0.1, 0.1, 0.4, 0.4, 0.25, 1], atol=1e-6)
+
+
 def test_pyramid_roi_align_hand_computed():
     s = 5
     ramp = np.arange(s, dtype=np.float32)

@@ -1,0 +1,200 @@
+"""Assembled YOLOV4+1: parameter counts against original-model.md §7.1, Appendix A shapes at 416 and at the tiny
+preset, train -> infer weight transfer, an all-background frame, a 1280x720 frame end to end and postprocess."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+import config
+import model as M
+import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def full_416():
+    cfg = config.get_preset("yolov4p1")
+    cfg.model.sync_bn = False
+    return M.build_model(cfg, "train")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = config.get_preset("tiny")
+    return cfg, M.build_model(cfg, "train"), M.build_model(cfg, "infer")
+
+
+def test_part_counts_416(full_416):
+    counts = M.part_param_counts(full_416)
+    # original-model.md §7.1: backbone and neck exactly; heads = embeddings 1,797,952 + detection 3,171,984 +
+    # class 38,560; mask head 24,510,364 (real GN has the chunk-bug GN's count, M3); ALB 13 vs 4 scalars (M7).
+    assert counts == {"backbone": 38_727_520, "neck": 20_000_512, "heads": 5_008_496, "mask_head": 24_510_364,
+                      "alb": 13, "total": 88_246_896 + 9}
+    assert counts["total"] == full_416.count_params()                       # the ALB attribute is included
+
+
+def test_appendix_a_shapes_416(full_416):
+    m = full_416
+    out = m.output
+    assert [tuple(t.shape) for t in out["level_preds"]] == [(None, 6, s, s, 46) for s in (104, 52, 26, 13)]
+    assert tuple(out["proposals"].shape) == (None, 50, 6)
+    assert tuple(out["num_valid"].shape) == (None,)
+    assert tuple(out["class_probs"].shape) == (None, 50, 40)
+    assert tuple(out["mask_logits"].shape) == (None, 50, 28, 28, 2)
+    layer_shape = lambda name: tuple(m.get_layer(name).output.shape)
+    assert [layer_shape(f"bb_leaky_77")] == [(None, 13, 13, 512)]
+    assert [layer_shape(f"bb_mish_{i}") for i in (16, 37, 58)] == [(None, 104, 104, 128), (None, 52, 52, 256),
+                                                                   (None, 26, 26, 512)]
+    assert [layer_shape(f"head_emb_{k}") for k in (2, 3, 4, 5)] == [(None, s, s, 208) for s in (104, 52, 26, 13)]
+    assert [layer_shape(f"head_decode_{k}") for k in (2, 3, 4, 5)] == [(None, n, 45) for n in
+                                                                      (64896, 16224, 4056, 1014)]
+    assert [tuple(t.shape) for t in m.get_layer("mask_roi_align").output] == [(None, 14, 14, 208)] * 4
+
+
+def test_tiny_forward_shapes(tiny):
+    cfg, train, _ = tiny
+    s = cfg.model.input_size                                                 # 256, nA 6, P 24, 40 classes
+    x = np.random.default_rng(0).uniform(0, 1, (2, s, s, 3)).astype(np.float32)
+    out = train(x, training=False)
+    assert [tuple(t.shape) for t in out["level_preds"]] == [(2, 6, g, g, 46) for g in (64, 32, 16, 8)]
+    assert tuple(out["proposals"].shape) == (2, 24, 6)
+    assert tuple(out["class_probs"].shape) == (2, 24, 40)
+    assert tuple(out["mask_logits"].shape) == (2, 24, 28, 28, 2)
+    nv = np.asarray(out["num_valid"])
+    props = np.asarray(out["proposals"])
+    for b in range(2):
+        assert 0 < nv[b] <= 24
+        valid = props[b, :nv[b]]
+        assert (valid[:, 4] > 0).all() and (np.diff(valid[:, 4]) <= 0).all()    # sorted by score
+        assert ((valid[:, 5] >= 1) & (valid[:, 5] <= 40)).all()
+        assert (valid[:, 2] > valid[:, 0]).all() and (valid[:, 3] > valid[:, 1]).all()
+        assert not props[b, nv[b]:].any()
+
+
+def test_train_weights_load_into_infer_model(tiny, tmp_path):
+    cfg, train, infer = tiny
+    rng = np.random.default_rng(3)
+    for w in [train.get_layer("bb_conv_0").kernel, train.get_layer("head_emb_2").kernel] + train.alb.weights:
+        w.assign(w + rng.normal(0, 0.01, w.shape).astype(np.float32))
+    path = str(tmp_path / "train.weights.h5")
+    train.save_weights(path)
+    infer.load_weights(path)
+    for layer in train.layers:
+        for a, b in zip(layer.get_weights(), infer.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(train.alb.get_weights()[0], infer.alb.get_weights()[0])
+    # same network: the infer boxes are the train proposals mapped through the letterbox
+    s = cfg.model.input_size
+    x = rng.uniform(0, 1, (1, s, s, 3)).astype(np.float32)
+    t = train(x, training=False)
+    i = infer({"image": x, "image_hw": np.array([[s, s]], np.int32)})
+    nv = int(t["num_valid"][0])
+    assert int(i["num_valid"][0]) == nv
+    np.testing.assert_allclose(np.asarray(i["boxes"])[0, :nv], np.asarray(t["proposals"])[0, :nv, :4] * s, atol=1e-3)
+    fg = np.exp(np.asarray(t["mask_logits"])[0, :nv])
+    fg = fg[..., 1] / fg.sum(-1)
+    np.testing.assert_allclose(np.asarray(i["masks"])[0, :nv], fg, atol=1e-5)
+    assert M.copy_weights_by_name(train, infer) > 200
+
+
+def test_all_background_frame(tiny):
+    cfg, _, infer = tiny
+    saved = {}
+    for k in (2, 3, 4, 5):                      # objectness logits [bg, fg] forced to [+100, -100]
+        layer = infer.get_layer(f"head_det_out_{k}")
+        saved[k] = layer.get_weights()
+        kernel, bias = np.zeros_like(saved[k][0]), np.zeros_like(saved[k][1])
+        bias[4::6], bias[5::6] = 100.0, -100.0
+        layer.set_weights([kernel, bias])
+    try:
+        s = cfg.model.input_size
+        x = np.full((1, s, s, 3), 0.5, np.float32)
+        out = {k: np.asarray(v) for k, v in infer({"image": x, "image_hw": np.array([[480, 640]], np.int32)}).items()}
+    finally:
+        for k, w in saved.items():
+            infer.get_layer(f"head_det_out_{k}").set_weights(w)
+    assert out["num_valid"].tolist() == [0]
+    assert not out["boxes"].any() and not out["scores"].any() and not out["masks"].any()
+    assert out["masks"].shape == (1, 24, 28, 28)
+    assert M.postprocess(out, cfg, score_floor=0.0) == [[]]
+
+
+def test_1280x720_frame_end_to_end(tiny):
+    cfg, _, infer = tiny
+    h, w = 720, 1280
+    yy, xx = np.mgrid[0:h, 0:w]
+    frame = np.stack([(xx * 255 // w), (yy * 255 // h), np.full_like(xx, 90)], -1).astype(np.uint8)
+    canvas = M.letterbox_image(frame, cfg.model.input_size)
+    out = infer({"image": canvas[None], "image_hw": np.array([[h, w]], np.int32)})
+    out = {k: np.asarray(v) for k, v in out.items()}
+    nv = int(out["num_valid"][0])
+    assert nv > 0
+    boxes = out["boxes"][0, :nv]
+    assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= w).all()
+    assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= h).all()
+    dets = M.postprocess(out, cfg, score_floor=0.0)[0]
+    assert 0 < len(dets) <= nv
+    assert [d["score"] for d in dets] == sorted((d["score"] for d in dets), reverse=True)
+    for d in dets:
+        assert d["segmentation"]["size"] == [h, w]
+        m = mask_utils.decode(d["segmentation"])
+        assert m.shape == (h, w)
+        x, y, bw, bh = d["bbox"]
+        ys, xs = np.nonzero(m)
+        if len(xs):                                   # pasted inside its (pixel-rounded) box
+            assert xs.min() >= np.floor(x) and xs.max() < np.ceil(x + bw)
+            assert ys.min() >= np.floor(y) and ys.max() < np.ceil(y + bh)
+        assert len(d["class_scores"]) == 40 and 1 <= d["category_id"] <= 40
+
+
+def test_postprocess_hand_made():
+    cfg = config.get_preset("tiny")
+    cfg = config.apply_overrides(cfg, ["model.num_classes=2"])
+    cfg.data.categories = [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}]
+    masks = np.zeros((1, 3, 28, 28), np.float32)
+    masks[0, 0] = 1.0
+    masks[0, 1, :, :14] = 1.0                          # left half of the box
+    out = {"boxes": np.array([[[10, 20, 30, 60], [40, 0, 80, 10], [1, 1, 5, 5]]], np.float32),
+           "scores": np.array([[0.5, 0.9, 0.3]], np.float32), "classes": np.array([[1, 2, 2]], np.int32),
+           "class_probs": np.array([[[0.8, 0.2], [0.1, 0.9], [0.4, 0.6]]], np.float32),
+           "masks": masks, "num_valid": np.array([2], np.int32), "image_hw": np.array([[100, 80]], np.int32)}
+    dets = M.postprocess(out, cfg, score_floor=0.5)[0]       # the floor is inclusive; slot 2 is padding
+    assert [d["score"] for d in dets] == pytest.approx([0.9, 0.5])
+    assert [d["category_id"] for d in dets] == [3, 7]
+    assert dets[1]["bbox"] == [10, 20, 20, 40]
+    m0 = mask_utils.decode(dets[1]["segmentation"])
+    assert m0.shape == (100, 80) and m0.sum() == 20 * 40 and m0[20:60, 10:30].all()
+    m1 = mask_utils.decode(dets[0]["segmentation"])
+    assert m1[:10, 40:60].all() and not m1[:, 60:].any() and m1.sum() == 10 * 20
+    assert isinstance(dets[0]["segmentation"]["counts"], str)
+    assert dets[0]["class_scores"] == pytest.approx([0.1, 0.9])
+    assert len(M.postprocess(out, cfg, score_floor=0.95)[0]) == 0
+
+
+def test_letterbox_image_geometry():
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    frame[..., 0] = 200
+    canvas = M.letterbox_image(frame, 416)
+    lb = utils.Letterbox(720, 1280, 416)
+    assert canvas.shape == (416, 416, 3) and canvas.dtype == np.float32
+    np.testing.assert_allclose(canvas[:lb.dh], 128 / 255, atol=1e-7)                # gray padding rows 0..90
+    np.testing.assert_allclose(canvas[lb.dh + lb.nh:], 128 / 255, atol=1e-7)
+    np.testing.assert_allclose(canvas[lb.dh:lb.dh + lb.nh, :, 0], 200 / 255, atol=1e-7)
+    np.testing.assert_allclose(canvas[lb.dh:lb.dh + lb.nh, :, 1:], 0, atol=1e-7)
+    with pytest.raises(ValueError, match="RGB frame"):
+        M.letterbox_image(np.zeros((4, 4), np.uint8), 32)
+
+
+def test_summary_cli():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    res = subprocess.run([sys.executable, "model.py", "--preset", "tiny", "--summary"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = dict(line.split() for line in res.stdout.strip().splitlines())
+    assert list(lines) == ["backbone", "neck", "heads", "mask_head", "alb", "total"]
+    assert int(lines["alb"]) == 13
+    assert sum(int(v) for k, v in lines.items() if k != "total") == int(lines["total"])
