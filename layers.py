@@ -225,8 +225,10 @@ class ProposalLayer(keras.layers.Layer):
 
     def call(self, candidates):
         kept, kept_scores = [], []
-        # a diverged network must not hand NaN boxes to crop_and_resize (which rejects them): NaN -> 0, degenerate
-        candidates = [tf.where(tf.math.is_finite(c), c, 0.0) for c in candidates]
+        # a diverged network must not hand NaN boxes to crop_and_resize (which rejects them): a candidate with a
+        # non-finite value becomes an all-zero (degenerate) row
+        candidates = [tf.where(tf.reduce_all(tf.math.is_finite(c), axis=-1, keepdims=True), c, 0.0)
+                      for c in candidates]
         for cand in candidates:                                          # [B, N_k, 5+K]
             cand = tf.stop_gradient(cand)
             scores = self._scores(cand)
