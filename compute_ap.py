@@ -136,7 +136,10 @@ def to_rle(seg, height, width, where: str, allow_polygon: bool = True, check: bo
                                  f"summing to {h}*{w})")
         return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     if isinstance(counts, str):
-        counts = counts.encode("ascii", errors="replace")
+        try:
+            counts = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise EvalInputError(f"{where}: malformed compressed RLE (non-ASCII characters in 'counts')") from None
     if not isinstance(counts, bytes):
         raise EvalInputError(f"{where}: malformed RLE 'counts' of type {type(counts).__name__}")
     if check and _compressed_totals([counts])[0] != h * w:

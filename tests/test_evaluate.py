@@ -110,3 +110,10 @@ def test_cli_unknown_category_is_a_warning(files, capsys):
     captured = capsys.readouterr()
     assert "warning: 1 result(s) name a category that is not in the GT" in captured.err
     assert "maxDets=100 ] = 0.550" in captured.out      # and they change nothing
+
+
+def test_evaluation_does_not_import_tensorflow():
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/scripts']; import compute_ap, evaluate; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stderr
