@@ -389,13 +389,14 @@ class DetectionOutputs(keras.layers.Layer):
         hw = tf.cast(image_hw, tf.float64)
         h, w = hw[:, 0], hw[:, 1]
         scale = tf.minimum(size / w, size / h)
-        nw, nh = tf.maximum(1.0, tf.floor(scale * w)), tf.maximum(1.0, tf.floor(scale * h))
-        dw, dh = tf.floor((size - nw) / 2.0), tf.floor((size - nh) / 2.0)
+        one, two = tf.constant(1.0, tf.float64), tf.constant(2.0, tf.float64)
+        nw, nh = tf.maximum(one, tf.floor(scale * w)), tf.maximum(one, tf.floor(scale * h))
+        dw, dh = tf.floor((size - nw) / two), tf.floor((size - nh) / two)
         b = tf.cast(proposals[..., :4], tf.float64) * size                          # canvas px
         x = (b[..., 0::2] - dw[:, None, None]) * (w / nw)[:, None, None]
         y = (b[..., 1::2] - dh[:, None, None]) * (h / nh)[:, None, None]
-        x = tf.clip_by_value(x, 0.0, w[:, None, None])
-        y = tf.clip_by_value(y, 0.0, h[:, None, None])
+        x = tf.clip_by_value(x, tf.zeros_like(x), w[:, None, None] + tf.zeros_like(x))
+        y = tf.clip_by_value(y, tf.zeros_like(y), h[:, None, None] + tf.zeros_like(y))
         boxes = tf.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
         valid = tf.range(tf.shape(proposals)[1])[None, :] < num_valid[:, None]     # [B, P]
         validf = tf.cast(valid, tf.float32)

@@ -104,10 +104,12 @@ def letterbox_image(frame_rgb_uint8, size):
     return canvas.astype(np.float32) / 255.0
 
 
-def paste_mask(prob, box, height, width, thresh):
+def paste_mask(prob, box, height, width, thresh, out=None):
     """Paste a [M, M] foreground probability into a (height, width) frame inside `box` (x1, y1, x2, y2 px, float)
-    with bilinear resizing, then threshold (value >= thresh). Returns a uint8 [height, width] mask."""
-    out = np.zeros((height, width), np.uint8)
+    with bilinear resizing, then threshold (value >= thresh). Returns a uint8 [height, width] mask (written into
+    `out`, a zeroed [height, width] view, when given)."""
+    if out is None:
+        out = np.zeros((height, width), np.uint8)
     x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
     x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
     x1, y1 = min(max(x1, 0), width), min(max(y1, 0), height)
@@ -145,8 +147,11 @@ def postprocess(outputs, cfg, score_floor=None, image_hw=None):
         keep.sort(key=lambda i: -float(scores[f, i]))
         dets = []
         if keep:
-            stack = np.stack([paste_mask(masks[f, i], boxes[f, i], h, w, cfg.infer.mask_thresh) for i in keep], -1)
-            rles = mask_utils.encode(np.asfortranarray(stack))
+            # one Fortran-ordered [h, w, n] buffer: pycocotools encodes it without a copy
+            stack = np.zeros((h, w, len(keep)), np.uint8, order="F")
+            for j, i in enumerate(keep):
+                paste_mask(masks[f, i], boxes[f, i], h, w, cfg.infer.mask_thresh, out=stack[:, :, j])
+            rles = mask_utils.encode(stack)
             for i, rle in zip(keep, rles):
                 x1, y1, x2, y2 = (float(v) for v in boxes[f, i])
                 c = int(classes[f, i])

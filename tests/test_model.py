@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from pycocotools import mask as mask_utils
 
 import config
@@ -129,8 +130,12 @@ def test_1280x720_frame_end_to_end(tiny):
     yy, xx = np.mgrid[0:h, 0:w]
     frame = np.stack([(xx * 255 // w), (yy * 255 // h), np.full_like(xx, 90)], -1).astype(np.uint8)
     canvas = M.letterbox_image(frame, cfg.model.input_size)
-    out = infer({"image": canvas[None], "image_hw": np.array([[h, w]], np.int32)})
+    # through tf.function, as tracker.py and the benchmark run it (graph-mode dtype rules are stricter)
+    run = tf.function(lambda x: infer(x, training=False))
+    out = run({"image": tf.constant(canvas[None]), "image_hw": tf.constant([[h, w]], tf.int32)})
     out = {k: np.asarray(v) for k, v in out.items()}
+    eager = infer({"image": canvas[None], "image_hw": np.array([[h, w]], np.int32)})
+    np.testing.assert_allclose(out["boxes"], np.asarray(eager["boxes"]), atol=1e-3)
     nv = int(out["num_valid"][0])
     assert nv > 0
     boxes = out["boxes"][0, :nv]
