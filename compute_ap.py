@@ -69,16 +69,21 @@ def _compressed_totals(strings) -> np.ndarray:
     end_pos = np.flatnonzero(ends)
     start_pos = np.concatenate([[0], end_pos[:-1] + 1])
     chunks = end_pos - start_pos + 1
-    val_sid = np.searchsorted(bounds, end_pos, side="right")  # string of each value
-    bad[val_sid[chunks > 7]] = True  # more than 35 bits: no valid uint32 count needs that
-    x = np.zeros(end_pos.size, dtype=np.int64)
-    for i in range(int(min(chunks.max(), 7))):
-        sel = np.flatnonzero(chunks > i)
-        x[sel] |= (v[start_pos[sel] + i] & 0x1f).astype(np.int64) << (5 * i)
+    nonempty = np.flatnonzero(lens > 0)
+    n_vals = np.zeros(n, dtype=np.int64)
+    n_vals[nonempty] = np.add.reduceat(ends, bounds[nonempty] - lens[nonempty], dtype=np.int64)
+    val_sid = np.repeat(np.arange(n), n_vals)  # string of each value
+    x = (v[start_pos] & 0x1f).astype(np.int64)
+    long_vals = np.flatnonzero(chunks > 1)  # most counts fit one chunk; only the others need more passes
+    if long_vals.size:
+        bad[val_sid[long_vals[chunks[long_vals] > 7]]] = True  # > 35 bits: no valid uint32 count needs that
+        for i in range(1, int(min(chunks.max(), 7))):
+            sel = long_vals[chunks[long_vals] > i]
+            x[sel] |= (v[start_pos[sel] + i] & 0x1f).astype(np.int64) << (5 * i)
     neg = (v[end_pos] & 0x10) != 0
     x[neg] -= np.int64(1) << (5 * np.minimum(chunks[neg], 7))
     # undo the deltas: per string, running sums over the odd positions and over the even ones from 2 on
-    first = np.searchsorted(val_sid, np.arange(n))
+    first = np.cumsum(n_vals) - n_vals  # index of each string's first value
     j = np.arange(x.size) - first[val_sid]
     odd, even = (j % 2) == 1, ((j % 2) == 0) & (j >= 2)
     cnts = x.copy()
@@ -88,8 +93,7 @@ def _compressed_totals(strings) -> np.ndarray:
         cnts[sel] = (cs - base[val_sid])[sel]
     bad[val_sid[(cnts < 0) | (cnts >= 2 ** 32)]] = True
     totals = np.zeros(n, dtype=np.int64)
-    has = np.flatnonzero(lens > 0)  # every non-empty string holds at least one value
-    totals[has] = np.add.reduceat(cnts, first[has])
+    totals[nonempty] = np.add.reduceat(cnts, first[nonempty])  # a non-empty string holds at least one value
     totals[bad] = -1
     return totals
 
