@@ -258,18 +258,30 @@ class MetricsFile:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
+# ---- TensorBoard without the tensorboard package --------------------------------------------------------------
+# tf.summary.scalar/image live in the `tensorboard` pip package, which is not a requirement; the core op
+# tf.summary.write with the plugin's metadata writes the very same event records.
+
+def _plugin_metadata(plugin: str) -> bytes:
+    from tensorflow.core.framework import summary_pb2
+    md = summary_pb2.SummaryMetadata()
+    md.plugin_data.plugin_name = plugin
+    return md.SerializeToString()
+
+
+def tb_scalar(tag: str, value, step: int):
+    import tensorflow as tf
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=_plugin_metadata("scalars"))
+
+
+def tb_image(tag: str, png: bytes, height: int, width: int, step: int):
+    """One PNG as a TensorBoard image summary ([width, height, encoded] strings, as the images plugin reads)."""
+    import tensorflow as tf
+    tf.summary.write(tag, tf.constant([str(width), str(height), png]), step=step,
+                     metadata=_plugin_metadata("images"))
+
+
 # ---- validation ---------------------------------------------------------------------------------------------
-
-def copy_weights_by_name(src, dst):
-    """Copy the weights of every layer of `dst` from the same-named layer of `src` (train -> infer model)."""
-    by_name = {layer.name: layer for layer in all_layers(src)}
-    copied = 0
-    for layer in all_layers(dst):
-        if layer.weights and layer.name in by_name:
-            layer.set_weights(by_name[layer.name].get_weights())
-            copied += 1
-    return copied
-
 
 def gt_frames_for(ytvis: dict, video_ids, max_frames: int, frame_stride: int = 1):
     """The validation frames [(video, frame_index)] and their GT for compute_ap.frame_map."""
@@ -346,7 +358,7 @@ def validate(cfg, train_model, infer_model, val_source, out_png, log=print):
     from sklearn.metrics import confusion_matrix
 
     gt_frames, image_path = val_source
-    copy_weights_by_name(train_model, infer_model)
+    model_lib.copy_weights_by_name(train_model, infer_model)
     size, bs = cfg.model.input_size, max(1, cfg.infer.batch_size)
     dt_frames, pairs = [], []
     for start in range(0, len(gt_frames), bs):
@@ -411,7 +423,7 @@ def load_run(run_dir: str, checkpoint: str | None = None, mode: str = "infer"):
     if mode == "train":
         return cfg, train_model
     infer_model = model_lib.build_model(cfg, "infer")
-    copy_weights_by_name(train_model, infer_model)
+    model_lib.copy_weights_by_name(train_model, infer_model)
     return cfg, infer_model
 
 
@@ -430,6 +442,25 @@ def ensure_alb_built(model):
 
 # ---- main loop --------------------------------------------------------------------------------------------
 
+def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
+    """Model, optimizer (built over every variable that can ever train, so unfreezing needs no new slots), LR
+    schedule and checkpoint, all created inside the strategy scope before the first step (decisions §3)."""
+    import backbone
+    import model as model_lib
+    with strategy.scope():
+        model = model_lib.build_model(cfg, "train")
+        ensure_alb_built(model)
+        if weights:
+            backbone.load_darknet_weights(model, weights)
+        for layer in backbone_layers(model):
+            layer.trainable = True
+        schedule = make_schedule(cfg, total_steps)
+        optimizer = make_optimizer(cfg, schedule)
+        optimizer.build(trainable_vars(model))
+        ckpt, parts = make_checkpoint(model, optimizer)
+    return model, optimizer, schedule, ckpt, parts
+
+
 def count_train_frames(ytvis, video_ids, frame_stride):
     lengths = {v["id"]: int(v["length"]) for v in ytvis["videos"]}
     return sum((lengths[v] + frame_stride - 1) // frame_stride for v in video_ids)
@@ -438,7 +469,6 @@ def count_train_frames(ytvis, video_ids, frame_stride):
 def train(args):
     strategy, worker_index = make_strategy(args.strategy, args.worker, args.worker_index)
     import tensorflow as tf
-    import backbone
     import loader_ytvos
     import model as model_lib
 
@@ -467,20 +497,7 @@ def train(args):
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, n_frames // gb)
     total_steps = steps_per_epoch * cfg.train.epochs
 
-    with strategy.scope():
-        model = model_lib.build_model(cfg, "train")
-        ensure_alb_built(model)
-        if args.weights:
-            backbone.load_darknet_weights(model, args.weights)
-        # The optimizer is built over every variable that can ever train, so unfreezing needs no new slots.
-        set_backbone_phase(model, cfg, frozen=False)
-        for layer in backbone_layers(model):
-            layer.trainable = True
-        all_vars = trainable_vars(model)
-        schedule = make_schedule(cfg, total_steps)
-        optimizer = make_optimizer(cfg, schedule)
-        optimizer.build(all_vars)
-        ckpt, parts = make_checkpoint(model, optimizer)
+    model, optimizer, schedule, ckpt, parts = build_state(cfg, strategy, total_steps, args.weights)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"), max_to_keep=cfg.train.keep_ckpts)
     if args.resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -533,12 +550,12 @@ def train(args):
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
             lr = float(schedule(step - 1))
-            with writer.as_default(step=step):
+            with writer.as_default():
                 for k, v in logs.items():
-                    tf.summary.scalar(f"loss/{k}" if k != "grad_norm" else "grad_norm", v)
-                tf.summary.scalar("lr", lr)
+                    tb_scalar(f"loss/{k}" if k != "grad_norm" else "grad_norm", v, step)
+                tb_scalar("lr", lr, step)
                 for j, s in enumerate(model.alb.alb_log_vars.numpy()):
-                    tf.summary.scalar(f"alb/{alb_term_name(cfg, j)}", s)
+                    tb_scalar(f"alb/{alb_term_name(cfg, j)}", s, step)
             if step % cfg.train.log_every == 0 or i == steps_per_epoch - 1:
                 rate = n * gb / max(1e-9, time.time() - t0)
                 print(f"epoch {epoch + 1}/{cfg.train.epochs} step {i + 1}/{steps_per_epoch} (global {step}) "
@@ -548,21 +565,25 @@ def train(args):
                 manager.save(checkpoint_number=step)
         epoch_var.assign(epoch + 1)
         manager.save(checkpoint_number=step)
-        row = {"epoch": epoch + 1, "step": step, **{f"loss_{k}": v / max(1, n) for k, v in sums.items()},
+        row = {"epoch": epoch + 1, "step": step,
+               **{(k if k == "grad_norm" else f"loss_{k}"): v / max(1, n) for k, v in sums.items()},
                "lr": lr if n else None, "images_per_s": n * gb / max(1e-9, time.time() - t0)}
         if val_source and chief:
             t1 = time.time()
             val, png = validate(cfg, model, infer_model, val_source, os.path.join(out_dir, "confusion_matrix.png"))
             row.update(val)
-            with writer.as_default(step=step):
+            with writer.as_default():
                 for k in ("val_frame_mAP", "val_frame_mAP50"):
-                    tf.summary.scalar(k, val[k])
-                tf.summary.image("confusion_matrix", tf.image.decode_png(png, channels=3)[None])
+                    tb_scalar(k, val[k], step)
+                hw = tf.image.decode_png(png, channels=3).shape
+                tb_image("confusion_matrix", png, int(hw[0]), int(hw[1]), step)
             print(f"epoch {epoch + 1} validation: frame mask mAP {val['val_frame_mAP']:.4f} "
                   f"mAP@.5 {val['val_frame_mAP50']:.4f} on {val['val_frames']} frames ({time.time() - t1:.1f} s)")
         if chief:
             metrics.append(row)
         writer.flush()
+    if args.dump_weights:
+        dump_weights(model, args.dump_weights)
     if chief:
         atomic_write_text(os.path.join(out_dir, "train_done.json"),
                           json.dumps({"epochs": cfg.train.epochs, "step": step,
@@ -571,6 +592,19 @@ def train(args):
     else:
         shutil.rmtree(out_dir, ignore_errors=True)
     return model
+
+
+def dump_weights(model, path: str):
+    """Every model weight and the ALB log-variances of this worker as one .npz (for comparing workers)."""
+    arrays = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    arrays["alb"] = model.alb.alb_log_vars.numpy()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    print(f"final weights of worker written to {path}")
 
 
 def alb_term_name(cfg, j: int) -> str:
@@ -593,6 +627,8 @@ def build_parser():
                     help="all workers' addresses, for multi-worker training (builds TF_CONFIG)")
     ap.add_argument("--worker-index", type=int, default=0, help="this worker's index in --worker")
     ap.add_argument("--weights", default=None, help="Darknet weights (yolov4.conv.137 or yolov4.weights)")
+    ap.add_argument("--dump-weights", default=None, metavar="NPZ",
+                    help="also write this worker's final weights to NPZ (any worker; for checks)")
     return ap
 
 
