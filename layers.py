@@ -82,6 +82,7 @@ class LevelPrediction(keras.layers.Layer):
     """
 
     def __init__(self, num_anchors, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.num_anchors = int(num_anchors)
 
@@ -144,6 +145,7 @@ class DecodeLevel(keras.layers.Layer):
     """
 
     def __init__(self, anchors, stride, input_size, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.anchors = [[float(a) for a in wh] for wh in np.asarray(anchors).tolist()]
         self.stride = int(stride)
@@ -209,6 +211,7 @@ class ProposalLayer(keras.layers.Layer):
     """
 
     def __init__(self, pre_nms_limit, max_prop, nms_thresh, min_box_dim, min_box_ratio, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.pre_nms_limit = int(pre_nms_limit)
         self.max_prop = int(max_prop)
@@ -281,6 +284,7 @@ class PyramidROIAlign(keras.layers.Layer):
     """
 
     def __init__(self, pool_size, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.pool_size = int(pool_size)
 
@@ -313,6 +317,7 @@ class UnflattenROIs(keras.layers.Layer):
     """
 
     def __init__(self, num_rois, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.num_rois = int(num_rois)
 
@@ -380,6 +385,7 @@ class DetectionOutputs(keras.layers.Layer):
     """
 
     def __init__(self, input_size, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.input_size = int(input_size)
 

@@ -223,3 +223,21 @@ def test_training_gradients(tiny):
     # the embedding maps get gradients only through the mask head, the detection head only through level_preds
     assert tape.gradient(tf.reduce_mean(out["mask_logits"]), train.get_layer("head_det_out_2").kernel) is None
     assert all(g is None for g in tape.gradient(prop, variables))
+
+
+def test_mixed_precision_outputs_float32():
+    """decisions M13: under mixed_float16 the tf.* layers compute in float32 and every output is float32/int32."""
+    import keras
+    cfg = config.get_preset("tiny")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        infer = M.build_model(cfg, "infer")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert infer.get_layer("bb_conv_0").compute_dtype == "float16"
+    x = np.random.default_rng(0).uniform(0, 1, (1, cfg.model.input_size, cfg.model.input_size, 3)).astype(np.float32)
+    out = infer({"image": x, "image_hw": np.array([[720, 1280]], np.int32)})
+    assert {k: v.dtype.name for k, v in out.items()} == {
+        "boxes": "float32", "scores": "float32", "classes": "int32", "class_probs": "float32", "masks": "float32",
+        "num_valid": "int32", "image_hw": "int32"}
+    assert int(out["num_valid"][0]) > 0
