@@ -68,7 +68,7 @@ class ModelConfig:
     gn_groups: int = 32                   # group normalisation groups in the mask subnet
     mask_iou_thresh: float = 0.5          # proposal-GT box IoU for a mask target
     sync_bn: bool = True                  # synchronised BN across replicas (decisions M14)
-    bn_epsilon: float = 1e-5              # close to Darknet's, so pretrained weights behave (decisions M2)
+    bn_epsilon: float = 1e-6              # Darknet's (and OpenCV's reader's) BN epsilon (decisions M2)
     mixed_precision: bool = False         # mixed_float16 for GPUs (decisions M13)
 
 
