@@ -1,0 +1,294 @@
+"""The training loop (train.py; decisions §3, M7-M9): replica invariance, multi-worker, resume after SIGKILL, the
+NaN guard, checkpoints holding the ALB, weight-decay exclusions, and that the tiny preset overfits a few frames.
+Runs that need their own TensorFlow process (logical devices, workers, kills) go through subprocesses."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+# Small enough for 2 shared cores: 64 px input, 2-frame batches, 3 steps an epoch, a 1-video validation split.
+SMALL = ["--preset", "tiny", "--set", "model.input_size=64", "--set", "train.batch_size=2",
+         "--set", "train.steps_per_epoch=3", "--set", "train.log_every=1", "--set", "data.mask_res=32",
+         "--set", "train.warmup_steps=0", "--set", "train.val_max_frames=4", "--set", "data.max_instances=4"]
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONHASHSEED="0")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _run(args, timeout=180, **env):
+    return subprocess.run([PY, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """A tiny synthetic split: 4 videos x 4 frames of 96x64 (the built-in generator, seeded)."""
+    out = tmp_path_factory.mktemp("shapes")
+    subprocess.run([PY, os.path.join(ROOT, "scripts", "make_synthetic_ytvis.py"), "--out", str(out), "--seed", "0",
+                    "--train-videos", "4", "--valid-videos", "1", "--min-frames", "4", "--max-frames", "4",
+                    "--width", "96", "--height", "64", "--quiet"], check=True, cwd=ROOT)
+    return str(out / "train")
+
+
+def _read_ckpt(prefix):
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(prefix)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+
+
+def _key(values, *parts):
+    hits = sorted(k for k in values if all(p in k for p in parts))
+    assert hits, f"no checkpoint key containing {parts}"
+    return hits[0]
+
+
+# ---- in-process checks --------------------------------------------------------------------------------------
+
+def test_weight_decay_excludes_alb_norm_and_bias_and_is_decoupled():
+    import keras
+    import tensorflow as tf
+
+    import config
+    import train
+    cfg = config.apply_overrides(config.get_preset("tiny"), ["train.weight_decay=0.1", "train.momentum=0"])
+    kernel = keras.Variable(np.full((2, 2), 2.0, np.float32), name="kernel")
+    bias = keras.Variable(np.full((2,), 2.0, np.float32), name="bias")
+    gamma = keras.Variable(np.full((2,), 2.0, np.float32), name="gamma")
+    alb = keras.Variable(np.full((13,), 2.0, np.float32), name="alb_log_vars")
+    opt = train.make_optimizer(cfg, 0.5)
+    opt.build([kernel, bias, gamma, alb])
+    assert [train.is_decayed(v) for v in (kernel, bias, gamma, alb)] == [True, False, False, False]
+    opt.apply([tf.ones_like(v) for v in (kernel, bias, gamma, alb)], [kernel, bias, gamma, alb])
+    # SGDW: kernel 2 -> 2 - 0.1 * 2 (not scaled by the LR 0.5) - 0.5 * 1 = 1.3; the others only 2 - 0.5 = 1.5.
+    np.testing.assert_allclose(kernel.numpy(), 1.3, rtol=1e-6)
+    for v in (bias, gamma, alb):
+        np.testing.assert_allclose(v.numpy(), 1.5, rtol=1e-6)
+
+
+def test_lr_schedule_warmup_and_cosine():
+    import config
+    import train
+    cfg = config.apply_overrides(config.get_preset("tiny"), ["train.lr=0.1", "train.warmup_steps=4",
+                                                              "train.lr_schedule=cosine"])
+    sched = train.make_schedule(cfg, 14)
+    # warm-up: (step + 1) / 4 of the peak; cosine from step 4 to 14: halfway (step 9) gives half the peak.
+    np.testing.assert_allclose([float(sched(s)) for s in (0, 3, 9, 14)], [0.025, 0.1, 0.05, 0.0], atol=1e-7)
+    const = train.make_schedule(config.apply_overrides(cfg, ["train.lr_schedule=constant", "train.warmup_steps=0"]),
+                                14)
+    assert float(const(0)) == pytest.approx(0.1) and float(const(100)) == pytest.approx(0.1)
+
+
+def test_backbone_phases_and_alb_in_checkpoint(tmp_path):
+    import tensorflow as tf
+
+    import config
+    import train
+    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "model.num_classes=2"])
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    model, opt, _, ckpt, parts = train.build_state(cfg, strategy, 10)
+    n_all = len(train.trainable_vars(model))
+    train.set_backbone_phase(model, cfg, frozen=True)
+    frozen = train.trainable_vars(model)
+    assert not any(v.path.startswith("bb_") for v in frozen)
+    assert any("alb" in v.path for v in frozen)
+    train.set_backbone_phase(model, config.apply_overrides(cfg, ["train.unfreeze=outputs"]), frozen=False)
+    names = sorted({v.path.split("/")[0] for v in train.trainable_vars(model) if v.path.startswith("bb_")})
+    assert names == sorted(f"bb_{k}_{i}" for k in ("conv", "bn") for i in (16, 37, 58, 77))
+    train.set_backbone_phase(model, cfg, frozen=False)            # tiny: unfreeze=all
+    assert len(train.trainable_vars(model)) == n_all
+    # ALB values and a momentum slot survive a checkpoint round trip into a fresh state.
+    model.alb.alb_log_vars.assign(np.arange(13, dtype=np.float32) / 10)
+    opt.momentums[0].assign(tf.fill(opt.momentums[0].shape, 0.25))
+    parts["step"].assign(7)
+    path = tf.train.CheckpointManager(ckpt, str(tmp_path), 2).save()
+    model2, opt2, _, ckpt2, parts2 = train.build_state(cfg, strategy, 10)
+    ckpt2.restore(path).assert_existing_objects_matched()
+    np.testing.assert_allclose(model2.alb.alb_log_vars.numpy(), np.arange(13) / 10, rtol=1e-6)
+    np.testing.assert_allclose(opt2.momentums[0].numpy(), 0.25)
+    assert int(parts2["step"]) == 7
+    for a, b in zip(model.get_weights(), model2.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---- subprocess checks ------------------------------------------------------------------------------------
+
+def test_one_step_is_replica_invariant():
+    """One step from the same weights and global batch on 1 device and on 2 logical CPUs (MirroredStrategy).
+
+    BN runs in inference mode here, so each example's forward pass is the same function in both runs and the
+    results may differ only by float32 summation order: ~1e-7 relative. A per-replica loss normalisation or a
+    double gradient sum would change the update by O(1) (the logged loss alone would double)."""
+    res = subprocess.run([PY, os.path.join(ROOT, "tests", "_replica_step.py"), "frozen_bn"], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["update_norm"] > 1e-4
+    assert out["diff_norm"] <= 1e-4 * out["update_norm"], out
+    for k, v in out["logs_one"].items():
+        assert out["logs_two"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_end_with_identical_weights_and_only_worker0_writes(shapes, tmp_path):
+    hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
+    procs = []
+    for i in range(2):
+        args = SMALL + ["--data", shapes, "--run-dir", str(tmp_path / f"run{i}"), "--epochs", "1",
+                        "--set", "train.val_fraction=0", "--strategy", "multi_worker", "--worker", hosts,
+                        "--worker-index", str(i), "--dump-weights", str(tmp_path / f"w{i}.npz")]
+        procs.append(subprocess.Popen([PY, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=_env(),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=300))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    assert "(global 3)" in outs[0][0] and "(global 3)" in outs[1][0]
+    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    assert sorted(w0.files) == sorted(w1.files)
+    for k in w0.files:
+        np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
+    assert os.path.exists(tmp_path / "run0" / "checkpoints" / "checkpoint")
+    assert os.path.exists(tmp_path / "run0" / "metrics.jsonl")
+    assert not os.path.exists(tmp_path / "run1")
+
+
+def test_nan_guard_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
+    run = tmp_path / "run"
+    res = _run(SMALL + ["--data", shapes, "--run-dir", str(run), "--epochs", "2", "--set", "train.ckpt_every=2",
+                        "--set", "train.val_fraction=0"], YOLOV4P1_TEST_NAN_AT_STEP=5)
+    assert res.returncode != 0
+    assert "non-finite loss at step 5" in res.stderr, res.stderr[-2000:]
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert latest.endswith("ckpt-4")              # saved at step 4 (ckpt_every), nothing after the bad step
+    values = _read_ckpt(latest)
+    assert int(values[_key(values, "step")]) == 4
+    assert all(np.all(np.isfinite(v)) for v in values.values() if np.asarray(v).dtype.kind == "f")
+    import train
+    cfg, model = train.load_run(str(run), mode="train")
+    assert model.alb.alb_log_vars.shape == (13,)
+
+
+def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
+    run = tmp_path / "run"
+    args = SMALL + ["--data", shapes, "--run-dir", str(run), "--epochs", "3", "--set", "train.ckpt_every=2",
+                    "--set", "train.val_fraction=0"]
+    p = subprocess.Popen([PY, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = run / "checkpoints" / "checkpoint"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and p.poll() is None:
+            if state.exists() and "ckpt-4" in state.read_text():
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, "the run ended before it could be killed"
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+    import tensorflow as tf
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    saved = _read_ckpt(latest)
+    saved_step = int(saved[_key(saved, "step")])
+    assert saved_step >= 4
+    # Nothing in the run directory is corrupt: config, metrics lines, every listed checkpoint.
+    import config
+    cfg = config.load_config(str(run / "config.yaml"))
+    assert cfg.model.num_classes == 6
+    if (run / "metrics.jsonl").exists():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            json.loads(line)
+    for prefix in tf.train.get_checkpoint_state(str(run / "checkpoints")).all_model_checkpoint_paths:
+        _read_ckpt(prefix)
+    # The resume path restores weights, optimizer slots and ALB exactly as saved.
+    import train
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    model, opt, _, ckpt, parts = train.build_state(cfg, strategy, 9)
+    ckpt.restore(latest).assert_existing_objects_matched()
+    np.testing.assert_array_equal(model.alb.alb_log_vars.numpy(), saved[_key(saved, "alb", "VARIABLE_VALUE")])
+    # Optimizer state (iterations and momentum slots) is tracked as optimizer/_variables/<i>.
+    opt_vars = list(opt.variables)
+    slots = sorted(int(k.split("/")[2]) for k in saved if k.startswith("optimizer/_variables/"))
+    assert len(slots) > 100
+    for i in slots:
+        np.testing.assert_array_equal(opt_vars[i].numpy(), saved[f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE"])
+    assert sum(float(np.abs(m.numpy()).sum()) for m in opt.momentums) > 0      # real, non-zero slots came back
+    assert int(opt.iterations.numpy()) == saved_step
+    # Restarted with --resume it continues at the next step and finishes the 9 steps.
+    res = _run(args + ["--resume"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {latest} (step {saved_step}" in res.stdout
+    first = [ln for ln in res.stdout.splitlines() if "(global " in ln][0]
+    assert f"(global {saved_step + 1})" in first
+    assert (run / "train_done.json").exists()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows][-1] == 3 and rows[-1]["step"] == 9
+
+
+def test_tiny_preset_overfits_a_few_frames(shapes):
+    """Overfit 2 frames: the summed raw losses fall by at least half and the top proposals land on the objects."""
+    import tensorflow as tf
+
+    import config
+    import loader_ytvos
+    import train
+    import utils
+    cfg = config.apply_overrides(config.get_preset("tiny"), [
+        "model.input_size=64", "data.mask_res=32", "data.max_instances=4", "data.augment=false",
+        "train.batch_size=2", "train.lr=0.01", "train.warmup_steps=0", "train.lr_schedule=constant"])
+    ann = os.path.join(shapes, "instances.json")
+    ytvis = loader_ytvos.load_annotations(ann)
+    cfg = train.add_dataset_classes(cfg, ytvis, ann)
+    ds = loader_ytvos.build_dataset(cfg, ann, os.path.join(shapes, "JPEGImages"),
+                                    video_ids=[ytvis["videos"][0]["id"]], training=False)
+    batch = {k: v for k, v in next(iter(ds)).items()}
+    assert int(tf.reduce_sum(batch["num_instances"])) >= 1
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    model, opt, _, _, _ = train.build_state(cfg, strategy, 1000)
+    step = train.make_train_step(model, opt, cfg, strategy, train.trainable_vars(model))
+    dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat())
+    it = iter(dist)
+    raw = []
+    for _ in range(150):
+        logs = step(next(it), tf.constant(0.0))
+        raw.append(sum(float(logs[k]) for k in ("box", "obj", "cls", "mask")))
+    first, last = np.mean(raw[:3]), np.mean(raw[-3:])
+    assert last <= 0.5 * first, (first, last)
+    out = model(batch["image"], training=False)
+    props, n_valid = out["proposals"].numpy(), out["num_valid"].numpy()
+    size = cfg.model.input_size
+    for b in range(props.shape[0]):
+        gt = batch["boxes"][b][: int(batch["num_instances"][b])].numpy() / size
+        if not len(gt):
+            continue
+        top = props[b, : min(int(n_valid[b]), 2 * len(gt)), :4]
+        iou = utils.box_iou(tf.constant(gt), tf.constant(top)).numpy()
+        assert iou.max(axis=1).min() >= 0.5, (gt, top)   # every object has a top-ranked proposal on it
