@@ -501,7 +501,7 @@ def train(args):
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"), max_to_keep=cfg.train.keep_ckpts)
     if args.resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"resumed from {manager.latest_checkpoint} (step {int(parts['step'])}, epoch {int(parts['epoch'])})")
+        print(f"resumed from {manager.latest_checkpoint} (step {int(parts['step'].numpy())}, epoch {int(parts['epoch'].numpy())})")
     elif args.resume:
         print(f"--resume: no checkpoint in {manager.directory}, starting fresh")
     step_var, epoch_var = parts["step"], parts["epoch"]
@@ -513,7 +513,7 @@ def train(args):
     iterator = iter(strategy.experimental_distribute_dataset(ds))
 
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs")) if chief else tf.summary.create_noop_writer()
-    metrics = MetricsFile(os.path.join(out_dir, "metrics.jsonl"), int(epoch_var))
+    metrics = MetricsFile(os.path.join(out_dir, "metrics.jsonl"), int(epoch_var.numpy()))
     val_source = None
     if chief and val_ids:
         frames = gt_frames_for(ytvis, val_ids, cfg.train.val_max_frames, cfg.data.frame_stride)
@@ -525,8 +525,8 @@ def train(args):
           f"videos / {n_frames} frames, {len(val_ids)} held-out videos, {n_rep} replica(s), global batch {gb}")
 
     phase, step_fn = None, None
-    step = int(step_var)
-    for epoch in range(int(epoch_var), cfg.train.epochs):
+    step = int(step_var.numpy())
+    for epoch in range(int(epoch_var.numpy()), cfg.train.epochs):
         frozen = epoch < cfg.train.freeze_epochs
         if phase != frozen:       # a new set of trainable variables needs a new traced step
             set_backbone_phase(model, cfg, frozen)

@@ -150,11 +150,13 @@ def _free_ports(n):
 
 
 def test_two_workers_end_with_identical_weights_and_only_worker0_writes(shapes, tmp_path):
+    # sync_bn on (decisions M14): with per-worker statistics the BN moving averages would differ per worker.
     hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
     procs = []
     for i in range(2):
         args = SMALL + ["--data", shapes, "--run-dir", str(tmp_path / f"run{i}"), "--epochs", "1",
-                        "--set", "train.val_fraction=0", "--strategy", "multi_worker", "--worker", hosts,
+                        "--set", "train.val_fraction=0", "--set", "model.sync_bn=true",
+                        "--strategy", "multi_worker", "--worker", hosts,
                         "--worker-index", str(i), "--dump-weights", str(tmp_path / f"w{i}.npz")]
         procs.append(subprocess.Popen([PY, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=_env(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
