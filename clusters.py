@@ -111,12 +111,13 @@ def kmeans_pp_init(boxes, k, rng) -> np.ndarray:
     return np.asarray(centres, np.float64)
 
 
-def kmeans_anchors(boxes, k, seed=0, max_iter=300, init=None):
+def kmeans_anchors(boxes, k, seed=0, max_iter=300, init=None, progress=None):
     """Cluster (w, h) boxes [N, 2] into k anchors with the 1 - IoU distance.
 
     Returns (anchors [k, 2] sorted by area, info) with info = {"iterations", "converged", "reseeded",
     "mean_iou"}. A cluster left empty is re-seeded with the box farthest (1 - IoU) from its own centroid.
-    `init` gives the starting centroids instead of k-means++ (used by tests).
+    `init` gives the starting centroids instead of k-means++ (used by tests); `progress(iteration, changed)`
+    is called after every assignment step.
     """
     boxes = np.asarray(boxes, np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 2:
@@ -147,11 +148,14 @@ def kmeans_anchors(boxes, k, seed=0, max_iter=300, init=None):
             reseeded += 1
             far = np.minimum(far, 1.0 - iou_wh(boxes, boxes[i:i + 1])[:, 0])
             far[i] = -1.0  # never the seed of two clusters, even when every distance is 0
+        if progress is not None:
+            progress(it, len(boxes) if assign is None else int((new != assign).sum()))
         if assign is not None and np.array_equal(new, assign):
             converged = True
             break
         assign = new
-        centroids = np.stack([boxes[assign == j].mean(axis=0) for j in range(k)])
+        n = np.bincount(assign, minlength=k)   # >= 1 everywhere after the re-seeding above
+        centroids = np.stack([np.bincount(assign, boxes[:, 0], k) / n, np.bincount(assign, boxes[:, 1], k) / n], 1)
     order = np.argsort(centroids[:, 0] * centroids[:, 1], kind="stable")
     anchors = centroids[order]
     info = {"iterations": it, "converged": converged, "reseeded": reseeded,
@@ -192,6 +196,11 @@ def plot_anchors(boxes, anchors, path, size):
     os.replace(tmp, path)
 
 
+def _report(it, changed):
+    if it == 1 or it % 10 == 0:
+        print(f"  iteration {it}: {changed} boxes changed cluster", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="k-means (1 - IoU) anchors from a YouTube-VIS annotation JSON.")
     ap.add_argument("--ann", default="data/shapes/train/instances.json", help="annotation JSON (official schema)")
@@ -209,7 +218,7 @@ def main(argv=None):
     boxes = load_box_sizes(args.ann, args.size)
     print(f"{len(boxes)} boxes from {args.ann}; k-means with k={k} ...", flush=True)
     try:
-        anchors, info = kmeans_anchors(boxes, k, seed=args.seed, max_iter=args.max_iter)
+        anchors, info = kmeans_anchors(boxes, k, seed=args.seed, max_iter=args.max_iter, progress=_report)
     except ValueError as e:
         raise SystemExit(f"error: {args.ann}: {e}")
     state = "converged" if info["converged"] else "stopped at the cap"

@@ -121,15 +121,32 @@ def mask_box(mask: np.ndarray):
 
 # ---- drawing -----------------------------------------------------------------------------------------------
 
-def _text(img, text, x, y, scale=0.45, thickness=1):
-    """White text on a filled black box whose top-left corner is (x, y), kept inside the image."""
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    x = int(min(max(x, 0), max(img.shape[1] - tw - 2, 0)))
-    y = int(min(max(y, 0), max(img.shape[0] - th - base - 2, 0)))
-    cv2.rectangle(img, (x, y), (x + tw + 2, y + th + base + 2), (0, 0, 0), thickness=-1)
-    cv2.putText(img, text, (x + 1, y + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
-                cv2.LINE_AA)
-    return th + base + 2
+LABEL_SCALE, HEADER_SCALE = 0.45, 0.5
+
+
+def _text_rect(img, text, x, y, scale):
+    """(x1, y1, x2, y2) of a label whose top-left corner is asked at (x, y), moved inside the image."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    w, h = tw + 2, th + base + 2
+    x = int(min(max(x, 0), max(img.shape[1] - w, 0)))
+    y = int(min(max(y, 0), max(img.shape[0] - h, 0)))
+    return x, y, x + w, y + h
+
+
+def _put_text(img, text, rect, scale):
+    """White text on a filled black box (the original's label style)."""
+    x1, y1, x2, y2 = rect
+    (_, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 0), thickness=-1)
+    cv2.putText(img, text, (x1 + 1, y1 + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def _overlaps(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _overlap_area(a, b):
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def draw_frame(frame_bgr, tracks_at_frame, class_names=None, alpha: float = 0.45, draw_boxes: bool = True,
@@ -137,8 +154,10 @@ def draw_frame(frame_bgr, tracks_at_frame, class_names=None, alpha: float = 0.45
     """Draw the tracks present in one frame and return a new image (the input is not modified).
 
     tracks_at_frame: list of {"track_id", "category_id", "score", "mask": [H, W] (0/1)} in drawing order.
-    Mask pixels become blend(frame, track_colour(track_id), alpha) (later tracks on top); then, per track, its
-    mask's box (unless draw_boxes is False) and a label `#id class score` above the box; a header line last.
+    Mask pixels become blend(frame, track_colour(track_id), alpha) (later tracks on top); then every mask's box
+    in the track's colour (unless draw_boxes is False); then a label `#id class score` per track, just above its
+    box where that is free (else inside the box's top, below it, or pushed below the label in the way; else
+    the least covered of these); the header line at the top-left.
     """
     img = np.array(frame_bgr, dtype=np.uint8, copy=True)
     if img.ndim != 3 or img.shape[2] != 3:
@@ -152,19 +171,29 @@ def draw_frame(frame_bgr, tracks_at_frame, class_names=None, alpha: float = 0.45
                            f"{img.shape[:2]}")
         colour = track_colour(t["track_id"])
         img[mask] = blend(img[mask], colour, alpha)
-        boxes.append((t, colour, mask_box(mask)))
-    # Boxes and labels after every mask, so no blend covers another track's label.
-    for t, colour, box in boxes:
-        if box is None:
-            continue
-        x1, y1, x2, y2 = box
-        if draw_boxes:
+        box = mask_box(mask)
+        if box is not None:
+            boxes.append((t, colour, box))
+    # All boxes before any text, so no box line crosses a label.
+    if draw_boxes:
+        for _, colour, (x1, y1, x2, y2) in boxes:
             cv2.rectangle(img, (x1, y1), (x2, y2), colour, thickness=2)
-        label = f"#{t['track_id']} {class_label(t['category_id'], names)} {float(t['score']):.2f}"
-        (_, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-        _text(img, label, x1, y1 - th - base - 3)
+    taken = []  # rectangles already holding text: labels must not hide each other or the header
     if header:
-        _text(img, header, 4, 4, scale=0.5)
+        taken.append(_text_rect(img, header, 4, 4, HEADER_SCALE))
+    for t, _, (x1, y1, x2, y2) in boxes:
+        label = f"#{t['track_id']} {class_label(t['category_id'], names)} {float(t['score']):.2f}"
+        _, _, _, h = _text_rect(img, label, 0, 0, LABEL_SCALE)
+        candidates = [_text_rect(img, label, x1, y, LABEL_SCALE) for y in (y1 - h - 2, y1 + 2, y2 + 3)]
+        # then the "above" place pushed just below each label it would hide
+        candidates += [_text_rect(img, label, x1, o[3] + 1, LABEL_SCALE) for o in taken
+                       if _overlaps(candidates[0], o)]
+        free = [r for r in candidates if not any(_overlaps(r, o) for o in taken)]
+        rect = free[0] if free else min(candidates, key=lambda r: sum(_overlap_area(r, o) for o in taken))
+        _put_text(img, label, rect, LABEL_SCALE)
+        taken.append(rect)
+    if header:
+        _put_text(img, header, taken[0], HEADER_SCALE)
     return img
 
 
