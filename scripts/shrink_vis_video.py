@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import cv2
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vis_common import AtomicVideoWriter, VisError, count_frames, open_video, read_frames  # noqa: E402
+from vis_common import AtomicVideoWriter, VisError, count_frames, make_temp, open_video, read_frames  # noqa: E402
 
 SIZE_SAFETY = 0.75  # first guess of the frames to keep leaves room, as the original did (mp4v size varies)
 
@@ -70,8 +69,7 @@ def export_gif(src, dst, seconds=4.0, fps=5.0, width=480, max_frames=None):
                                            cv2.COLOR_BGR2RGB)) for i in idx]
     folder = os.path.dirname(os.path.abspath(dst))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".gif")
-    os.close(fd)
+    tmp = make_temp(folder, ".gif")
     try:
         # Pillow merges consecutive identical frames (adding their durations), so a still scene gives fewer frames.
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),

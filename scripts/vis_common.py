@@ -238,6 +238,17 @@ def count_frames(path: str) -> int:
     return sum(1 for _ in read_frames(path))
 
 
+def make_temp(folder: str, suffix: str) -> str:
+    """An empty temporary file in `folder` (for a later os.replace), readable like a normal file: mkstemp's
+    private 0600 mode would otherwise carry over to the output."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
 class AtomicVideoWriter:
     """mp4v writer to a temporary file in the output's folder, renamed into place by `close()` after checking
     that the file opens and holds the frames written; `abort()` (or an exception inside `with`) removes it."""
@@ -247,8 +258,7 @@ class AtomicVideoWriter:
         self.size_wh = (int(size_wh[0]), int(size_wh[1]))
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1] or ".mp4")
-        os.close(fd)
+        self.tmp = make_temp(folder, os.path.splitext(path)[1] or ".mp4")
         self.writer = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), self.size_wh)
         if not self.writer.isOpened():
             self.abort()

@@ -262,3 +262,18 @@ def test_overlay_from_video_file(tmp_path):
     with pytest.raises(VisError, match="holds 2 videos"):
         ov.main(["--results", str(tmp_path / "r2.json"), "--video", str(tmp_path / "clip.mp4"),
                  "--out-dir", str(tmp_path / "o")])
+
+
+def test_labels_do_not_hide_each_other_or_the_header():
+    frame = np.full((H, W, 3), 128, np.uint8)
+    same = rect_mask(60, 100, 20, 140)
+    tracks = [{"track_id": i, "category_id": 1, "score": 0.5, "mask": same} for i in (1, 2)]
+    out = draw_frame(frame, tracks, alpha=0.5, draw_boxes=False)
+    # label 1 above the box (rows 41..58 from x = 20), label 2 moved inside the box's top (rows 62..79)
+    assert tuple(out[50, 20]) == (0, 0, 0) and tuple(out[70, 20]) == (0, 0, 0)
+    assert tuple(out[90, 20]) == tuple(blend(blend(frame[:1, 0], track_colour(1), 0.5), track_colour(2), 0.5)[0])
+    # a box touching the top: above and inside would cover the header, so the label goes below the box
+    top = [{"track_id": 1, "category_id": 1, "score": 0.5, "mask": rect_mask(0, 30, 10, 50)}]
+    out = draw_frame(frame, top, alpha=0.5, draw_boxes=False, header="video 1")
+    assert tuple(out[40, 10]) == (0, 0, 0)          # label below the box (rows 32..49)
+    assert tuple(out[25, 12]) == tuple(blend(frame[:1, 0], track_colour(1), 0.5)[0])  # box top left visible
