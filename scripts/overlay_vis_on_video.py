@@ -133,7 +133,8 @@ def build_parser():
     src.add_argument("--video", help="a video file; the results must hold one video (or give --video-id)")
     ap.add_argument("--frames-root", help="folder the --pred file_names are relative to")
     ap.add_argument("--out-dir", required=True, help="output folder")
-    ap.add_argument("--video-id", type=int, default=None, help="draw only this video")
+    ap.add_argument("--video-id", type=int, default=None,
+                    help="draw only this video (default: every video of --data/--pred, with or without tracks)")
     ap.add_argument("--fps", type=float, default=6.0, help="output frame rate")
     ap.add_argument("--alpha", type=float, default=0.45, help="mask opacity")
     ap.add_argument("--no-boxes", action="store_true", help="do not draw the masks' boxes")
@@ -152,10 +153,12 @@ def main(argv=None):
     results = load_results(args.results)
 
     if args.video:
-        if args.video_id is None and len(results) != 1:
+        if args.video_id is None and len(results) > 1:
             raise VisError(f"results file {args.results}: holds {len(results)} videos "
-                           f"({sorted(results)[:10]}...); a video file needs one, or give --video-id")
-        vid = args.video_id if args.video_id is not None else next(iter(results))
+                           f"({sorted(results)[:10]}); a video file needs one, or give --video-id")
+        if not results:
+            _warn(f"results file {args.results} holds no tracks; drawing the video without any")
+        vid = args.video_id if args.video_id is not None else next(iter(results), 0)
         n = count_frames(args.video)
         if n == 0:
             raise VisError(f"video {args.video}: no decodable frames")
@@ -176,12 +179,13 @@ def main(argv=None):
                 raise VisError(f"--video-id {args.video_id} is not a video of {source}")
             ids = [args.video_id]
         else:
-            ids = sorted(v for v in results if v in videos)
+            # Every video of the source, tracked or not: an empty overlay shows what the tracker missed.
+            ids = sorted(videos)
         jobs = [(v, lambda v=v: _image_frames(v, videos[v]), len(videos[v])) for v in ids]
     if args.max_videos is not None:
         jobs = jobs[:args.max_videos]
     if not jobs:
-        raise VisError(f"results file {args.results}: no video to draw")
+        raise VisError(f"{args.data or args.pred}: no video to draw")
 
     written = []
     for k, (vid, frames, n) in enumerate(jobs, 1):

@@ -277,3 +277,19 @@ def test_labels_do_not_hide_each_other_or_the_header():
     out = draw_frame(frame, top, alpha=0.5, draw_boxes=False, header="video 1")
     assert tuple(out[40, 10]) == (0, 0, 0)          # label below the box (rows 32..49)
     assert tuple(out[25, 12]) == tuple(blend(frame[:1, 0], track_colour(1), 0.5)[0])  # box top left visible
+
+
+def test_empty_results_draw_plain_videos(tmp_path, capsys):
+    split = tmp_path / "valid"
+    make_split(str(split))
+    (tmp_path / "empty.json").write_text("[]")
+    out = ov.main(["--results", str(tmp_path / "empty.json"), "--data", str(split), "--out-dir", str(tmp_path / "o"),
+                   "--max-videos", "1"])
+    assert [os.path.basename(p) for p in out] == ["vis_v2.mp4"] and count_frames(out[0]) == NF
+    with AtomicVideoWriter(str(tmp_path / "clip.mp4"), 5, (FW, FH)) as wr:
+        wr.write(_frame(0, 0))
+        wr.close()
+    out = ov.main(["--results", str(tmp_path / "empty.json"), "--video", str(tmp_path / "clip.mp4"),
+                   "--out-dir", str(tmp_path / "v")])
+    assert os.path.basename(out[0]) == "vis_v0.mp4" and count_frames(out[0]) == 1
+    assert "no tracks" in capsys.readouterr().err
