@@ -216,7 +216,9 @@ def main(argv=None):
         raise SystemExit("error: --levels, --per-level, --size and --max-iter must be positive")
     k = args.levels * args.per_level
     boxes = load_box_sizes(args.ann, args.size)
-    print(f"{len(boxes)} boxes from {args.ann}; k-means with k={k} ...", flush=True)
+    empty = int(((boxes[:, 0] <= 0) | (boxes[:, 1] <= 0)).sum())
+    print(f"{len(boxes)} boxes from {args.ann}" + (f" ({empty} of zero width or height left out)" if empty else "")
+          + f"; k-means with k={k} ...", flush=True)
     try:
         anchors, info = kmeans_anchors(boxes, k, seed=args.seed, max_iter=args.max_iter, progress=_report)
     except ValueError as e:
