@@ -281,12 +281,12 @@ def test_tiny_preset_overfits_a_few_frames(shapes):
     dist = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat())
     it = iter(dist)
     raw = []
-    for _ in range(150):
+    for _ in range(120):
         logs = step(next(it), tf.constant(0.0))
         raw.append(sum(float(logs[k]) for k in ("box", "obj", "cls", "mask")))
     first, last = np.mean(raw[:3]), np.mean(raw[-3:])
     assert last <= 0.5 * first, (first, last)
-    # Batch statistics (training=True) on the batch it overfits: after 150 steps the BN moving averages
+    # Batch statistics (training=True) on the batch it overfits: after 120 steps the BN moving averages
     # (momentum 0.99) have not caught up yet, which is about BN, not about what the heads learnt.
     out = model(batch["image"], training=True)
     props, n_valid = out["proposals"].numpy(), out["num_valid"].numpy()
@@ -296,7 +296,7 @@ def test_tiny_preset_overfits_a_few_frames(shapes):
         if not len(gt):
             continue
         # The largest object of each frame has a top-ranked proposal on it (slivers of a few pixels at a 64 px
-        # input take longer than this test's 150 steps).
+        # input take longer than this test's 120 steps).
         biggest = gt[np.argmax((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]))][None] / size
         top = props[b, : min(int(n_valid[b]), 2 * len(gt)), :4]
         iou = utils.box_iou(tf.constant(biggest), tf.constant(top)).numpy()
