@@ -468,6 +468,7 @@ def count_train_frames(ytvis, video_ids, frame_stride):
 
 def train(args):
     strategy, worker_index = make_strategy(args.strategy, args.worker, args.worker_index)
+    import keras
     import tensorflow as tf
     import loader_ytvos
     import model as model_lib
@@ -480,7 +481,6 @@ def train(args):
     ytvis = loader_ytvos.load_annotations(ann_path)
     cfg = add_dataset_classes(cfg, ytvis, ann_path)
     train_ids, val_ids = loader_ytvos.split_videos(ytvis, cfg.train.val_fraction, cfg.train.split_seed)
-    import keras
     keras.utils.set_random_seed(cfg.train.seed)
 
     # Only worker 0 writes into the run directory; the others write to a private temporary folder.
