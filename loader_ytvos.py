@@ -443,7 +443,7 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
 
 # ---- drawing ----------------------------------------------------------------------------------------------
 
-def draw_batch(batch, path: str, class_names=None):
+def draw_batch(batch, path: str, class_names=None, show_labels: bool = True):
     """Draw every frame of a batch (masks tinted, boxes and labels) in one row to a PNG, written atomically."""
     images = np.asarray(batch["image"])
     tiles = []
@@ -456,6 +456,8 @@ def draw_batch(batch, path: str, class_names=None):
             img[m] = (0.5 * img[m] + 0.5 * colour).astype(np.uint8)
             x1, y1, x2, y2 = [int(round(float(c))) for c in batch["boxes"][b, k]]
             cv2.rectangle(img, (x1, y1), (x2, y2), tuple(int(c) for c in colour), 1)
+            if not show_labels:
+                continue
             lab = int(batch["labels"][b, k])
             name = class_names[lab - 1] if class_names else str(lab)
             cv2.putText(img, name, (x1, max(y1 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35, tuple(int(c) for c in colour))

@@ -1,0 +1,301 @@
+"""Tests of loader_ytvos.py: annotation validation errors, segmentation decoding, the video-level split and the
+tf.data pipeline (shapes, hand-computed letterbox boxes, mask/box agreement after augmentation, determinism,
+bad frames, grayscale/PNG frames)."""
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+
+import config
+import loader_ytvos as L
+
+
+def _cfg(*extra):
+    return config.apply_overrides(config.get_preset("tiny"), [
+        "model.input_size=128", "data.mask_res=32", "data.max_instances=8", "train.batch_size=2", *extra])
+
+
+def _train(root):
+    return os.path.join(root, "train", "instances.json"), os.path.join(root, "train", "JPEGImages")
+
+
+def _batches(ds, n=None):
+    out = []
+    for i, b in enumerate(ds):
+        if n is not None and i >= n:
+            break
+        out.append({k: v.numpy() for k, v in b.items()})
+    return out
+
+
+# ---- annotations -----------------------------------------------------------------------------------------
+
+def test_index_and_frame_instances(synthetic_root):
+    ann, _ = _train(synthetic_root)
+    y = L.load_annotations(ann)
+    assert len(y["videos"]) == 4 and y.labels == {k: k for k in range(1, 7)}
+    for a in y["annotations"]:
+        for t, seg in enumerate(a["segmentations"]):
+            ids = [i["annotation_id"] for i in y.frame_instances(a["video_id"], t)]
+            assert (a["id"] in ids) == (seg is not None)
+    assert len(y.samples()) == sum(v["length"] for v in y["videos"])
+    v0 = y["videos"][0]
+    assert y.samples([v0["id"]], frame_stride=3) == [(v0["id"], t) for t in range(0, v0["length"], 3)]
+
+
+def _broken(tmp_path, synthetic_root, edit, text=None):
+    ann, _ = _train(synthetic_root)
+    path = str(tmp_path / "bad.json")
+    with open(ann) as f:
+        data = json.load(f)
+    if text is None:
+        edit(data)
+        text = json.dumps(data)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _first_seg(a):
+    return next(t for t, s in enumerate(a["segmentations"]) if isinstance(s, dict))
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("truncated", ["malformed or truncated JSON"]),
+    ("missing_key", ["videos[1]", "'file_names'"]),
+    ("seg_size", ["annotation", "frame", "'size' [10, 20]"]),
+    ("seg_length", ["annotation", "'segmentations' has"]),
+    ("category", ["annotation", "'category_id' 99"]),
+    ("file_names", ["video", "'file_names' has"]),
+])
+def test_bad_annotation_errors(tmp_path, synthetic_root, case, expect):
+    expect = list(expect)
+
+    def edit(d):
+        a = next(x for x in d["annotations"] if any(isinstance(s, dict) for s in x["segmentations"]))
+        if case == "missing_key":
+            del d["videos"][1]["file_names"]
+        elif case == "seg_size":
+            t = _first_seg(a)
+            a["segmentations"][t]["size"] = [10, 20]
+            expect.append(f"frame {t}")
+        elif case == "seg_length":
+            a["segmentations"].append(None)
+        elif case == "category":
+            a["category_id"] = 99
+        elif case == "file_names":
+            d["videos"][0]["file_names"].pop()
+        if case in ("seg_size", "seg_length", "category"):
+            expect.append(f"annotation {a['id']}")
+    ann, _ = _train(synthetic_root)
+    text = open(ann).read()[:-50] if case == "truncated" else None
+    path = _broken(tmp_path, synthetic_root, edit, text)
+    with pytest.raises(L.AnnotationError) as e:
+        L.load_annotations(path)
+    msg = str(e.value)
+    assert path in msg
+    for s in expect:
+        assert s in msg, (s, msg)
+
+
+def test_decode_segmentation_every_form():
+    m = np.zeros((6, 5), np.uint8)
+    m[1:4, 2:5] = 1
+    comp = mask_util.encode(np.asfortranarray(m))
+    assert (L.decode_segmentation({"size": [6, 5], "counts": comp["counts"]}, 6, 5) == m).all()      # bytes
+    assert (L.decode_segmentation({"size": [6, 5], "counts": comp["counts"].decode()}, 6, 5) == m).all()
+    # Column-major runs: 8 zeros (columns 0, 1 and the first row of column 2), 3 ones, 3 zeros, ...
+    unc = {"size": [6, 5], "counts": [13, 3, 3, 3, 3, 3, 2]}
+    assert (L.decode_segmentation(unc, 6, 5) == m).all()
+    poly = [[2, 1, 5, 1, 5, 4, 2, 4]]  # the square [2,5) x [1,4) in pixel-edge coordinates
+    assert L.decode_segmentation(poly, 6, 5).sum() == m.sum()
+    assert L.decode_segmentation(None, 6, 5).shape == (6, 5) and L.decode_segmentation(None, 6, 5).sum() == 0
+
+
+def test_video_level_split(synthetic_root):
+    y = L.load_annotations(_train(synthetic_root)[0])
+    tr, va = L.split_videos(y, 0.25, seed=0)
+    assert len(va) == 1 and len(tr) == 3 and not set(tr) & set(va)
+    assert sorted(tr + va) == sorted(v["id"] for v in y["videos"])
+    assert L.split_videos(y, 0.25, seed=0) == (tr, va)
+    assert L.split_videos(y, 0.0, seed=0) == (sorted(tr + va), [])
+
+
+# ---- pipeline ----------------------------------------------------------------------------------------------
+
+def test_batch_shapes_and_dtypes(synthetic_root):
+    ann, img = _train(synthetic_root)
+    cfg = _cfg()
+    b = _batches(L.build_dataset(cfg, ann, img, training=True), 1)[0]
+    assert b["image"].shape == (2, 128, 128, 3) and b["image"].dtype == np.float32
+    assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
+    assert b["boxes"].shape == (2, 8, 4) and b["boxes"].dtype == np.float32
+    assert b["labels"].shape == (2, 8) and b["labels"].dtype == np.int32
+    assert b["masks"].shape == (2, 8, 32, 32) and b["masks"].dtype == np.uint8
+    assert b["num_instances"].dtype == np.int32 and b["image_hw"].tolist() == [[90, 160]] * 2
+    for i in range(2):
+        n = b["num_instances"][i]
+        assert (b["labels"][i, :n] >= 1).all() and (b["labels"][i, n:] == 0).all()
+        assert (b["boxes"][i, n:] == 0).all() and (b["masks"][i, n:] == 0).all()
+
+
+def test_letterboxed_boxes_hand_computed(synthetic_root):
+    """160x90 into 128: scale 0.8, (nw, nh) = (128, 72), padding dh = (128 - 72) // 2 = 28, dw = 0."""
+    ann, img = _train(synthetic_root)
+    cfg = _cfg()
+    y = L.load_annotations(ann)
+    ds = L.build_dataset(cfg, ann, img, training=False, batch_size=0)
+    seen = 0
+    for e in _batches(ds):
+        insts = y.frame_instances(int(e["video_id"]), int(e["frame_index"]))[:8]
+        k = 0
+        for inst in insts:
+            x, yy, w, h = inst["bbox"]
+            expect = [x * 0.8, yy * 0.8 + 28, (x + w) * 0.8, (yy + h) * 0.8 + 28]
+            if k < e["num_instances"] and np.allclose(e["boxes"][k], expect, atol=1e-4):
+                assert e["labels"][k] == inst["category_id"]
+                k += 1
+                seen += 1
+            else:   # dropped only when its mask vanishes at 32x32 (one mask cell = 4 canvas px = 5 frame px)
+                assert min(w, h) * 0.8 < 8, inst
+        assert k == e["num_instances"]
+        # Gray padding rows above and below the picture.
+        assert np.allclose(e["image"][:28], 128 / 255) and np.allclose(e["image"][100:], 128 / 255)
+    assert seen > 10
+
+
+def _mask_box(m, S):
+    ys, xs = np.nonzero(m)
+    f = S / m.shape[0]
+    return np.array([xs.min() * f, ys.min() * f, (xs.max() + 1) * f, (ys.max() + 1) * f])
+
+
+def test_masks_and_boxes_agree_after_augmentation(synthetic_root, tmp_path):
+    """At mask_res = input_size the mask's box equals the box within a pixel after crop, scale, translation and
+    flip; at a reduced mask_res thin parts (ring rims, star tips) may vanish, but every mask cell stays inside
+    the box grown by one cell."""
+    ann, img = _train(synthetic_root)
+    aug = ["data.flip_prob=0.5", "data.crop_prob=1.0", "data.translate_prob=1.0", "data.hsv_prob=1.0"]
+    n_checked = 0
+    for res, tol in ((128, 1.0), (32, None)):
+        cfg = _cfg(f"data.mask_res={res}", *aug)
+        batches = _batches(L.build_dataset(cfg, ann, img, training=True, seed=3), 4)
+        cell = 128 / res
+        for b in batches:
+            for i in range(b["image"].shape[0]):
+                for k in range(b["num_instances"][i]):
+                    box, m = b["boxes"][i, k], b["masks"][i, k]
+                    assert m.any()
+                    mb = _mask_box(m, 128)
+                    if tol is not None:
+                        assert np.abs(mb - box).max() <= tol, (mb, box)
+                    assert mb[0] >= box[0] - cell and mb[1] >= box[1] - cell
+                    assert mb[2] <= box[2] + cell and mb[3] <= box[3] + cell
+                    n_checked += 1
+    assert n_checked >= 8
+    png = str(tmp_path / "batch.png")
+    L.draw_batch(batches[0], png, show_labels=False)
+    drawn = cv2.imread(png)
+    assert drawn.shape == (128, 256, 3)
+    # The drawing tints mask cells: pixels inside a box changed, pixels far outside every box did not.
+    raw = (batches[0]["image"][0] * 255).astype(np.uint8)
+    diff = np.abs(cv2.cvtColor(drawn[:, :128], cv2.COLOR_BGR2RGB).astype(int) - raw.astype(int)).sum(-1) > 3
+    inside = np.zeros((128, 128), bool)
+    for k in range(batches[0]["num_instances"][0]):
+        x1, y1, x2, y2 = batches[0]["boxes"][0, k]
+        inside[max(int(y1) - 5, 0):int(y2) + 6, max(int(x1) - 5, 0):int(x2) + 6] = True
+    assert not diff[~inside].any()
+
+
+def test_flip_mirrors_boxes_and_masks(synthetic_root):
+    ann, img = _train(synthetic_root)
+    y = L.load_annotations(ann)
+    vid = y["videos"][0]["id"]
+    t = next(t for t in range(y["videos"][0]["length"]) if y.frame_index[vid][t])
+    plain = L.make_sample(_cfg(), y, img, vid, t, None)
+    cfg = _cfg("data.flip_prob=1.0", "data.crop_prob=0.0", "data.translate_prob=0.0", "data.hsv_prob=0.0",
+               "data.scale_jitter=[1.0, 1.0]")
+    flipped = L.make_sample(cfg, y, img, vid, t, np.random.default_rng(0))
+    n = plain[4]
+    assert flipped[4] == n
+    np.testing.assert_allclose(flipped[1][:n, 0], 128 - plain[1][:n, 2], atol=1e-4)
+    np.testing.assert_allclose(flipped[1][:n, 2], 128 - plain[1][:n, 0], atol=1e-4)
+    assert (flipped[3][:n] == plain[3][:n, :, ::-1]).all()
+    np.testing.assert_allclose(flipped[0], plain[0][:, ::-1], atol=1e-6)
+
+
+def test_deterministic_under_seed(synthetic_root):
+    ann, img = _train(synthetic_root)
+    cfg = _cfg()
+    a = _batches(L.build_dataset(cfg, ann, img, training=True, seed=7), 3)
+    b = _batches(L.build_dataset(cfg, ann, img, training=True, seed=7), 3)
+    c = _batches(L.build_dataset(cfg, ann, img, training=True, seed=8), 3)
+    for x, z in zip(a, b):
+        for k in x:
+            assert (x[k] == z[k]).all(), k
+    assert any(not np.array_equal(x["image"], z["image"]) for x, z in zip(a, c))
+
+
+def test_frames_without_instances_are_kept(synthetic_root):
+    ann, img = _train(synthetic_root)
+    y = L.load_annotations(ann)
+    n_empty = sum(1 for vid, t in y.samples() if not y.frame_index[vid][t])
+    ds = L.build_dataset(_cfg(), ann, img, training=False, batch_size=0)
+    got = _batches(ds)
+    assert len(got) == len(y.samples())
+    assert sum(1 for e in got if e["num_instances"] == 0) == n_empty
+
+
+def _copy_split(synthetic_root, tmp_path):
+    src = os.path.join(synthetic_root, "train")
+    dst = str(tmp_path / "train")
+    shutil.copytree(src, dst)
+    return os.path.join(dst, "instances.json"), os.path.join(dst, "JPEGImages")
+
+
+def test_bad_frames_error_or_skip(synthetic_root, tmp_path):
+    ann, img = _copy_split(synthetic_root, tmp_path)
+    y = L.load_annotations(ann)
+    v = y["videos"][1]
+    os.remove(os.path.join(img, v["file_names"][2]))
+    with open(os.path.join(img, v["file_names"][4]), "wb") as f:
+        f.write(b"not a jpeg")
+    ds = L.build_dataset(_cfg(), ann, img, video_ids=[v["id"]], training=False, batch_size=0)
+    with pytest.raises(Exception) as e:
+        _batches(ds)
+    msg = str(e.value)
+    assert v["file_names"][2] in msg and f"video {v['id']}, frame 2" in msg
+    stats = L.LoaderStats()
+    ds = L.build_dataset(_cfg("data.skip_bad_frames=true"), ann, img, video_ids=[v["id"]], training=False,
+                         batch_size=0, stats=stats)
+    got = _batches(ds)
+    assert len(got) == v["length"] - 2 and stats.skipped == 2
+    assert sorted(int(e["frame_index"]) for e in got) == [t for t in range(v["length"]) if t not in (2, 4)]
+
+
+def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
+    from PIL import Image
+    ann, img = _copy_split(synthetic_root, tmp_path)
+    y = L.load_annotations(ann)
+    v = y["videos"][0]
+    p0, p1, p2 = (os.path.join(img, v["file_names"][t]) for t in range(3))
+    rgb = cv2.cvtColor(cv2.imread(p0), cv2.COLOR_BGR2RGB)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(p0 + ".gray.jpg", gray)
+    os.replace(p0 + ".gray.jpg", p0)
+    # A PNG stored under the .jpg name (the decoder sniffs the content) and a CMYK JPEG.
+    png = cv2.imencode(".png", cv2.imread(p1))[1].tobytes()
+    with open(p1, "wb") as f:
+        f.write(png)
+    Image.open(p2).convert("CMYK").save(p2 + ".cmyk.jpg", "JPEG", quality=95)
+    os.replace(p2 + ".cmyk.jpg", p2)
+    for p in (p0, p1, p2):
+        assert L.read_frame(p).shape == (90, 160, 3)
+    g = L.read_frame(p0).astype(int)
+    assert (g[..., 0] == g[..., 1]).all() and abs(g[..., 0] - gray.astype(int)).mean() < 3
+    ds = L.build_dataset(_cfg(), ann, img, video_ids=[v["id"]], training=False, batch_size=0)
+    assert len(_batches(ds)) == v["length"]
