@@ -242,6 +242,11 @@ def _plan(h, w, boxes, size, cfg, rng):
         y1 = int(rng.uniform(0, max(uy1, 0)))
         x2 = int(np.ceil(w - rng.uniform(0, max(w - ux2, 0))))
         y2 = int(np.ceil(h - rng.uniform(0, max(h - uy2, 0))))
+        if w % 8 == 0 and h % 8 == 0:
+            # Snap the window outwards to multiples of 8 so the JPEG can still be decoded at 1/2..1/8 scale
+            # (make_sample); the window still contains the union.
+            x1, y1 = x1 // 8 * 8, y1 // 8 * 8
+            x2, y2 = min(-(-x2 // 8) * 8, w), min(-(-y2 // 8) * 8, h)
         x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
     cw, ch = x2 - x1, y2 - y1
     scale = min(size / cw, size / ch) * rng.uniform(*d.scale_jitter)
@@ -324,29 +329,32 @@ def make_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, r
     vis_x1, vis_y1 = max(x1, x1 + (0 - ox) / sx), max(y1, y1 + (0 - oy) / sy)    # frame region on the canvas
     vis_x2, vis_y2 = min(x2, x1 + (S - ox) / sx), min(y2, y1 + (S - oy) / sy)
     for inst, rle in zip(insts, rles):
-        full = mask_util.decode(rle)
+        # pycocotools decodes column-major: `.T` is a C-contiguous [w, h] view, so the mask work below runs on
+        # the transposed mask (x first) without copying the full-resolution array.
+        full_t = mask_util.decode(rle).T
         # Pixels of the frame that land on the canvas; their box, mapped, is the instance's visible box.
-        c = full[int(np.floor(vis_y1)):int(np.ceil(vis_y2)), int(np.floor(vis_x1)):int(np.ceil(vis_x2))]
-        bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(c))
+        fx1, fy1 = int(np.floor(vis_x1)), int(np.floor(vis_y1))
+        by, bx, bh, bw = cv2.boundingRect(full_t[fx1:int(np.ceil(vis_x2)), fy1:int(np.ceil(vis_y2))])
         if bw == 0 or bh == 0:
             continue
-        bx += int(np.floor(vis_x1))
-        by += int(np.floor(vis_y1))
+        bx += fx1
+        by += fy1
         box = np.array([(bx - x1) * sx + ox, (by - y1) * sy + oy, (bx + bw - x1) * sx + ox,
                         (by + bh - y1) * sy + oy])
         box = np.clip(box, 0, S)
         if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
             continue
-        m = np.ascontiguousarray(full[y1:y2, x1:x2]) * np.uint8(255)
+        full_t *= np.uint8(255)   # area resampling keeps partial coverage as 0..255
+        m = full_t[x1:x2, y1:y2]
         f = R / S
         mw, mh = max(1, int(round(cw * sx * f))), max(1, int(round(ch * sy * f)))
-        small = _resize(m, mw, mh)
+        small = _resize(m, mh, mw)                            # transposed: [mw, mh]
         ax, ay = sx * f * cw / mw, sy * f * ch / mh           # residual scale (close to 1)
         bxo, byo = ox * f, oy * f
-        # cv2 maps pixel centres: i' + 0.5 = a * (i + 0.5) + b.
-        M = np.array([[ax, 0, bxo + 0.5 * ax - 0.5], [0, ay, byo + 0.5 * ay - 0.5]], np.float64)
+        # cv2 maps pixel centres: i' + 0.5 = a * (i + 0.5) + b; in the transposed frame x and y swap roles.
+        M = np.array([[ay, 0, byo + 0.5 * ay - 0.5], [0, ax, bxo + 0.5 * ax - 0.5]], np.float64)
         mr = cv2.warpAffine(small, M, (R, R), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        mr = (mr >= 128).astype(np.uint8)
+        mr = (mr.T >= 128).astype(np.uint8)
         if not mr.any():
             continue
         if flip:
