@@ -1,0 +1,114 @@
+"""tracker.py end to end on a tiny trained run: a dataset split to frame predictions (decisions §6.2), a video file
+and a frame folder to results JSON + overlay mp4, the one-graph batching, and errors naming the video and frame."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+SMALL = ["--preset", "tiny", "--set", "model.input_size=64", "--set", "train.batch_size=2",
+         "--set", "train.steps_per_epoch=2", "--set", "train.epochs=1", "--set", "data.mask_res=32",
+         "--set", "train.val_fraction=0", "--set", "data.max_instances=4", "--set", "train.warmup_steps=0"]
+
+
+def _run(args, **kw):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([PY] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A synthetic dataset (3 train + 2 valid videos of 5 frames, 96x64) and a 2-step tiny run on it."""
+    base = tmp_path_factory.mktemp("tracker")
+    r = _run(["scripts/make_synthetic_ytvis.py", "--out", str(base / "shapes"), "--seed", "3", "--train-videos", "3",
+              "--valid-videos", "2", "--min-frames", "5", "--max-frames", "5", "--width", "96", "--height", "64",
+              "--quiet"])
+    assert r.returncode == 0, r.stderr
+    r = _run(["train.py", "--data", str(base / "shapes" / "train"), "--run-dir", str(base / "run")] + SMALL)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return base
+
+
+def test_split_to_frame_predictions(run):
+    out = run / "valid_frames.json"
+    r = _run(["tracker.py", "--run-dir", str(run / "run"), "--data", str(run / "shapes" / "valid"), "--out", str(out),
+              "--score-floor", "0", "--batch-size", "3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert str(out) in r.stdout
+    doc = json.load(open(out))
+    gt = json.load(open(run / "shapes" / "valid" / "instances.json"))
+    assert doc["format"] == "ytvis-frame-predictions" and doc["version"] == 1
+    assert [c["name"] for c in doc["categories"]] == [c["name"] for c in json.load(
+        open(run / "shapes" / "train" / "instances.json"))["categories"]]
+    assert [v["id"] for v in doc["videos"]] == [v["id"] for v in gt["videos"]]
+    for v, g in zip(doc["videos"], gt["videos"]):
+        assert v["file_names"] == g["file_names"] and v["length"] == g["length"] == len(v["frames"])
+        assert [f["index"] for f in v["frames"]] == list(range(v["length"]))
+        for f in v["frames"]:
+            scores = [d["score"] for d in f["detections"]]
+            assert scores == sorted(scores, reverse=True)
+            for d in f["detections"]:
+                assert d["segmentation"]["size"] == [g["height"], g["width"]]
+                assert isinstance(d["segmentation"]["counts"], str)
+                assert len(d["class_scores"]) == len(doc["categories"])
+                x, y, w, h = d["bbox"]
+                assert 0 <= x <= x + w <= g["width"] and 0 <= y <= y + h <= g["height"]
+    # the tracker (no TensorFlow) accepts the file
+    r = _run(["-m", "tracking.track", "--pred", str(out), "--out", str(run / "results.json")])
+    assert r.returncode == 0, r.stderr
+
+
+def _frames(run):
+    root = run / "shapes" / "valid"
+    gt = json.load(open(root / "instances.json"))
+    v = gt["videos"][0]
+    return [cv2.imread(str(root / "JPEGImages" / n)) for n in v["file_names"]]
+
+
+def test_video_file_gives_results_and_overlay(run):
+    frames = _frames(run)
+    clip = str(run / "clip.avi")
+    writer = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 5, (96, 64))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    out_dir = run / "clip_out"
+    r = _run(["tracker.py", "--run-dir", str(run / "run"), "--video", clip, "--out-dir", str(out_dir),
+              "--score-floor", "0"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    doc = json.load(open(out_dir / "frames.json"))
+    assert len(doc["videos"]) == 1 and doc["videos"][0]["length"] == len(frames)
+    assert isinstance(json.load(open(out_dir / "results.json")), list)
+    mp4s = [n for n in os.listdir(out_dir / "overlay") if n.endswith(".mp4")]
+    assert len(mp4s) == 1
+    cap = cv2.VideoCapture(str(out_dir / "overlay" / mp4s[0]))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == len(frames)
+
+
+def test_frame_folder_and_bad_frame(run, tmp_path):
+    folder = tmp_path / "myclip"
+    folder.mkdir()
+    for t, f in enumerate(_frames(run)):
+        cv2.imwrite(str(folder / f"{t:05d}.png"), f)
+    out_dir = tmp_path / "out"
+    r = _run(["tracker.py", "--run-dir", str(run / "run"), "--video", str(folder), "--out-dir", str(out_dir)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.load(open(out_dir / "frames.json"))
+    assert doc["videos"][0]["file_names"][0] == "myclip/00000.png"
+    # a frame of another size is an error naming the video and the frame
+    cv2.imwrite(str(folder / "00002.png"), np.zeros((10, 12, 3), np.uint8))
+    r = _run(["tracker.py", "--run-dir", str(run / "run"), "--video", str(folder), "--out-dir", str(out_dir)])
+    assert r.returncode != 0 and "video 1, frame 2" in r.stderr and "differs" in r.stderr
+    # an unreadable video file
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    r = _run(["tracker.py", "--run-dir", str(run / "run"), "--video", str(bad), "--out-dir", str(out_dir)])
+    assert r.returncode != 0 and "broken.mp4" in r.stderr
