@@ -276,7 +276,7 @@ def test_tiny_preset_overfits_a_few_frames(shapes):
     ytvis = loader_ytvos.load_annotations(ann)
     cfg = train.add_dataset_classes(cfg, ytvis, ann)
     ds = loader_ytvos.build_dataset(cfg, ann, os.path.join(shapes, "JPEGImages"),
-                                    video_ids=[ytvis["videos"][0]["id"]], training=False)
+                                    video_ids=[ytvis["videos"][0]["id"]], training=False, batch_size=2)
     batch = {k: v for k, v in next(iter(ds)).items()}
     assert int(tf.reduce_sum(batch["num_instances"])) >= 1
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
