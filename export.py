@@ -1,0 +1,444 @@
+"""Deployment: the YOLOV4+1 inference model as a SavedModel or a TFLite model with one serving signature that takes
+a raw uint8 frame and returns the per-frame outputs of decisions M12 (letterboxing inside the graph), plus the
+runner `tracker.py --exported` uses to feed them into the §6.2 frame predictions.
+
+    python export.py --run-dir runs/demo --format saved_model --out exported/demo_sm
+    python export.py --run-dir runs/demo --format tflite [--fp16] --out exported/demo_tflite
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+SIGNATURE = "serving_default"
+FORMATS = ("saved_model", "tflite")
+META_FILE = "model.json"
+CONFIG_FILE = "config.yaml"
+TFLITE_FILE = "model.tflite"
+SAVED_MODEL_DIR = "saved_model"
+OUTPUTS = {
+    "boxes": "float32 [P, 4]: x1, y1, x2, y2 in original-frame pixels, clipped to the frame",
+    "scores": "float32 [P]: objectness x max class probability, descending over the valid slots",
+    "category_ids": "int32 [P]: dataset category ids (cfg.category_ids()); 0 in padded slots",
+    "class_probs": "float32 [P, K]: class probabilities, K = number of categories (order of category_ids)",
+    "masks": "float32 [P, M, M]: foreground probability inside the box, M = model.mask_size",
+    "num_valid": "int32 []: slots 0..num_valid-1 hold detections; the rest are zero padding",
+}
+INPUT = ("uint8 [H, W, 3] RGB, one frame of any size (no batch axis); letterboxed inside the graph to "
+         "[S, S] with 128-gray padding like model.letterbox_image")
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported (bad arguments, missing checkpoint, unconvertible op) or loaded."""
+
+
+# ---- letterboxing in the graph (matches model.letterbox_image) ---------------------------------------------
+
+def _resize_taps(n_src, n_dst):
+    """Per output index, K source indices and weights along one axis: [n_dst, K] int32, [n_dst, K] float32.
+
+    Shrinking is OpenCV's INTER_AREA (each output pixel is the mean of the source interval [i*s, (i+1)*s) it
+    covers, s = n_src / n_dst); enlarging is INTER_LINEAR (half-pixel centres, clamped at the borders). Written
+    with gathers rather than tf.image.resize: ResizeArea is not a TFLite builtin, and the gather form keeps
+    the TFLite model free of Flex ops for the letterbox.
+    """
+    import tensorflow as tf
+    s = tf.cast(n_src, tf.float32) / tf.cast(n_dst, tf.float32)
+    k_taps = tf.maximum(2, tf.cast(tf.math.ceil(s), tf.int32) + 1)
+    i = tf.cast(tf.range(n_dst), tf.float32)[:, None]                               # [n, 1]
+    k = tf.cast(tf.range(k_taps), tf.float32)[None, :]                               # [1, K]
+    last = tf.cast(n_src - 1, tf.float32)
+    # area: overlap of [i*s, (i+1)*s) with each source pixel [j, j+1), divided by s
+    start, end = i * s, tf.minimum((i + 1.0) * s, last + 1.0)
+    j = tf.floor(start) + k
+    area_w = tf.maximum(0.0, tf.minimum(end, j + 1.0) - tf.maximum(start, j)) / (end - start)
+    area_j = tf.minimum(j, last)
+    # linear: two taps around (i + 0.5) * s - 0.5, clamped like cv2 (an edge pixel takes full weight)
+    src = tf.maximum((i + 0.5) * s - 0.5, 0.0)
+    j0 = tf.minimum(tf.floor(src), last)
+    frac = tf.where(j0 >= last, 0.0, src - j0)
+    lin_w = tf.where(k == 0.0, 1.0 - frac, tf.where(k == 1.0, frac, 0.0))
+    lin_j = tf.minimum(j0 + k, last)
+    shrink = s > 1.0
+    idx = tf.cast(tf.where(shrink, area_j, lin_j), tf.int32)
+    return idx, tf.where(shrink, area_w, lin_w)
+
+
+def _resize_axis(x, n_dst, axis):
+    """Resize float32 `x` [H, W, C] along `axis` (0 or 1) to `n_dst` with `_resize_taps`."""
+    import tensorflow as tf
+    idx, w = _resize_taps(tf.shape(x)[axis], n_dst)
+    g = tf.gather(x, idx, axis=axis)                           # axis 0: [n, K, W, C]; axis 1: [H, n, K, C]
+    # expand_dims, not w[:, :, None, None]: a slice adding two axes is a StridedSlice TFLite has no kernel for
+    w = tf.expand_dims(tf.expand_dims(w, -1), -1) if axis == 0 else tf.expand_dims(tf.expand_dims(w, 0), -1)
+    return tf.reduce_sum(g * w, axis=axis + 1)
+
+
+MAX_SIDE = 8192    # frames up to this many pixels a side get numpy's letterbox sizes exactly (see below)
+
+
+def _rounding_table(size, max_side=MAX_SIDE):
+    """Per long side a = 1..max_side: t_a = (S/a - fl64(S/a)) * 2**53 where fl64(S/a) rounds below S/a, else 0.
+
+    utils.Letterbox computes n = int(fl64(S/a) * b) in float64; that is floor(S*b/a) except when S*b/a is an
+    integer k and the float64 product lands below k. With b*|error of fl64(S/a)| = b*t_a*2**-53, the product
+    rounds back up to k iff that is within half the float64 gap below k, which this table lets the graph decide
+    with float32 and int32 ops only (TFLite has no float64 arithmetic builtins).
+    """
+    from fractions import Fraction
+    t = np.zeros(max_side, np.float64)
+    for a in range(1, max_side + 1):
+        d = Fraction(size, a) - Fraction(size / a)
+        if d > 0:
+            t[a - 1] = float(d * 2 ** 53)
+    return t.astype(np.float32)
+
+
+def letterbox_sizes_tf(h, w, size, table=None):
+    """int32 tensors h, w (any shape) -> (nh, nw) of utils.Letterbox(h, w, size), bit-exact, with int32 and float32
+    ops only (see `_rounding_table`)."""
+    import tensorflow as tf
+    table = tf.constant(_rounding_table(size) if table is None else table)
+    a = tf.maximum(h, w)                                                   # scale = S / (long side)
+    t = tf.gather(table, tf.clip_by_value(a - 1, 0, MAX_SIDE - 1))
+    pows = tf.constant([2 ** j for j in range(31)], tf.int32)
+
+    def side(b):
+        k = (size * b) // a
+        exact = size * b - k * a == 0
+        p2 = tf.reduce_max(tf.where(pows <= k[..., None], pows, 0), axis=-1)  # largest power of two <= k
+        half_gap = tf.cast(tf.where(p2 == k, p2 // 2, p2), tf.float32)     # in units of 2**-53
+        below = exact & (tf.cast(b, tf.float32) * t > half_gap)
+        return tf.maximum(1, k - tf.cast(below, tf.int32))
+    return side(h), side(w)
+
+
+def letterbox_tf(image, size):
+    """uint8 [H, W, 3] -> float32 [size, size, 3] in [0, 1]: `model.letterbox_image` as TF ops.
+
+    Sizes and offsets equal utils.Letterbox's exactly (`letterbox_sizes_tf`). The resized frame is rounded to
+    uint8 as cv2 does (floor(x + 0.5), cv2's rounding on its integer-factor INTER_AREA path); pixels can differ
+    from cv2 by one grey level where cv2 resizes in fixed point (INTER_LINEAR) or rounds half to even. Equal when
+    the frame already has the canvas size or shrinks by 2 on both axes.
+    """
+    import tensorflow as tf
+    hw = tf.shape(image)[:2]
+    nh, nw = letterbox_sizes_tf(hw[0], hw[1], size)
+    dh, dw = (size - nh) // 2, (size - nw) // 2
+    x = tf.cast(image, tf.float32)
+    x = _resize_axis(_resize_axis(x, nw, 1), nh, 0)            # horizontal first, as cv2
+    x = tf.clip_by_value(tf.floor(x + 0.5), 0.0, 255.0)
+    x = tf.pad(x - 128.0, [[dh, size - nh - dh], [dw, size - nw - dw], [0, 0]]) + 128.0
+    return tf.reshape(x, [size, size, 3]) / 255.0
+
+
+# ---- the serving function ------------------------------------------------------------------------------
+
+def crop_and_resize_tf(fmap, boxes, crop):
+    """`tf.image.crop_and_resize(fmap[None], boxes, zeros, (crop, crop), "bilinear")` with gathers, for one map.
+
+    fmap [H, W, E], boxes [N, 4] normalised y1, x1, y2, x2 -> [N, crop, crop, E]. Same sampling as TF's kernel
+    (sample i at y1*(H-1) + i*(y2-y1)*(H-1)/(crop-1), zero outside the map); CropAndResize is not a TFLite builtin.
+    """
+    import tensorflow as tf
+    h, w = tf.shape(fmap)[0], tf.shape(fmap)[1]
+    hf, wf = tf.cast(h - 1, tf.float32), tf.cast(w - 1, tf.float32)
+    i = tf.cast(tf.range(crop), tf.float32)[None, :]                                # [1, c]
+    # the kernel's own float32 order of operations, so a sample on the map's last row stays inside
+    ys = boxes[:, 0:1] * hf + i * ((boxes[:, 2:3] - boxes[:, 0:1]) * hf / float(crop - 1))   # [N, c]
+    xs = boxes[:, 1:2] * wf + i * ((boxes[:, 3:4] - boxes[:, 1:2]) * wf / float(crop - 1))
+    # TF zeroes samples past the last row/column; a box clipped to exactly 1.0 puts its last sample there give or
+    # take one rounding, which fused multiply-adds (graph mode, XNNPACK) decide differently: 1e-3 px of slack
+    # keeps such samples inside, the only place where this differs from the kernel
+    eps = 1e-3
+    inside = (((ys >= -eps) & (ys <= hf + eps))[:, :, None]
+              & ((xs >= -eps) & (xs <= wf + eps))[:, None, :])                   # [N, c, c]
+    y0, x0 = tf.floor(ys), tf.floor(xs)
+    yl = tf.expand_dims(tf.expand_dims(ys - y0, -1), -1)                          # [N, c, 1, 1]
+    xl = tf.expand_dims(tf.expand_dims(xs - x0, 1), -1)                            # [N, 1, c, 1]
+    y0 = tf.clip_by_value(tf.cast(y0, tf.int32), 0, h - 1)
+    x0 = tf.clip_by_value(tf.cast(x0, tf.int32), 0, w - 1)
+    y1, x1 = tf.minimum(y0 + 1, h - 1), tf.minimum(x0 + 1, w - 1)
+    flat = tf.reshape(fmap, [h * w, -1])
+
+    def at(yy, xx):
+        return tf.gather(flat, yy[:, :, None] * w + xx[:, None, :])                # [N, c, c, E]
+    top = at(y0, x0) + (at(y0, x1) - at(y0, x0)) * xl
+    bottom = at(y1, x0) + (at(y1, x1) - at(y1, x0)) * xl
+    return (top + (bottom - top) * yl) * tf.cast(inside, fmap.dtype)[..., None]
+
+
+def _portable_parts(model):
+    """Split the Keras inference model around its TF-only ops: trunk (image -> proposals, num_valid, class_probs,
+    e2..e5) and mask head (4 pooled ROI maps -> mask logits). Both reuse the trained layers themselves."""
+    import keras
+    proposals = list(model.get_layer("head_proposals").output)
+    embs = [model.get_layer(f"head_emb_{lvl}").output for lvl in (2, 3, 4, 5)]
+    trunk = keras.Model(model.get_layer("image").output, proposals + embs, name="export_trunk")
+    mask_head = keras.Model(list(model.get_layer("mask_roi_align").output),
+                            model.get_layer("mask_unflatten").output, name="export_mask_head")
+    return trunk, mask_head
+
+
+def serving_fn(model, cfg, graph="keras"):
+    """fn(image uint8 [H, W, 3]) -> dict of OUTPUTS for one frame.
+
+    graph "keras": the Keras inference model as trained (DetectionOutputs' float64 box math, CropAndResize).
+    graph "portable": the same layers and weights, with ROI pooling (`crop_and_resize_tf`) and un-letterboxing
+    (float32, exact integer sizes) rewritten in TFLite builtin ops; boxes agree to ~1e-4 px.
+    """
+    import tensorflow as tf
+    m = cfg.model
+    size = m.input_size
+    cat_ids = tf.constant([0] + [int(c) for c in cfg.category_ids()], tf.int32)    # class 0 = padding
+    if graph not in ("keras", "portable"):
+        raise ExportError(f"unknown graph {graph!r}; choose keras or portable")
+
+    def serve_keras(image):
+        canvas = letterbox_tf(image, size)[None]
+        hw = tf.shape(image)[None, :2]
+        out = model({"image": canvas, "image_hw": hw}, training=False)
+        return {"boxes": out["boxes"][0], "scores": out["scores"][0],
+                "category_ids": tf.gather(cat_ids, out["classes"][0]), "class_probs": out["class_probs"][0],
+                "masks": out["masks"][0], "num_valid": out["num_valid"][0]}
+    if graph == "keras":
+        return serve_keras
+
+    trunk, mask_head = _portable_parts(model)
+    table = _rounding_table(size)
+
+    def serve_portable(image):
+        canvas = letterbox_tf(image, size)[None]
+        proposals, num_valid, class_probs, *embs = trunk(canvas, training=False)
+        proposals, num_valid, class_probs = proposals[0], num_valid[0], class_probs[0]   # [P, 6], [], [P, K]
+        yx = tf.gather(proposals[:, :4], [1, 0, 3, 2], axis=-1)
+        rois = [crop_and_resize_tf(e[0], yx, m.mask_pool) for e in embs]                  # 4 x [P, 14, 14, E]
+        logits = mask_head(rois, training=False)[0]                                       # [P, M, M, 2]
+        valid = tf.cast(tf.range(m.max_prop) < num_valid, tf.float32)                     # [P]
+        h, w = tf.shape(image)[0], tf.shape(image)[1]
+        nh, nw = letterbox_sizes_tf(h, w, size, table)
+        dh, dw = tf.cast((size - nh) // 2, tf.float32), tf.cast((size - nw) // 2, tf.float32)
+        hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
+        b = proposals[:, :4] * float(size)                                                # canvas px
+        x = tf.clip_by_value((b[:, 0::2] - dw) * (wf / tf.cast(nw, tf.float32)), 0.0, wf)
+        y = tf.clip_by_value((b[:, 1::2] - dh) * (hf / tf.cast(nh, tf.float32)), 0.0, hf)
+        boxes = tf.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=-1) * valid[:, None]
+        classes = tf.cast(tf.round(proposals[:, 5]), tf.int32) * tf.cast(valid, tf.int32)
+        return {"boxes": boxes, "scores": proposals[:, 4] * valid, "category_ids": tf.gather(cat_ids, classes),
+                "class_probs": class_probs, "masks": tf.nn.softmax(logits, axis=-1)[..., 1] * tf.reshape(valid, [-1, 1, 1]),
+                "num_valid": num_valid}
+    return serve_portable
+
+
+def _write_saved_model(model, cfg, path, graph):
+    import tensorflow as tf
+    from keras.export import ExportArchive
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE, serving_fn(model, cfg, graph),
+                         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
+    archive.write_out(path, verbose=False)
+
+
+def _flex_ops_in_error(message):
+    """Names of the TF ops a ConverterError says have no TFLite builtin kernel."""
+    listed = re.search(r"TF Select ops: ([^\n]+)", message)
+    if listed:
+        return sorted({n.strip() for n in listed.group(1).split(",") if n.strip()})
+    return sorted(set(re.findall(r"'tf\.([A-Za-z0-9_]+)' op", message)))
+
+
+def _convert_tflite(saved_model_dir, fp16, select_tf_ops):
+    """SavedModel -> TFLite flatbuffer bytes. Raises ExportError naming the ops a builtin-only conversion lacks."""
+    import tensorflow as tf
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE])
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if select_tf_ops:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    conv.target_spec.supported_ops = ops
+    if fp16:
+        # float16 weights, dequantised to float32 at load: half the file, float32 arithmetic
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    try:
+        return conv.convert()
+    except Exception as e:  # ConverterError (its module path moves between TF releases)
+        msg = str(e)
+        names = _flex_ops_in_error(msg)
+        hint = ("these ops have no TFLite builtin kernel: " + ", ".join(names) if names else
+                "conversion failed: " + msg.strip().splitlines()[-1][:500])
+        what = ("export with --graph portable (ROI pooling and box math in builtin ops), or allow them with "
+                "--select-tf-ops (Flex; needs a runtime with the Flex delegate, which the tf.lite.Interpreter of "
+                "the tensorflow 2.21 pip package lacks)" if not select_tf_ops else "this op has no Flex kernel either")
+        raise ExportError(f"TFLite conversion failed: {hint}; {what}") from None
+
+
+def _tflite_op_names(model_bytes):
+    """Distinct op names in a TFLite model (Flex ops appear as Flex<TfOp>)."""
+    import tensorflow as tf
+    interp = tf.lite.Interpreter(model_content=model_bytes)
+    try:
+        return sorted({d["op_name"] for d in interp._get_ops_details()})
+    except Exception:  # private API; the metadata is informative only
+        return []
+
+
+def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf_ops=False, log=print):
+    """Export the run's inference model to `out` (a new folder, written through a temp folder and a rename).
+    graph: "keras" or "portable" (see `serving_fn`); default keras for a SavedModel, portable for TFLite.
+    Returns the metadata dict written to out/model.json."""
+    import config as config_lib
+    import tensorflow as tf
+    from train import TrainError, load_run
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unsupported format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    graph = graph or ("portable" if fmt == "tflite" else "keras")
+    if graph not in ("keras", "portable"):
+        raise ExportError(f"unknown graph {graph!r}; choose keras or portable")
+    if fp16 and fmt != "tflite":
+        raise ExportError("--fp16 applies to --format tflite (float16 weights); a SavedModel stays float32")
+    if os.path.exists(out):
+        raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
+    if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
+    t0 = time.time()
+    try:
+        cfg, model = load_run(run_dir, checkpoint=checkpoint, mode="infer")
+    except (TrainError, config_lib.ConfigError) as e:
+        raise ExportError(str(e)) from None
+    except (tf.errors.NotFoundError, ValueError) as e:
+        raise ExportError(f"{run_dir}: cannot restore checkpoint {checkpoint or '(latest)'} ({e})") from None
+    log(f"loaded {run_dir} ({cfg.preset}, input {cfg.model.input_size}) in {time.time() - t0:.1f} s", flush=True)
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp_export_")
+    try:
+        sm_dir = os.path.join(tmp, SAVED_MODEL_DIR)
+        t0 = time.time()
+        _write_saved_model(model, cfg, sm_dir, graph)
+        log(f"SavedModel traced and written in {time.time() - t0:.1f} s", flush=True)
+        meta = {"format": fmt, "fp16": bool(fp16), "graph": graph, "signature": SIGNATURE, "input": {"image": INPUT},
+                "outputs": dict(OUTPUTS), "input_size": cfg.model.input_size, "mask_size": cfg.model.mask_size,
+                "max_detections": cfg.model.max_prop,
+                "categories": [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())],
+                "source": {"run_dir": os.path.abspath(run_dir), "checkpoint": checkpoint},
+                "tensorflow": tf.__version__, "config": cfg.to_dict()}
+        if fmt == "tflite":
+            t0 = time.time()
+            data = _convert_tflite(sm_dir, fp16, select_tf_ops)
+            with open(os.path.join(tmp, TFLITE_FILE), "wb") as f:
+                f.write(data)
+            shutil.rmtree(sm_dir)
+            ops = _tflite_op_names(data)
+            meta["file"] = TFLITE_FILE
+            meta["tflite_ops"] = ops
+            meta["flex_ops"] = [o for o in ops if o.startswith("Flex")]
+            log(f"TFLite converted in {time.time() - t0:.1f} s ({len(data) / 2**20:.1f} MiB, flex ops: "
+                f"{', '.join(meta['flex_ops']) or 'none'})", flush=True)
+        else:
+            meta["file"] = SAVED_MODEL_DIR
+        config_lib.save_config(cfg, os.path.join(tmp, CONFIG_FILE))
+        config_lib.atomic_write_text(os.path.join(tmp, META_FILE), json.dumps(meta, indent=2))
+        os.chmod(tmp, 0o755)                                   # mkdtemp makes 0700 folders
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+# ---- loading and running an export ---------------------------------------------------------------------------
+
+class ExportedModel:
+    """One exported model, either format: `model(frame_rgb_uint8)` -> dict of numpy OUTPUTS for that frame.
+
+    Attributes: cfg (the resolved config it came from), meta (model.json), format.
+    """
+
+    def __init__(self, path):
+        import config as config_lib
+        meta_path = os.path.join(path, META_FILE)
+        if not os.path.exists(meta_path):
+            raise ExportError(f"{path}: no {META_FILE} (is this a folder written by export.py?)")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        self.format = self.meta.get("format")
+        if self.format not in FORMATS:
+            raise ExportError(f"{meta_path}: unknown format {self.format!r}")
+        self.cfg = config_lib.load_config(os.path.join(path, CONFIG_FILE))
+        file = os.path.join(path, self.meta["file"])
+        import tensorflow as tf
+        if self.format == "saved_model":
+            self._fn = tf.saved_model.load(file).signatures[SIGNATURE]
+        else:
+            self._fn = tf.lite.Interpreter(model_path=file).get_signature_runner(SIGNATURE)
+
+    def __call__(self, frame):
+        frame = np.ascontiguousarray(frame, np.uint8)
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"exported model: expected an RGB frame [H, W, 3], got shape {frame.shape}")
+        out = self._fn(image=frame)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+
+class ExportedFramePredictor:
+    """tracker.FramePredictor's interface over an ExportedModel: frames in, `model.postprocess` detections out.
+
+    The exported graph takes one frame, so `batch_size` is 1; category ids go back to class indices so pasting
+    and RLE encoding run through the very same `model.postprocess` as the Keras path.
+    """
+
+    def __init__(self, exported: ExportedModel, score_floor: float):
+        import model as model_lib
+        self.exported, self.cfg, self.score_floor, self.batch_size = exported, exported.cfg, score_floor, 1
+        self.postprocess = model_lib.postprocess
+        self._class_of = {c: i + 1 for i, c in enumerate(self.cfg.category_ids())}
+
+    def outputs(self, frames_rgb):
+        """Stack the per-frame outputs into the infer model's batched dict (classes 1..K, image_hw)."""
+        outs = [self.exported(f) for f in frames_rgb]
+        batch = {k: np.stack([o[k] for o in outs]) for k in ("boxes", "scores", "class_probs", "masks", "num_valid")}
+        cats = np.stack([o["category_ids"] for o in outs])
+        batch["classes"] = np.vectorize(lambda c: self._class_of.get(int(c), 0), otypes=[np.int32])(cats)
+        batch["image_hw"] = np.array([f.shape[:2] for f in frames_rgb], np.int32)
+        return batch
+
+    def __call__(self, frames_rgb):
+        return self.postprocess(self.outputs(frames_rgb), self.cfg, score_floor=self.score_floor)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Export a trained YOLOV4+1 run as a SavedModel or TFLite model with "
+                                             "one signature: uint8 frame [H, W, 3] in, detections out.")
+    ap.add_argument("--run-dir", required=True, help="training run directory (config.yaml + checkpoints/)")
+    ap.add_argument("--checkpoint", default=None, help="checkpoint path or prefix (default: the latest)")
+    ap.add_argument("--format", required=True, help="saved_model or tflite")
+    ap.add_argument("--fp16", action="store_true", help="TFLite with float16 weights (float32 compute)")
+    ap.add_argument("--graph", default=None, choices=("keras", "portable"),
+                    help="keras: the trained Keras graph as is; portable: ROI pooling and box math in TFLite builtin "
+                         "ops (default: keras for saved_model, portable for tflite)")
+    ap.add_argument("--select-tf-ops", action="store_true",
+                    help="TFLite: allow Flex (select TF) ops; the tensorflow 2.21 pip interpreter cannot run them")
+    ap.add_argument("--out", required=True, help="output folder (must not exist)")
+    args = ap.parse_args(argv)
+    try:
+        meta = export(args.run_dir, args.format, args.out, checkpoint=args.checkpoint, fp16=args.fp16,
+                      graph=args.graph, select_tf_ops=args.select_tf_ops)
+    except ExportError as e:
+        sys.exit(f"export.py: {e}")
+    print(f"{meta['format']}{' (fp16)' if meta['fp16'] else ''} model written to "
+          f"{os.path.join(args.out, meta['file'])}; metadata in {os.path.join(args.out, META_FILE)}")
+
+
+if __name__ == "__main__":
+    main()
