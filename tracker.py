@@ -184,7 +184,10 @@ def predict_videos(predictor, videos, categories, log=print):
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Per-frame YOLOV4+1 predictions over a dataset split, a frame folder "
                                              "or a video file (then tracking and an overlay video).")
-    ap.add_argument("--run-dir", required=True, help="training run directory (config + checkpoints)")
+    model_src = ap.add_mutually_exclusive_group(required=True)
+    model_src.add_argument("--run-dir", help="training run directory (config + checkpoints)")
+    model_src.add_argument("--exported", help="a folder written by export.py (SavedModel or TFLite), run one frame "
+                                              "at a time instead of the Keras model")
     ap.add_argument("--checkpoint", default=None, help="checkpoint path or prefix (default: the latest)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="dataset split root holding JPEGImages/ and the split JSON")
@@ -203,9 +206,15 @@ def main(argv=None):
         ap.error("--data needs --out (the frame-predictions JSON)")
     if args.video and not args.out_dir:
         ap.error("--video needs --out-dir")
+    if args.exported and args.checkpoint:
+        ap.error("--checkpoint goes with --run-dir (an export holds one checkpoint's weights)")
 
     from tracking.io import write_frame_predictions
     from train import load_run
+    errors = (FrameError,)
+    if args.exported:
+        import export
+        errors += (export.ExportError,)
     try:
         if args.data:
             videos, _ = dataset_source(args.data, args.ann)
@@ -214,12 +223,18 @@ def main(argv=None):
             videos = folder_source(args.video)
         else:
             videos = video_source(args.video)
-        cfg, model = load_run(args.run_dir, checkpoint=args.checkpoint, mode="infer")
+        if args.exported:
+            exported = export.ExportedModel(args.exported)
+            cfg = exported.cfg
+            predictor = export.ExportedFramePredictor(
+                exported, cfg.infer.score_floor if args.score_floor is None else args.score_floor)
+        else:
+            cfg, model = load_run(args.run_dir, checkpoint=args.checkpoint, mode="infer")
+            predictor = FramePredictor(cfg, model, args.batch_size or cfg.infer.batch_size,
+                                       cfg.infer.score_floor if args.score_floor is None else args.score_floor)
         categories = [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())]
-        predictor = FramePredictor(cfg, model, args.batch_size or cfg.infer.batch_size,
-                                   cfg.infer.score_floor if args.score_floor is None else args.score_floor)
         doc = predict_videos(predictor, videos, categories)
-    except FrameError as e:
+    except errors as e:
         sys.exit(f"tracker.py: {e}")
 
     if args.data:
