@@ -70,6 +70,8 @@ class ModelConfig:
     sync_bn: bool = True                  # synchronised BN across replicas (decisions M14)
     bn_epsilon: float = 1e-6              # Darknet's (and OpenCV's reader's) BN epsilon (decisions M2)
     mixed_precision: bool = False         # mixed_float16 for GPUs (decisions M13)
+    conv_init: str = "normal"             # kernels of convs followed by BN: normal = N(0, 0.01) (original) | he
+    bn_momentum: float = 0.99             # BN moving-statistics momentum (Keras default)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 4                   # global batch (split over replicas)
     lr: float = 1e-3
+    optimizer: str = "sgd"                # sgd (decisions §0) | adamw (Adam + the same decay; CPU demo only)
     lr_schedule: str = "constant"         # constant | cosine
     warmup_steps: int = 0
     momentum: float = 0.9
@@ -391,6 +394,10 @@ def validate(cfg: Config) -> Config:
                           f"got {m.mask_size} and {m.mask_pool}")
     if m.max_prop > m.pre_nms_limit * len(m.strides):
         raise ConfigError("model.max_prop cannot exceed pre_nms_limit times the number of levels")
+    if m.conv_init not in ("normal", "he"):
+        raise ConfigError(f"model.conv_init must be 'normal' or 'he', got {m.conv_init!r}")
+    if not 0.0 <= m.bn_momentum < 1.0:
+        raise ConfigError(f"model.bn_momentum must be in [0, 1), got {m.bn_momentum}")
     if m.num_classes < 1:
         raise ConfigError("model.num_classes must be at least 1")
     if cfg.data.categories and len(cfg.data.categories) != m.num_classes:
@@ -399,6 +406,8 @@ def validate(cfg: Config) -> Config:
     t = cfg.train
     if t.lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', got {t.lr_schedule!r}")
+    if t.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
     if t.unfreeze not in ("outputs", "all"):
         raise ConfigError(f"train.unfreeze must be 'outputs' or 'all', got {t.unfreeze!r}")
     if t.alb not in ("per_level", "global"):

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import utils
-from backbone import scaled
+from backbone import batch_norm, bn_conv_initializer, scaled
 
 NUM_BOX = 4          # dx, dy, dw, dh
 NUM_OBJ = 2          # objectness logits [background, foreground]
@@ -26,10 +26,8 @@ def neck_conv(x, filters, kernel, name, cfg, downsample=False):
         x = keras.layers.ZeroPadding2D(((1, 0), (1, 0)), name=f"neck_pad_{name}")(x)
     x = keras.layers.Conv2D(filters, kernel, strides=2 if downsample else 1,
                             padding="valid" if downsample else "same", use_bias=False,
-                            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                            name=f"neck_conv_{name}")(x)
-    x = keras.layers.BatchNormalization(epsilon=cfg.model.bn_epsilon, synchronized=cfg.model.sync_bn,
-                                        name=f"neck_bn_{name}")(x)
+                            kernel_initializer=bn_conv_initializer(cfg), name=f"neck_conv_{name}")(x)
+    x = batch_norm(cfg, f"neck_bn_{name}")(x)
     return keras.layers.LeakyReLU(negative_slope=0.1, name=f"neck_leaky_{name}")(x)
 
 
@@ -113,9 +111,8 @@ def apply_heads(n, cfg):
     for lvl, x in zip(LEVELS, n):
         c = int(x.shape[-1])
         d = keras.layers.Conv2D(c, 3, padding="same", use_bias=False,
-                                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                                name=f"head_det_conv_{lvl}")(x)
-        d = keras.layers.BatchNormalization(epsilon=m.bn_epsilon, synchronized=m.sync_bn, name=f"head_det_bn_{lvl}")(d)
+                                kernel_initializer=bn_conv_initializer(cfg), name=f"head_det_conv_{lvl}")(x)
+        d = batch_norm(cfg, f"head_det_bn_{lvl}")(d)
         d = keras.layers.LeakyReLU(negative_slope=0.1, name=f"head_det_leaky_{lvl}")(d)
         d = keras.layers.Conv2D(m.anchors_per_level * (NUM_BOX + NUM_OBJ), 1,
                                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),

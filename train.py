@@ -74,11 +74,18 @@ def make_strategy(kind: str = "auto", workers: str | None = None, worker_index: 
 # ---- optimizer, learning rate, freezing ---------------------------------------------------------------------
 
 def make_optimizer(cfg, schedule):
-    """SGD with momentum and decoupled weight decay (decisions §0), built lazily so TensorFlow loads late."""
+    """SGD with momentum and decoupled weight decay (decisions §0), built lazily so TensorFlow loads late.
+
+    train.optimizer=adamw swaps SGD for Adam with the same decoupled decay and clipping: a departure for CPU
+    runs of the tiny preset only (from scratch, the backbone's gradients are ~1e3 times the heads', and a
+    per-parameter step size lets the heads learn within minutes; README "Differences from the original").
+    """
     import keras
 
-    class SGDW(keras.optimizers.SGD):
-        """SGD whose update step first shrinks decayed variables by v -= wd * v (not scaled by the LR).
+    base = keras.optimizers.Adam if cfg.train.optimizer == "adamw" else keras.optimizers.SGD
+
+    class Decoupled(base):
+        """`base` whose update step first shrinks decayed variables by v -= wd * v (not scaled by the LR).
 
         Gradients reach `apply` already summed across replicas and clipped (M9), so the base class's own
         cross-replica sum is switched off.
@@ -101,7 +108,9 @@ def make_optimizer(cfg, schedule):
         def _all_reduce_sum_gradients(self, grads_and_vars):
             return list(grads_and_vars)
 
-    return SGDW(decoupled_decay=cfg.train.weight_decay, learning_rate=schedule, momentum=cfg.train.momentum)
+    if cfg.train.optimizer == "adamw":
+        return Decoupled(decoupled_decay=cfg.train.weight_decay, learning_rate=schedule)
+    return Decoupled(decoupled_decay=cfg.train.weight_decay, learning_rate=schedule, momentum=cfg.train.momentum)
 
 
 def is_decayed(variable) -> bool:
@@ -351,7 +360,8 @@ def plot_confusion(cm, names, path):
 
 
 def validate(cfg, train_model, infer_model, val_source, out_png, log=print):
-    """Frame mask mAP@[.5:.95] / @.5 on the held-out frames and the confusion matrix PNG (bytes returned)."""
+    """Frame mask mAP@[.5:.95] / @.5 on the held-out frames (detections with score >= infer.score_floor) and the
+    confusion matrix PNG of the detections with score >= infer.conf_thresh (bytes returned)."""
     import cv2
     import compute_ap
     import model as model_lib
@@ -376,10 +386,12 @@ def validate(cfg, train_model, infer_model, val_source, out_png, log=print):
             hw[i] = rgb.shape[:2]
         out = infer_model({"image": images, "image_hw": hw}, training=False)
         out = {k: np.asarray(v)[:len(chunk)] for k, v in out.items()}
-        dets = model_lib.postprocess(out, cfg, score_floor=cfg.infer.conf_thresh)
+        # COCO-style mAP ranks every detection above the low storage floor (as tracker.py stores them);
+        # the confusion matrix counts only the confident ones (conf_thresh), as a user would see them.
+        dets = model_lib.postprocess(out, cfg, score_floor=cfg.infer.score_floor)
         for f, d in zip(chunk, dets):
             dt_frames.append({"id": f["id"], "instances": d})
-            pairs += confusion_pairs(f, d)
+            pairs += confusion_pairs(f, [x for x in d if x["score"] >= cfg.infer.conf_thresh])
     cats = cfg.data.categories
     res = compute_ap.frame_map(gt_frames, dt_frames, cats)
     ids = [c["id"] for c in cats]

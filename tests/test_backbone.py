@@ -172,3 +172,28 @@ def test_wrong_width_and_bad_header(tmp_path):
     np.asarray([-7, 99999, 1], np.int32).tofile(path)
     with pytest.raises(backbone.DarknetWeightsError, match="not a Darknet weights file"):
         backbone.load_darknet_weights(full, path)
+
+
+def test_bn_conv_init_and_from_scratch_gradient_scale():
+    """Convs followed by BN: N(0, 0.01) (original, meant for pretrained weights) or He N(0, 2 / fan_in) (tiny).
+    BN makes the loss invariant to a kernel's scale, so its gradient scales as 1 / |kernel|: from scratch the
+    0.01 kernels give backbone gradients ~20x larger than He kernels (the bug that starved the tiny preset's
+    heads under global-norm clipping)."""
+    import keras
+    import tensorflow as tf
+
+    norms, stds = {}, {}
+    for init in ("normal", "he"):
+        cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", f"model.conv_init={init}"])
+        keras.utils.set_random_seed(0)
+        net = backbone.build_backbone(cfg)
+        kernel = net.get_layer("bb_conv_40").kernel                   # 1x1, fan_in = in channels
+        stds[init] = (float(np.std(kernel.numpy())), kernel.shape[2])
+        x = tf.constant(np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32))
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_mean(tf.sin(o)) for o in net(x, training=True)])
+        grads = tape.gradient(loss, [v for v in net.trainable_variables if v.path.endswith("kernel")])
+        norms[init] = float(tf.linalg.global_norm(grads))
+    assert stds["normal"][0] == pytest.approx(0.01, rel=0.2)
+    assert stds["he"][0] == pytest.approx(np.sqrt(2.0 / stds["he"][1]), rel=0.2)   # truncated normal: ~0.88x
+    assert norms["normal"] > 10 * norms["he"], norms

@@ -109,3 +109,12 @@ def test_anchor_file_errors(tmp_path):
     p.write_text("# size 416\n1,2 3\n")
     with pytest.raises(ConfigError, match="line 2"):
         config.read_anchor_file(str(p), 416)
+
+
+def test_conv_init_bn_momentum_and_optimizer_fields():
+    # the published preset keeps the original N(0, 0.01) kernels, SGD and Keras's BN momentum
+    full = get_preset("yolov4p1")
+    assert (full.model.conv_init, full.train.optimizer, full.model.bn_momentum) == ("normal", "sgd", 0.99)
+    for bad in ("model.conv_init=xavier", "train.optimizer=adam", "model.bn_momentum=1.0"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            apply_overrides(full, [bad])
