@@ -56,6 +56,7 @@ class ModelConfig:
     fg_thresh: float = 0.4                # anchor IoU > fg*tol: positive
     bg_thresh: float = 0.3                # anchor IoU < bg*tol: negative; between: ignored
     id_thresh: float = 0.4                # centroid anchor carries the class label if IoU > id*tol
+    class_targets: str = "centroid"       # centroid (decisions M6) | fg: every foreground anchor (tiny only)
     nms_thresh: float = 0.3               # IoU threshold of both NMS stages
     pre_nms_limit: int = 200              # proposals kept per level by the per-level NMS
     max_prop: int = 50                    # proposals kept by the global NMS (static)
@@ -106,7 +107,8 @@ class TrainConfig:
     freeze_epochs: int = 2                # backbone frozen for these epochs
     unfreeze: str = "outputs"             # outputs (the four b2..b5 convs, faithful) | all
     alb: str = "per_level"                # per_level (report) | global (original code's 4 scalars)
-    loss_norm: str = "positives"          # positives (decisions M8) | all (original)
+    alb_lr_mult: float = 1.0              # ALB log-variances step at lr x this (>1: they settle within a short run)
+    loss_norm: str = "positives"          # positives (decisions M8) | all (original) | balanced (obj: fg + bg means)
     val_fraction: float = 0.1             # whole videos held out from the training JSON
     val_max_frames: int = 400             # cap on validation frames per epoch (0: all)
     split_seed: int = 0
@@ -398,6 +400,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.conv_init must be 'normal' or 'he', got {m.conv_init!r}")
     if not 0.0 <= m.bn_momentum < 1.0:
         raise ConfigError(f"model.bn_momentum must be in [0, 1), got {m.bn_momentum}")
+    if m.class_targets not in ("centroid", "fg"):
+        raise ConfigError(f"model.class_targets must be 'centroid' or 'fg', got {m.class_targets!r}")
     if m.num_classes < 1:
         raise ConfigError("model.num_classes must be at least 1")
     if cfg.data.categories and len(cfg.data.categories) != m.num_classes:
@@ -408,12 +412,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', got {t.lr_schedule!r}")
     if t.optimizer not in ("sgd", "adamw"):
         raise ConfigError(f"train.optimizer must be 'sgd' or 'adamw', got {t.optimizer!r}")
+    if t.alb_lr_mult <= 0:
+        raise ConfigError(f"train.alb_lr_mult must be positive, got {t.alb_lr_mult}")
     if t.unfreeze not in ("outputs", "all"):
         raise ConfigError(f"train.unfreeze must be 'outputs' or 'all', got {t.unfreeze!r}")
     if t.alb not in ("per_level", "global"):
         raise ConfigError(f"train.alb must be 'per_level' or 'global', got {t.alb!r}")
-    if t.loss_norm not in ("positives", "all"):
-        raise ConfigError(f"train.loss_norm must be 'positives' or 'all', got {t.loss_norm!r}")
+    if t.loss_norm not in ("positives", "all", "balanced"):
+        raise ConfigError(f"train.loss_norm must be 'positives', 'all' or 'balanced', got {t.loss_norm!r}")
     if not 0.0 <= t.val_fraction < 1.0:
         raise ConfigError(f"train.val_fraction must be in [0, 1), got {t.val_fraction}")
     if t.batch_size < 1:

@@ -91,26 +91,38 @@ def make_optimizer(cfg, schedule):
         cross-replica sum is switched off.
         """
 
-        def __init__(self, decoupled_decay=0.0, **kwargs):
+        def __init__(self, decoupled_decay=0.0, alb_lr_mult=1.0, **kwargs):
             super().__init__(**kwargs)
             self.decoupled_decay = float(decoupled_decay)
-            self._decay_flags = []
+            self.alb_lr_mult = float(alb_lr_mult)
+            self._decay_flags, self._alb_flags = [], []
 
         def build(self, variables):
             super().build(variables)
             self._decay_flags = [is_decayed(v) for v in variables]
+            self._alb_flags = [is_alb(v) for v in variables]
 
         def update_step(self, gradient, variable, learning_rate):
-            if self.decoupled_decay and self._decay_flags[self._get_variable_index(variable)]:
+            index = self._get_variable_index(variable)
+            if self.decoupled_decay and self._decay_flags[index]:
                 self.assign_sub(variable, self.decoupled_decay * variable)
+            if self.alb_lr_mult != 1.0 and self._alb_flags[index]:
+                learning_rate = learning_rate * self.alb_lr_mult
             super().update_step(gradient, variable, learning_rate)
 
         def _all_reduce_sum_gradients(self, grads_and_vars):
             return list(grads_and_vars)
 
+    kwargs = {"decoupled_decay": cfg.train.weight_decay, "alb_lr_mult": cfg.train.alb_lr_mult,
+              "learning_rate": schedule}
     if cfg.train.optimizer == "adamw":
-        return Decoupled(decoupled_decay=cfg.train.weight_decay, learning_rate=schedule)
-    return Decoupled(decoupled_decay=cfg.train.weight_decay, learning_rate=schedule, momentum=cfg.train.momentum)
+        return Decoupled(**kwargs)
+    return Decoupled(momentum=cfg.train.momentum, **kwargs)
+
+
+def is_alb(variable) -> bool:
+    path = getattr(variable, "path", None) or variable.name
+    return "alb_log_vars" in path
 
 
 def is_decayed(variable) -> bool:

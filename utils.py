@@ -178,7 +178,8 @@ TARGET_CHANNELS = 7
 CENTROID_IOU_TOL = 1e-6
 
 
-def level_targets(boxes, labels, anchors_cxcywh, stride, tol, fg_thresh, bg_thresh, id_thresh):
+def level_targets(boxes, labels, anchors_cxcywh, stride, tol, fg_thresh, bg_thresh, id_thresh,
+                  class_targets: str = "centroid"):
     """Targets of one pyramid level for a batch, vectorised over instances (original-model.md §6.2).
 
     Args:
@@ -186,6 +187,9 @@ def level_targets(boxes, labels, anchors_cxcywh, stride, tol, fg_thresh, bg_thre
         labels: [B, N] int class 1..K, 0 = padding (padded rows never match anything).
         anchors_cxcywh: [nA, S, S, 4] from `anchor_grid` (grid units, [anchor, y, x], centres at +0.5).
         stride: pixels per grid cell of this level; tol: TOLERANCE of this level.
+        class_targets: "centroid" (decisions M6, faithful): the class label sits at each GT's centroid anchor
+            only; "fg": at every foreground anchor (tiny-preset departure: a short run then also trains the
+            class logits of the anchors that end up scoring the detections).
     Returns:
         [B, nA, S, S, 7] float32 (see TARGET_CHANNELS).
     """
@@ -218,7 +222,10 @@ def level_targets(boxes, labels, anchors_cxcywh, stride, tol, fg_thresh, bg_thre
     bg = iou_map < bg_thresh * tol
     tconf = tf.where(fg, 1.0, tf.where(bg, 0.0, -1.0))
     matched_label = tf.gather(labels, gt_index, batch_dims=1)                  # [B, M]
-    is_id = (iou_map > id_thresh * tol) & point_mask & (matched_label > 0)
+    if class_targets == "fg":
+        is_id = fg & (matched_label > 0)
+    else:
+        is_id = (iou_map > id_thresh * tol) & point_mask & (matched_label > 0)
     tid = tf.where(is_id, tf.cast(matched_label - 1, tf.float32), -1.0)
 
     gt_cxcywh = xyxy_to_cxcywh(tf.gather(gt, gt_index, batch_dims=1))         # [B, M, 4]
@@ -236,7 +243,7 @@ def build_targets(cfg, boxes, labels):
     for k, (stride, anchors_px) in enumerate(zip(m.strides, cfg.level_anchors())):
         grid = anchor_grid(m.input_size // stride, anchors_px, stride)
         targets.append(level_targets(boxes, labels, grid, stride, m.tolerance[k], m.fg_thresh, m.bg_thresh,
-                                     m.id_thresh))
+                                     m.id_thresh, m.class_targets))
     return targets
 
 
@@ -312,7 +319,8 @@ def level_losses(pred, target, loss_norm: str = "positives", global_sum=_identit
     loss of the whole batch whatever the replica count (M9).
 
     loss_norm="positives" (M8): box over fg anchors (x 4 coordinates), objectness over non-ignored anchors, class
-    over centroid anchors. "all" (original): box and objectness over every anchor entry of the global batch
+    over centroid anchors. "balanced" (tiny-preset departure): as "positives", but objectness is the mean over
+    foreground anchors plus the mean over background anchors. "all" (original): box and objectness over every anchor entry of the global batch
     (`global_batch` examples), class still over centroid anchors, as the original.
     """
     pred = tf.cast(pred, tf.float32)
@@ -333,6 +341,13 @@ def level_losses(pred, target, loss_norm: str = "positives", global_sum=_identit
         box = box_sum / (4.0 * n_entries)
         # Ignored anchors count as the original (target 0, no gradient): a constant added to the value.
         obj = tf.reduce_sum(tf.where(valid > 0, obj_ce, tf.stop_gradient(obj_ce))) / n_entries
+    elif loss_norm == "balanced":
+        # Positives and negatives each averaged on their own: with ~0.1% positive anchors, the M8 mean over
+        # valid anchors leaves the foreground logits almost no gradient in a short run.
+        neg = valid - pos
+        box = tf.math.divide_no_nan(box_sum, 4.0 * global_sum(tf.reduce_sum(pos)))
+        obj = (tf.math.divide_no_nan(tf.reduce_sum(obj_ce * pos), global_sum(tf.reduce_sum(pos)))
+               + tf.math.divide_no_nan(tf.reduce_sum(obj_ce * neg), global_sum(tf.reduce_sum(neg))))
     else:
         box = tf.math.divide_no_nan(box_sum, 4.0 * global_sum(tf.reduce_sum(pos)))
         obj = tf.math.divide_no_nan(tf.reduce_sum(obj_ce * valid), global_sum(tf.reduce_sum(valid)))

@@ -113,3 +113,15 @@ def test_loss_terms_layout():
     glob = utils.loss_terms(levels, tf.constant(9.0), "global").numpy()
     np.testing.assert_allclose(glob, [2.5, 5.0, 7.5, 9.0])
     assert utils.alb_num_terms("per_level") == 13 and utils.alb_num_terms("global") == 4
+
+
+def test_level_losses_balanced_averages_fg_and_bg_separately():
+    # Three anchors: fg with obj logits (0, ln 3), bg with (0, 0), ignored with (0, 0); K = 2.
+    pred = [[[0, 0, 0, 0, 0, math.log(3), 0, 0], [0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]]
+    target = [[[0.5, -2, 0, 0, 1, 1, 0.9], [0, 0, 0, 0, 0, -1, 0.1], [0, 0, 0, 0, -1, -1, 0.35]]]
+    p, t = _level(pred, target)
+    box, obj, cls = utils.level_losses(p, t, "balanced").numpy()
+    # obj: fg mean -ln(3/4) plus bg mean -ln(1/2) (the "positives" mode would average them: half of this)
+    assert obj == pytest.approx(-math.log(0.75) + math.log(2), rel=1e-6)
+    assert box == pytest.approx(1.625 / 4, rel=1e-6) and cls == pytest.approx(math.log(2), rel=1e-6)
+    assert utils.level_losses(p, t, "positives").numpy()[1] == pytest.approx(obj / 2, rel=1e-6)

@@ -113,3 +113,16 @@ def test_aligned_crop_samples_pixel_centres():
     box = utils.aligned_crop_boxes(tf.constant([[0.0, 0.0, 1.0, 0.5]]), 8, 4)
     out = tf.image.crop_and_resize(img, box, [0], [4, 4]).numpy()[0, 0, :, 0]
     np.testing.assert_allclose(out, [0, 1, 2, 3], atol=1e-5)
+
+
+def test_class_targets_fg_labels_every_foreground_anchor():
+    # The first test's box with class_targets="fg" (tiny-preset option): the label sits at all 4 positives
+    # (anchor 0 at (1, 2); anchor 1 at (1, 1..3)), not only at the centroid; nothing else changes.
+    grid = utils.anchor_grid(4, [[16, 16], [32, 16]], STRIDE)
+    args = (tf.constant([[[12, 4, 28, 20]]], tf.float32), tf.constant([[3]], tf.int32), grid, STRIDE, 1.0, 0.4,
+            0.3, 0.4)
+    fg = utils.level_targets(*args, class_targets="fg").numpy()[0]
+    centroid = utils.level_targets(*args).numpy()[0]
+    assert np.argwhere(fg[..., 5] >= 0).tolist() == [[0, 1, 2], [1, 1, 1], [1, 1, 2], [1, 1, 3]]
+    assert np.all(fg[..., 5][fg[..., 5] >= 0] == 2)
+    np.testing.assert_array_equal(np.delete(fg, 5, axis=-1), np.delete(centroid, 5, axis=-1))

@@ -363,3 +363,21 @@ def test_validation_map_counts_detections_below_conf_thresh(tmp_path, monkeypatc
                             str(tmp_path / "cm.png"))
     assert val["val_frame_mAP50"] == pytest.approx(1.0) and val["val_frame_mAP"] == pytest.approx(1.0)
     assert val["val_matched"] == 0
+
+
+def test_alb_lr_mult_scales_only_the_alb_step():
+    import keras
+    import tensorflow as tf
+
+    import config
+    import train
+    cfg = config.apply_overrides(config.get_preset("tiny"), ["train.weight_decay=0", "train.momentum=0",
+                                                              "train.alb_lr_mult=10"])
+    kernel = keras.Variable(np.full((2,), 2.0, np.float32), name="kernel")
+    alb = keras.Variable(np.full((13,), 2.0, np.float32), name="alb_log_vars")
+    opt = train.make_optimizer(cfg, 0.1)
+    opt.build([kernel, alb])
+    opt.apply([tf.ones_like(kernel), tf.ones_like(alb)], [kernel, alb])
+    # plain SGD at lr 0.1: kernel 2 - 0.1 = 1.9; the ALB log-variances at 10 x 0.1: 2 - 1 = 1
+    np.testing.assert_allclose(kernel.numpy(), 1.9, rtol=1e-6)
+    np.testing.assert_allclose(alb.numpy(), 1.0, rtol=1e-6)
