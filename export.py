@@ -256,6 +256,29 @@ def _flex_ops_in_error(message):
     return sorted(set(re.findall(r"'tf\.([A-Za-z0-9_]+)' op", message)))
 
 
+class _stderr_to_file:
+    """Send file descriptor 2 to a temp file: the MLIR converter prints one long location line per unsupported op
+    straight to stderr; the error message below names them instead."""
+
+    def __enter__(self):
+        fd, self.path = tempfile.mkstemp(prefix="tflite_convert_", suffix=".log")
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        os.dup2(fd, 2)
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        return False
+
+    def text(self):
+        with open(self.path, errors="replace") as f:
+            return f.read()
+
+
 def _convert_tflite(saved_model_dir, fp16, select_tf_ops):
     """SavedModel -> TFLite flatbuffer bytes. Raises ExportError naming the ops a builtin-only conversion lacks."""
     import tensorflow as tf
@@ -268,10 +291,12 @@ def _convert_tflite(saved_model_dir, fp16, select_tf_ops):
         # float16 weights, dequantised to float32 at load: half the file, float32 arithmetic
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
+    log = _stderr_to_file()
     try:
-        return conv.convert()
+        with log:
+            return conv.convert()
     except Exception as e:  # ConverterError (its module path moves between TF releases)
-        msg = str(e)
+        msg = str(e) + "\n" + log.text()
         names = _flex_ops_in_error(msg)
         hint = ("these ops have no TFLite builtin kernel: " + ", ".join(names) if names else
                 "conversion failed: " + msg.strip().splitlines()[-1][:500])
@@ -279,6 +304,8 @@ def _convert_tflite(saved_model_dir, fp16, select_tf_ops):
                 "--select-tf-ops (Flex; needs a runtime with the Flex delegate, which the tf.lite.Interpreter of "
                 "the tensorflow 2.21 pip package lacks)" if not select_tf_ops else "this op has no Flex kernel either")
         raise ExportError(f"TFLite conversion failed: {hint}; {what}") from None
+    finally:
+        os.remove(log.path)
 
 
 def _tflite_op_names(model_bytes):
