@@ -184,28 +184,41 @@ def _preset_yolov4p1() -> Config:
 
 
 def _preset_tiny() -> Config:
+    """The demo/test preset: the same architecture narrowed (width 0.25) at 160 px, tuned to learn the built-in
+    shapes dataset from scratch in ~10 minutes on a 2-core CPU (`make demo`).
+
+    Departures from the published recipe, for this preset only: He-initialised BN convs (no pretrained
+    backbone), Adam with the decoupled decay, objectness averaged over fg and bg separately, class labels on
+    every foreground anchor, ALB log-variances stepping 10x faster, BN momentum 0.9 (moving statistics must
+    follow a network that changes fast in a few hundred steps)."""
     cfg = Config(preset="tiny")
-    size = 256
+    size = 160                            # 320x180 demo frames -> 160x90; ~9 img/s a training step on 2 cores
     cfg.model.input_size = size
     cfg.model.width = 0.25
-    cfg.model.anchors = _scaled_anchors(HEAD_ANCHORS_416, size)
-    cfg.model.emb_dim = 64
-    cfg.model.mask_layers = 64
-    cfg.model.gn_groups = 16
+    cfg.model.anchors = _scaled_anchors(HEAD_ANCHORS_416, size)   # the demo passes k-means anchors instead
+    cfg.model.emb_dim = 32
+    cfg.model.mask_layers = 32
+    cfg.model.gn_groups = 8
     cfg.model.pre_nms_limit = 100
-    cfg.model.max_prop = 24
+    cfg.model.max_prop = 16               # the shapes dataset has at most 8 instances a frame
     cfg.model.sync_bn = False
+    cfg.model.conv_init = "he"
+    cfg.model.bn_momentum = 0.9
+    cfg.model.class_targets = "fg"
     cfg.data.mask_res = 64
     cfg.data.max_instances = 8
     cfg.train.batch_size = 8
-    cfg.train.lr = 1e-2
+    cfg.train.optimizer = "adamw"
+    cfg.train.lr = 2e-3
     cfg.train.lr_schedule = "cosine"
     cfg.train.warmup_steps = 50
-    cfg.train.epochs = 12
+    cfg.train.loss_norm = "balanced"
+    cfg.train.alb_lr_mult = 10.0
+    cfg.train.epochs = 6                  # one pass over the frames an epoch: ~640 steps, ~11 min with validation
     cfg.train.freeze_epochs = 0
     cfg.train.unfreeze = "all"
     cfg.train.ckpt_every = 100
-    cfg.train.val_max_frames = 200
+    cfg.train.val_max_frames = 100
     return cfg
 
 
