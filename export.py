@@ -1,6 +1,7 @@
 """Deployment: the YOLOV4+1 inference model as a SavedModel or a TFLite model with one serving signature that takes
 a raw uint8 frame and returns the per-frame outputs of decisions M12 (letterboxing inside the graph), plus the
-runner `tracker.py --exported` uses to feed them into the §6.2 frame predictions.
+runner `tracker.py --exported` uses to feed them into the §6.2 frame predictions. TFLite uses builtin ops only:
+the tf.lite.Interpreter of the tensorflow 2.21 pip package has no Flex delegate.
 
     python export.py --run-dir runs/demo --format saved_model --out exported/demo_sm
     python export.py --run-dir runs/demo --format tflite [--fp16] --out exported/demo_tflite
@@ -33,7 +34,8 @@ OUTPUTS = {
     "num_valid": "int32 []: slots 0..num_valid-1 hold detections; the rest are zero padding",
 }
 INPUT = ("uint8 [H, W, 3] RGB, one frame of any size (no batch axis); letterboxed inside the graph to "
-         "[S, S] with 128-gray padding like model.letterbox_image")
+         "[S, S] with 128-gray padding like model.letterbox_image (same sizes and offsets; pixels at most one "
+         "grey level apart)")
 
 
 class ExportError(RuntimeError):
@@ -358,7 +360,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
                 "outputs": dict(OUTPUTS), "input_size": cfg.model.input_size, "mask_size": cfg.model.mask_size,
                 "max_detections": cfg.model.max_prop,
                 "categories": [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())],
-                "source": {"run_dir": os.path.abspath(run_dir), "checkpoint": checkpoint},
+                "source": {"run_dir": run_dir, "checkpoint": checkpoint},
                 "tensorflow": tf.__version__, "config": cfg.to_dict()}
         if fmt == "tflite":
             t0 = time.time()
@@ -368,8 +370,9 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
             shutil.rmtree(sm_dir)
             ops = _tflite_op_names(data)
             meta["file"] = TFLITE_FILE
-            meta["tflite_ops"] = ops
-            meta["flex_ops"] = [o for o in ops if o.startswith("Flex")]
+            meta["tflite_ops"] = ops                            # of the main subgraph (not WHILE bodies)
+            # a builtin-only conversion succeeds only without Flex ops; with --select-tf-ops, list what we see
+            meta["flex_ops"] = [o for o in ops if o.startswith("Flex")] if select_tf_ops else []
             log(f"TFLite converted in {time.time() - t0:.1f} s ({len(data) / 2**20:.1f} MiB, flex ops: "
                 f"{', '.join(meta['flex_ops']) or 'none'})", flush=True)
         else:
@@ -392,23 +395,37 @@ class ExportedModel:
     Attributes: cfg (the resolved config it came from), meta (model.json), format.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, num_threads=None):
         import config as config_lib
         meta_path = os.path.join(path, META_FILE)
         if not os.path.exists(meta_path):
             raise ExportError(f"{path}: no {META_FILE} (is this a folder written by export.py?)")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
+        try:
+            with open(meta_path) as f:
+                self.meta = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ExportError(f"{meta_path}: not valid JSON ({e})") from None
         self.format = self.meta.get("format")
         if self.format not in FORMATS:
             raise ExportError(f"{meta_path}: unknown format {self.format!r}")
-        self.cfg = config_lib.load_config(os.path.join(path, CONFIG_FILE))
+        if "file" not in self.meta:
+            raise ExportError(f"{meta_path}: no 'file' entry")
+        try:
+            self.cfg = config_lib.load_config(os.path.join(path, CONFIG_FILE))
+        except config_lib.ConfigError as e:
+            raise ExportError(str(e)) from None
         file = os.path.join(path, self.meta["file"])
+        if not os.path.exists(file):
+            raise ExportError(f"{path}: {self.meta['file']} is missing")
         import tensorflow as tf
-        if self.format == "saved_model":
-            self._fn = tf.saved_model.load(file).signatures[SIGNATURE]
-        else:
-            self._fn = tf.lite.Interpreter(model_path=file).get_signature_runner(SIGNATURE)
+        try:
+            if self.format == "saved_model":
+                self._fn = tf.saved_model.load(file).signatures[SIGNATURE]
+            else:
+                interp = tf.lite.Interpreter(model_path=file, num_threads=num_threads or os.cpu_count())
+                self._fn = interp.get_signature_runner(SIGNATURE)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise ExportError(f"{file}: cannot load the {self.format} model ({e})") from None
 
     def __call__(self, frame):
         frame = np.ascontiguousarray(frame, np.uint8)
