@@ -175,13 +175,14 @@ def _mask_box(m, S):
 
 
 def test_masks_and_boxes_agree_after_augmentation(synthetic_root, tmp_path):
-    """At mask_res = input_size the mask's box equals the box within a pixel after crop, scale, translation and
-    flip; at a reduced mask_res thin parts (ring rims, star tips) may vanish, but every mask cell stays inside
-    the box grown by one cell."""
+    """At mask_res = input_size the mask's box equals the box within two pixels after crop, scale, translation and
+    flip (boxes come from the full-resolution masks: a star tip thinner than half a canvas pixel vanishes when
+    the mask is resampled, seen up to 1.66 px at 320x180 -> 128); at a reduced mask_res thin parts (ring rims,
+    star tips) may vanish, but every mask cell stays inside the box grown by one cell."""
     ann, img = _train(synthetic_root)
     aug = ["data.flip_prob=0.5", "data.crop_prob=1.0", "data.translate_prob=1.0", "data.hsv_prob=1.0"]
     n_checked = 0
-    for res, tol in ((128, 1.0), (32, None)):
+    for res, tol in ((128, 2.0), (32, None)):
         cfg = _cfg(f"data.mask_res={res}", *aug)
         batches = _batches(L.build_dataset(cfg, ann, img, training=True, seed=3), 4)
         cell = 128 / res
