@@ -58,17 +58,17 @@ def test_appendix_a_shapes_416(full_416):
 
 def test_tiny_forward_shapes(tiny):
     cfg, train, _ = tiny
-    s = cfg.model.input_size                                                 # 256, nA 6, P 24, 40 classes
+    s, p = cfg.model.input_size, cfg.model.max_prop                          # 160, nA 6, P 16, 40 classes
     x = np.random.default_rng(0).uniform(0, 1, (2, s, s, 3)).astype(np.float32)
     out = train(x, training=False)
-    assert [tuple(t.shape) for t in out["level_preds"]] == [(2, 6, g, g, 46) for g in (64, 32, 16, 8)]
-    assert tuple(out["proposals"].shape) == (2, 24, 6)
-    assert tuple(out["class_probs"].shape) == (2, 24, 40)
-    assert tuple(out["mask_logits"].shape) == (2, 24, 28, 28, 2)
+    assert [tuple(t.shape) for t in out["level_preds"]] == [(2, 6, s // k, s // k, 46) for k in (4, 8, 16, 32)]
+    assert tuple(out["proposals"].shape) == (2, p, 6)
+    assert tuple(out["class_probs"].shape) == (2, p, 40)
+    assert tuple(out["mask_logits"].shape) == (2, p, 28, 28, 2)
     nv = np.asarray(out["num_valid"])
     props = np.asarray(out["proposals"])
     for b in range(2):
-        assert 0 < nv[b] <= 24
+        assert 0 < nv[b] <= p
         valid = props[b, :nv[b]]
         assert (valid[:, 4] > 0).all() and (np.diff(valid[:, 4]) <= 0).all()    # sorted by score
         assert ((valid[:, 5] >= 1) & (valid[:, 5] <= 40)).all()
@@ -120,7 +120,7 @@ def test_all_background_frame(tiny):
             infer.get_layer(f"head_det_out_{k}").set_weights(w)
     assert out["num_valid"].tolist() == [0]
     assert not out["boxes"].any() and not out["scores"].any() and not out["masks"].any()
-    assert out["masks"].shape == (1, 24, 28, 28)
+    assert out["masks"].shape == (1, cfg.model.max_prop, 28, 28)
     assert M.postprocess(out, cfg, score_floor=0.0) == [[]]
 
 
@@ -135,7 +135,8 @@ def test_1280x720_frame_end_to_end(tiny):
     out = run({"image": tf.constant(canvas[None]), "image_hw": tf.constant([[h, w]], tf.int32)})
     out = {k: np.asarray(v) for k, v in out.items()}
     eager = infer({"image": canvas[None], "image_hw": np.array([[h, w]], np.int32)})
-    np.testing.assert_allclose(out["boxes"], np.asarray(eager["boxes"]), atol=1e-3)
+    # graph and eager float32 differ by rounding, scaled up with the boxes (x 1280 / input size px)
+    np.testing.assert_allclose(out["boxes"], np.asarray(eager["boxes"]), rtol=1e-4, atol=1e-3)
     nv = int(out["num_valid"][0])
     assert nv > 0
     boxes = out["boxes"][0, :nv]
