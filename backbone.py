@@ -41,21 +41,26 @@ def batch_norm(cfg, name):
                                            synchronized=cfg.model.sync_bn, name=name)
 
 
-def conv_bn(x, filters, kernel, idx, cfg, activation="mish", downsample=False):
-    """Darknet `[convolutional]` with batch_normalize=1: conv (no bias) + BN + Mish/leaky 0.1.
+def conv_bn_act(x, filters, kernel, prefix, tag, cfg, activation="leaky", downsample=False):
+    """Conv (no bias) + BN + Mish/leaky 0.1, named `<prefix>_{pad,conv,bn,mish|leaky}_<tag>`.
 
     Downsampling pads one row on top and one column on the left and runs a stride-2 'valid' conv: the same
     sampling grid as Darknet's symmetric pad-1 stride-2 conv (output i covers input rows 2i-1..2i+1).
     """
     if downsample:
-        x = keras.layers.ZeroPadding2D(((1, 0), (1, 0)), name=f"bb_pad_{idx}")(x)
+        x = keras.layers.ZeroPadding2D(((1, 0), (1, 0)), name=f"{prefix}_pad_{tag}")(x)
     x = keras.layers.Conv2D(filters, kernel, strides=2 if downsample else 1,
                             padding="valid" if downsample else "same", use_bias=False,
-                            kernel_initializer=bn_conv_initializer(cfg), name=f"bb_conv_{idx}")(x)
-    x = batch_norm(cfg, f"bb_bn_{idx}")(x)
+                            kernel_initializer=bn_conv_initializer(cfg), name=f"{prefix}_conv_{tag}")(x)
+    x = batch_norm(cfg, f"{prefix}_bn_{tag}")(x)
     if activation == "mish":
-        return keras.layers.Activation(keras.activations.mish, name=f"bb_mish_{idx}")(x)
-    return keras.layers.LeakyReLU(negative_slope=0.1, name=f"bb_leaky_{idx}")(x)
+        return keras.layers.Activation(keras.activations.mish, name=f"{prefix}_mish_{tag}")(x)
+    return keras.layers.LeakyReLU(negative_slope=0.1, name=f"{prefix}_leaky_{tag}")(x)
+
+
+def conv_bn(x, filters, kernel, idx, cfg, activation="mish", downsample=False):
+    """Darknet `[convolutional]` with batch_normalize=1, as backbone conv `idx` (`bb_conv_{idx}`, `bb_bn_{idx}`)."""
+    return conv_bn_act(x, filters, kernel, "bb", idx, cfg, activation, downsample)
 
 
 def csp_stage(x, idx, cfg, down_filters, half_filters, res_mid, res_out, num_blocks, out_filters):

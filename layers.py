@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import utils
-from backbone import batch_norm, bn_conv_initializer, scaled
+from backbone import batch_norm, bn_conv_initializer, conv_bn_act, scaled
 
 NUM_BOX = 4          # dx, dy, dw, dh
 NUM_OBJ = 2          # objectness logits [background, foreground]
@@ -22,13 +22,7 @@ LEVELS = (2, 3, 4, 5)
 
 def neck_conv(x, filters, kernel, name, cfg, downsample=False):
     """Conv (no bias) + BN + leaky 0.1, named neck_conv_/neck_bn_/neck_leaky_<name>."""
-    if downsample:
-        x = keras.layers.ZeroPadding2D(((1, 0), (1, 0)), name=f"neck_pad_{name}")(x)
-    x = keras.layers.Conv2D(filters, kernel, strides=2 if downsample else 1,
-                            padding="valid" if downsample else "same", use_bias=False,
-                            kernel_initializer=bn_conv_initializer(cfg), name=f"neck_conv_{name}")(x)
-    x = batch_norm(cfg, f"neck_bn_{name}")(x)
-    return keras.layers.LeakyReLU(negative_slope=0.1, name=f"neck_leaky_{name}")(x)
+    return conv_bn_act(x, filters, kernel, "neck", name, cfg, "leaky", downsample)
 
 
 def five_convs(x, filters, name, cfg):
