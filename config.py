@@ -267,6 +267,12 @@ def _coerce(value: Any, hint, key: str):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-6" (no dot) as a string; accept any float literal for a number field.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"config key {key!r} expects a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

@@ -44,6 +44,8 @@ def test_overrides_parse_types():
     assert cfg.train.lr == 0.002 and cfg.model.sync_bn is True and cfg.track.max_age is None
     assert cfg.model.tolerance == [0.5, 0.6, 0.7, 0.8]
     assert apply_overrides(cfg, ["train.epochs=3"]).train.epochs == 3
+    # YAML 1.1 reads "1e-6" (no dot in the mantissa) as a string; number fields still take it.
+    assert apply_overrides(cfg, ["train.weight_decay=1e-6"]).train.weight_decay == 1e-6
     assert cfg.train.epochs == get_preset("tiny").train.epochs  # the input is not mutated
 
 
