@@ -5,18 +5,25 @@ sides, a working brightness (HSV) jitter, frames without instances kept, every s
     ytvis = load_annotations("data/shapes/train/instances.json")
     train_ids, val_ids = split_videos(ytvis, 0.1, seed=0)
     ds = build_dataset(cfg, ann_path, "data/shapes/train/JPEGImages", video_ids=train_ids, training=True)
+
+Per frame, Python only reads the annotations (masks go from run lengths straight to mask_res) and plans the
+geometry; the image is decoded, resized and jittered by TF ops, which run outside the GIL on every core.
 """
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import os
 import sys
 import threading
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+from PIL import Image
 
 from utils import Letterbox
 
@@ -145,6 +152,8 @@ def load_annotations(path: str) -> YTVIS:
     return y
 
 
+# ---- segmentations as column runs ---------------------------------------------------------------------------
+
 def decode_segmentation(seg, height: int, width: int) -> np.ndarray:
     """uint8 [height, width] mask from uncompressed RLE, compressed RLE (str or bytes counts), polygons or None."""
     if seg is None:
@@ -164,6 +173,54 @@ def _to_rle(seg, height, width):
     return {"counts": counts, "size": [height, width]}
 
 
+def _string_counts(s) -> np.ndarray:
+    """Run lengths from pycocotools' compressed counts string (vectorised rleFrString of maskApi.c): each number
+    is 5-bit groups, low first, in chars offset by 48 (bit 0x20: more groups follow; bit 0x10 of the last group:
+    negative); from the fourth number on, a number is the difference to the number two places earlier."""
+    c = np.frombuffer(s.encode("ascii") if isinstance(s, str) else bytes(s), np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return np.zeros(0, np.int64)
+    last = (c & 0x20) == 0                                   # the char closing a number
+    num = np.concatenate([[0], np.cumsum(last[:-1])])        # number each char belongs to
+    first = np.concatenate([[0], np.flatnonzero(last)[:-1] + 1])
+    pos = np.arange(c.size) - first[num]                     # group position inside its number
+    x = np.zeros(int(num[-1]) + 1, np.int64)
+    np.add.at(x, num, (c & 0x1F) << (5 * pos))
+    ends = np.flatnonzero(last)
+    neg = (c[ends] & 0x10) != 0
+    x[neg] |= -1 << (5 * (pos[ends][neg] + 1))
+    out = x.copy()
+    out[2::2] = np.cumsum(x[2::2])                           # counts[m] = x[m] + counts[m - 2] for m > 2
+    out[3::2] = x[1] + np.cumsum(x[3::2])
+    return out
+
+
+def rle_counts(seg, height: int, width: int) -> np.ndarray:
+    """Uncompressed column-major run lengths (background first) of any accepted segmentation form."""
+    if seg is None:
+        return np.array([height * width], np.int64)
+    if isinstance(seg, dict) and isinstance(seg["counts"], list):
+        return np.asarray(seg["counts"], np.int64)   # the official train.json form: no decoding at all
+    return _string_counts(_to_rle(seg, height, width)["counts"])
+
+
+def column_runs(counts: np.ndarray, height: int):
+    """The foreground of column-major run lengths as vertical runs, one per (column, run): int64 arrays
+    (x, y_start, y_end), y_end exclusive. O(number of runs + columns crossed), never O(frame)."""
+    bounds = np.cumsum(counts)
+    n_fg = len(counts) // 2
+    starts, ends = bounds[0:2 * n_fg:2], bounds[1:2 * n_fg + 1:2]
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    c0, c1 = starts // height, (ends - 1) // height           # a run may continue into the next columns
+    n = c1 - c0 + 1
+    run = np.repeat(np.arange(len(starts)), n)
+    x = c0[run] + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    y0 = np.maximum(starts[run] - x * height, 0)
+    y1 = np.minimum(ends[run] - x * height, height)
+    return x, y0, y1
+
+
 def split_videos(ytvis: YTVIS, val_fraction: float, seed: int = 0):
     """Seeded video-level split (decisions §3): whole videos go to one side. Returns (train_ids, val_ids)."""
     ids = sorted(v["id"] for v in ytvis["videos"])
@@ -176,7 +233,274 @@ def split_videos(ytvis: YTVIS, val_fraction: float, seed: int = 0):
     return [i for i in ids if i not in val_set], val
 
 
-# ---- per-frame decoding and augmentation --------------------------------------------------------------------
+# ---- one sample: the plan and the targets (numpy, annotation side) ------------------------------------------
+#
+# A sample is made in two halves. `prepare_sample` (Python) reads the frame file's bytes and header, decides the
+# geometry from the annotations and the sample's random draws, and computes the targets (boxes, labels, masks at
+# mask_res straight from the run lengths). `render_image` (TF ops, outside the GIL, parallel in tf.data) decodes
+# the JPEG window at 1/1..1/8 scale, resizes, jitters HSV, pastes on the canvas and flips, following the plan.
+
+# Random draws of one sample, uniform in [0, 1): one slot per decision, so the geometry is a pure function of the
+# sample's draws (build_dataset draws them with tf.random.stateless_uniform from (seed, epoch, sample)).
+DRAWS = ("crop", "crop_left", "crop_top", "crop_right", "crop_bottom", "scale", "translate", "shift_x", "shift_y",
+         "flip", "hsv", "hue", "saturation", "value")
+_D = {name: i for i, name in enumerate(DRAWS)}
+
+# What render_image needs, in one int32 vector: the decoder (0: decode_image, 1..4: JPEG at 1/1, 1/2, 1/4, 1/8),
+# the window decoded (decoded pixels), the crop inside it, the resized size, the part of the picture on the canvas
+# and where it goes, and the flip.
+RECIPE = ("decoder", "win_y", "win_x", "win_h", "win_w", "crop_x", "crop_w", "nw", "nh",
+          "pic_x1", "pic_y1", "pic_x2", "pic_y2", "canvas_x", "canvas_y", "flip")
+JPEG_RATIOS = (1, 2, 4, 8)
+JPEG_MARGIN = 2   # decoded columns kept beyond each side of a JPEG crop (libjpeg upsamples chroma at the window edge)
+FORMATS = ("JPEG", "PNG", "GIF", "BMP")   # what tf.io.decode_image reads
+
+
+class Plan(NamedTuple):
+    """Geometry of one sample: the crop window (x1, y1, x2, y2) of the frame, the size (nw, nh) it is resized
+    to, its top-left (ox, oy) on the size x size canvas, and whether the canvas is flipped."""
+    window: tuple
+    size: tuple
+    offset: tuple
+    flip: bool
+
+
+def plan_geometry(h, w, union, size, cfg, draws=None) -> Plan:
+    """The sample's geometry from the union (x1, y1, x2, y2) of its GT boxes (None without instances) and its
+    draws (indexed by DRAWS). Without draws: plain letterbox (utils.Letterbox)."""
+    if draws is None:
+        lb = Letterbox(h, w, size)
+        return Plan((0, 0, w, h), (lb.nw, lb.nh), (lb.dw, lb.dh), False)
+    d = cfg.data
+    u = {name: float(draws[i]) for name, i in _D.items()}
+    x1, y1, x2, y2 = 0, 0, w, h
+    if u["crop"] < d.crop_prob:
+        # Crop inside the margins around the union of the GT boxes, on all four sides (the original could
+        # never crop the right or bottom, original-model.md §10.1.4). Without instances: up to 25 % a side.
+        ux1, uy1, ux2, uy2 = union if union is not None else (0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h)
+        x1 = int(u["crop_left"] * max(ux1, 0))
+        y1 = int(u["crop_top"] * max(uy1, 0))
+        x2 = int(np.ceil(w - u["crop_right"] * max(w - ux2, 0)))
+        y2 = int(np.ceil(h - u["crop_bottom"] * max(h - uy2, 0)))
+        if w % 8 == 0 and h % 8 == 0:
+            # Snap the window outwards to multiples of 8 so the JPEG can still be decoded at 1/2..1/8 scale;
+            # the window still contains the union.
+            x1, y1 = x1 // 8 * 8, y1 // 8 * 8
+            x2, y2 = min(-(-x2 // 8) * 8, w), min(-(-y2 // 8) * 8, h)
+        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+    cw, ch = x2 - x1, y2 - y1
+    lo, hi = d.scale_jitter
+    scale = min(size / cw, size / ch) * (lo + (hi - lo) * u["scale"])
+    nw, nh = max(1, int(scale * cw)), max(1, int(scale * ch))
+    ox, oy = (size - nw) // 2, (size - nh) // 2
+    if u["translate"] < d.translate_prob:
+        # Shift the picture, keeping the GT union on the canvas when it fits (as the original's translate).
+        if union is not None:
+            sx, sy = nw / cw, nh / ch
+            lo_x, hi_x = -(union[0] - x1) * sx, size - (union[2] - x1) * sx
+            lo_y, hi_y = -(union[1] - y1) * sy, size - (union[3] - y1) * sy
+        else:
+            lo_x, hi_x, lo_y, hi_y = -0.25 * nw, size - 0.75 * nw, -0.25 * nh, size - 0.75 * nh
+        if lo_x <= hi_x:
+            ox = int(np.floor(lo_x + (hi_x - lo_x) * u["shift_x"]))
+        if lo_y <= hi_y:
+            oy = int(np.floor(lo_y + (hi_y - lo_y) * u["shift_y"]))
+    return Plan((x1, y1, x2, y2), (nw, nh), (ox, oy), u["flip"] < d.flip_prob)
+
+
+def image_recipe(plan: Plan, fmt: str, h: int, w: int, size: int) -> np.ndarray:
+    """The int32 RECIPE vector carrying out `plan` on a frame of format `fmt` (a FORMATS name)."""
+    (x1, y1, x2, y2), (nw, nh), (ox, oy), flip = plan
+    cw, ch = x2 - x1, y2 - y1
+    # A JPEG is decoded at the smallest scale 1/r still at or above the target size, when the window allows it
+    # exactly; libjpeg's DCT scaling is much cheaper than decoding in full and resizing.
+    r = 1
+    if fmt == "JPEG":
+        r = max(k for k in JPEG_RATIOS if k == 1 or (w % k == 0 and h % k == 0 and x1 % k == 0 and y1 % k == 0
+                                                     and x2 % k == 0 and y2 % k == 0 and nw * k <= cw and nh * k <= ch))
+        wx1, wx2 = max(x1 // r - JPEG_MARGIN, 0), min(x2 // r + JPEG_MARGIN, w // r)
+        decoder, win = 1 + JPEG_RATIOS.index(r), (y1 // r, wx1, ch // r, wx2 - wx1)
+    else:
+        wx1 = x1
+        decoder, win = 0, (y1, x1, ch, cw)
+    # The part of the resized picture that lands on the canvas, and where.
+    px1, py1 = max(-ox, 0), max(-oy, 0)
+    px2, py2 = max(min(size - ox, nw), px1), max(min(size - oy, nh), py1)
+    cx, cy = min(max(ox, 0), size), min(max(oy, 0), size)
+    return np.array([decoder, *win, x1 // r - wx1, cw // r, nw, nh, px1, py1, px2, py2, cx, cy, int(flip)], np.int32)
+
+
+def _resize(img, nw, nh):
+    shrink = nw < img.shape[1] or nh < img.shape[0]
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def instance_target(runs, plan: Plan, size: int, mask_res: int):
+    """Box (canvas pixels, float64 [4], before the flip) and mask (bool [R, R]) of one instance given as
+    column_runs, or None when it does not land on the canvas or vanishes at mask_res.
+
+    The box is the exact box of the instance's frame pixels that land on the canvas. The mask is its area
+    coverage at mask resolution, thresholded at 1/2: coverage is summed over blocks of kx x ky frame pixels
+    (at most one mask cell) straight from the runs, area-resized close to the mask size, and one linear warp
+    places it exactly (frame edge u goes to ((u - x1) * nw / cw + ox) * R / S)."""
+    xs, ys0, ys1 = runs
+    (x1, y1, x2, y2), (nw, nh), (ox, oy), _ = plan
+    S, R = size, mask_res
+    cw, ch = x2 - x1, y2 - y1
+    sx, sy = nw / cw, nh / ch
+    # Frame pixels on the canvas: the window, less what the translation pushes off the canvas.
+    vx1, vy1 = int(np.floor(max(x1, x1 - ox / sx))), int(np.floor(max(y1, y1 - oy / sy)))
+    vx2, vy2 = int(np.ceil(min(x2, x1 + (S - ox) / sx))), int(np.ceil(min(y2, y1 + (S - oy) / sy)))
+    on = (xs >= vx1) & (xs < vx2)
+    a, b = np.maximum(ys0[on], vy1), np.minimum(ys1[on], vy2)
+    seen = b > a
+    if not seen.any():
+        return None
+    bx1, bx2 = xs[on][seen].min(), xs[on][seen].max() + 1
+    by1, by2 = a[seen].min(), b[seen].max()
+    box = np.clip([(bx1 - x1) * sx + ox, (by1 - y1) * sy + oy, (bx2 - x1) * sx + ox, (by2 - y1) * sy + oy], 0, S)
+    if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
+        return None
+
+    f = R / S
+    kx, ky = max(1, int(1.0 / (sx * f))), max(1, int(1.0 / (sy * f)))   # frame pixels per grid cell
+    gw, gh = -(-cw // kx), -(-ch // ky)
+    inside = (xs >= x1) & (xs < x2)
+    a, b = np.clip(ys0[inside], y1, y2) - y1, np.clip(ys1[inside], y1, y2) - y1
+    keep = b > a
+    a, b = a[keep], b[keep]
+    base = (xs[inside][keep] - x1) // kx * (gh + 1)                       # row of the grid column, [gw, gh + 1]
+    ra, rb = a // ky, (b - 1) // ky                                        # grid cells holding the run's ends
+    # Set pixels per grid cell: the run's partial end cells directly, its whole cells (ky each) between them
+    # through a difference array down the grid column.
+    cells = gw * (gh + 1)
+    ends = (np.bincount(base + ra, np.minimum(b, (ra + 1) * ky) - a, cells)
+            + np.bincount(base + rb, np.where(rb > ra, b - rb * ky, 0), cells))
+    whole = np.bincount(base + ra + 1, None, cells) - np.bincount(base + np.maximum(rb, ra + 1), None, cells)
+    count = ends.reshape(gw, gh + 1) + ky * np.cumsum(whole.reshape(gw, gh + 1), axis=1)
+    cover = (count[:, :gh].T / (kx * ky)).astype(np.float32)              # [gh, gw] covered fraction
+    gx, gy = kx * sx * f, ky * sy * f                                      # grid cell -> mask cells
+    mw, mh = max(1, int(round(gw * gx))), max(1, int(round(gh * gy)))
+    small = _resize(cover, mw, mh)
+    ax, ay = gx * gw / mw, gy * gh / mh                                    # residual scale (close to 1)
+    # cv2 maps pixel centres: i' + 0.5 = a * (i + 0.5) + b.
+    M = np.array([[ax, 0, ox * f + 0.5 * ax - 0.5], [0, ay, oy * f + 0.5 * ay - 0.5]], np.float64)
+    mask = cv2.warpAffine(small, M, (R, R), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0) >= 0.5
+    return (box, mask) if mask.any() else None
+
+
+def read_frame_file(path: str, width: int, height: int):
+    """The bytes of a frame file and its format (a FORMATS name), checked from the header without decoding:
+    readable, a known image format, complete (JPEG end marker, PNG IEND chunk) and width x height."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FrameError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, (w, h) = im.format, im.size
+    except (OSError, SyntaxError, ValueError):
+        raise FrameError(f"{path}: not a decodable image") from None
+    if fmt not in FORMATS:
+        raise FrameError(f"{path}: image format {fmt} is not one of {', '.join(FORMATS)}")
+    if (fmt == "JPEG" and data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0) or \
+            (fmt == "PNG" and data.rfind(b"IEND", max(0, len(data) - 64)) < 0):
+        raise FrameError(f"{path}: truncated {fmt} file")
+    if (w, h) != (width, height):
+        raise FrameError(f"{path}: image is {w}x{h}, the annotation says {width}x{height}")
+    return data, fmt
+
+
+def prepare_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, draws=None):
+    """The Python half of one sample: (frame bytes, RECIPE int32 [len(RECIPE)], boxes float32 [N, 4], labels
+    int32 [N], masks uint8 [N, R, R], num_instances). Instances are the first N in file order (as the original);
+    those that leave the canvas or vanish at mask_res are dropped. Raises FrameError naming the file, video, frame."""
+    S, R, N = cfg.model.input_size, cfg.data.mask_res, cfg.data.max_instances
+    v = ytvis.video_by_id[video_id]
+    h, w = int(v["height"]), int(v["width"])
+    insts = ytvis.frame_instances(video_id, frame)[:N]
+    runs = [column_runs(rle_counts(i["segmentation"], h, w), h) for i in insts]
+    # The boxes come from the masks themselves (exact; the JSON bbox is not needed).
+    full = np.array([(x.min(), y0.min(), x.max() + 1, y1.max()) for x, y0, y1 in runs if len(x)], np.float64)
+    union = (*full[:, :2].min(0), *full[:, 2:].max(0)) if len(full) else None
+    plan = plan_geometry(h, w, union, S, cfg, draws)
+    path = os.path.join(image_root, v["file_names"][frame])
+    try:
+        data, fmt = read_frame_file(path, w, h)
+    except FrameError as e:
+        raise FrameError(f"{e} (video {video_id}, frame {frame})") from None
+
+    boxes, labels, masks = np.zeros((N, 4), np.float32), np.zeros((N,), np.int32), np.zeros((N, R, R), np.uint8)
+    k = 0
+    for inst, r in zip(insts, runs):
+        target = instance_target(r, plan, S, R)
+        if target is None:
+            continue
+        box, mask = target
+        if plan.flip:
+            box, mask = np.array([S - box[2], box[1], S - box[0], box[3]]), mask[:, ::-1]
+        boxes[k], labels[k], masks[k] = box, inst["label"], mask
+        k += 1
+    return data, image_recipe(plan, fmt, h, w, S), boxes, labels, masks, np.int32(k)
+
+
+# ---- one sample: the image (TF ops) -------------------------------------------------------------------------
+
+def render_image(data, recipe, draws, cfg, augment: bool):
+    """The TF half of one sample: float32 [S, S, 3] in [0, 1] from the frame bytes (tf.string), the int32
+    RECIPE vector and the float64 draws. Decodes only the crop window (JPEG at 1/1..1/8 scale), resizes it with
+    cv2's rule (area when shrinking, bilinear otherwise; model.letterbox_image), rounds to 8 bits, applies the
+    YOLOv5-style HSV gain jitter when drawn (the original's brightness step was a no-op), pastes on the gray
+    canvas and flips."""
+    import tensorflow as tf
+    S = cfg.model.input_size
+    g = dict(zip(RECIPE, tf.unstack(recipe)))
+    win = tf.stack([g["win_y"], g["win_x"], g["win_h"], g["win_w"]])
+
+    def decode_other():
+        img = tf.io.decode_image(data, channels=3, expand_animations=False)
+        return img[g["win_y"]:g["win_y"] + g["win_h"], g["win_x"]:g["win_x"] + g["win_w"]]
+
+    def decode_jpeg(ratio):   # libjpeg's accurate integer DCT, as cv2.imdecode: the same pixels
+        return lambda: tf.io.decode_and_crop_jpeg(data, win, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE")
+
+    img = tf.switch_case(g["decoder"], [decode_other] + [decode_jpeg(r) for r in JPEG_RATIOS])
+    crop = img[:, g["crop_x"]:g["crop_x"] + g["crop_w"]]
+    size = tf.stack([g["nh"], g["nw"]])
+    shrink = tf.logical_or(g["nw"] < tf.shape(crop)[1], g["nh"] < tf.shape(crop)[0])
+    pic = tf.cond(shrink, lambda: tf.image.resize(crop, size, "area"), lambda: tf.image.resize(crop, size, "bilinear"))
+    pic = tf.clip_by_value(tf.round(pic), 0.0, 255.0)
+
+    if augment:
+        def hsv_jitter():
+            gains = (2.0 * tf.cast(draws[_D["hue"]:_D["value"] + 1], tf.float32) - 1.0) * cfg.data.hsv_gains + 1.0
+            hue, sat, val = tf.unstack(tf.image.rgb_to_hsv(pic / 255.0), axis=-1)
+            hsv = tf.stack([tf.math.floormod(hue * gains[0], 1.0), tf.clip_by_value(sat * gains[1], 0.0, 1.0),
+                            tf.clip_by_value(val * gains[2], 0.0, 1.0)], axis=-1)
+            return tf.clip_by_value(tf.round(tf.image.hsv_to_rgb(hsv) * 255.0), 0.0, 255.0)
+        pic = tf.cond(draws[_D["hsv"]] < cfg.data.hsv_prob, hsv_jitter, lambda: pic)
+
+    shown = pic[g["pic_y1"]:g["pic_y2"], g["pic_x1"]:g["pic_x2"]]
+    sh, sw = g["pic_y2"] - g["pic_y1"], g["pic_x2"] - g["pic_x1"]
+    pads = [[g["canvas_y"], S - g["canvas_y"] - sh], [g["canvas_x"], S - g["canvas_x"] - sw], [0, 0]]
+    canvas = tf.pad(shown, pads, constant_values=float(GRAY))
+    canvas = tf.cond(g["flip"] > 0, lambda: tf.reverse(canvas, [1]), lambda: canvas)
+    canvas = tf.ensure_shape(canvas, [S, S, 3])
+    return canvas * (1.0 / 255.0)
+
+
+def make_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, draws=None):
+    """One letterboxed (and, with `draws` [len(DRAWS)] in [0, 1), augmented) frame as numpy arrays, both halves
+    run eagerly: image float32 [S, S, 3], boxes float32 [N, 4], labels int32 [N], masks uint8 [N, R, R],
+    num_instances."""
+    import tensorflow as tf
+    data, recipe, boxes, labels, masks, n = prepare_sample(cfg, ytvis, image_root, video_id, frame, draws)
+    d = np.zeros(len(DRAWS)) if draws is None else np.asarray(draws, np.float64)
+    image = render_image(tf.constant(data), tf.constant(recipe), tf.constant(d), cfg, draws is not None)
+    return image.numpy(), boxes, labels, masks, n
+
 
 class LoaderStats:
     """Counts filled by the pipeline: frames skipped because their file is missing or corrupt."""
@@ -196,181 +520,20 @@ class LoaderStats:
                 print(f"skipping bad frame: {msg}", file=sys.stderr)
 
 
-def read_frame(path: str, reduce: int = 1):
-    """RGB uint8 frame; grayscale, CMYK and PNG frames come out as 3-channel RGB. `reduce` 2/4/8 decodes a JPEG
-    at 1/reduce scale through libjpeg's DCT scaling (much faster than decoding in full and resizing)."""
-    try:
-        with open(path, "rb") as f:
-            buf = np.frombuffer(f.read(), np.uint8)
-    except OSError as e:
-        raise FrameError(f"{path}: cannot read ({e.strerror})") from None
-    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-            8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
-    img = cv2.imdecode(buf, flag) if buf.size else None
-    if img is None:
-        raise FrameError(f"{path}: not a decodable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def _hsv_jitter(img, gains, rng):
-    """YOLOv5-style HSV gain jitter through lookup tables (the original's brightness step was a no-op)."""
-    r = rng.uniform(-1, 1, 3) * np.asarray(gains, np.float64) + 1.0
-    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
-    x = np.arange(256, dtype=np.float64)
-    lut_h = ((x * r[0]) % 180).astype(np.uint8)
-    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-
-
-def _plan(h, w, boxes, size, cfg, rng):
-    """Geometry of one sample: the crop window (x1, y1, x2, y2) of the frame, the size (nw, nh) it is resized to,
-    its top-left (ox, oy) on the size x size canvas, and whether the canvas is flipped. Without `rng`: plain
-    letterbox (utils.Letterbox)."""
-    if rng is None:
-        lb = Letterbox(h, w, size)
-        return (0, 0, w, h), (lb.nw, lb.nh), (lb.dw, lb.dh), False
-    d = cfg.data
-    x1, y1, x2, y2 = 0, 0, w, h
-    union = (boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()) if len(boxes) else None
-    if rng.random() < d.crop_prob:
-        # Crop inside the margins around the union of the GT boxes, on all four sides (the original could
-        # never crop the right or bottom, original-model.md §10.1.4). Without instances: up to 25 % a side.
-        ux1, uy1, ux2, uy2 = union if union is not None else (0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h)
-        x1 = int(rng.uniform(0, max(ux1, 0)))
-        y1 = int(rng.uniform(0, max(uy1, 0)))
-        x2 = int(np.ceil(w - rng.uniform(0, max(w - ux2, 0))))
-        y2 = int(np.ceil(h - rng.uniform(0, max(h - uy2, 0))))
-        if w % 8 == 0 and h % 8 == 0:
-            # Snap the window outwards to multiples of 8 so the JPEG can still be decoded at 1/2..1/8 scale
-            # (make_sample); the window still contains the union.
-            x1, y1 = x1 // 8 * 8, y1 // 8 * 8
-            x2, y2 = min(-(-x2 // 8) * 8, w), min(-(-y2 // 8) * 8, h)
-        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-    cw, ch = x2 - x1, y2 - y1
-    scale = min(size / cw, size / ch) * rng.uniform(*d.scale_jitter)
-    nw, nh = max(1, int(scale * cw)), max(1, int(scale * ch))
-    ox, oy = (size - nw) // 2, (size - nh) // 2
-    if rng.random() < d.translate_prob:
-        # Shift the picture, keeping the GT union on the canvas when it fits (as the original's translate).
-        if union is not None:
-            sx, sy = nw / cw, nh / ch
-            ux1, uy1 = (union[0] - x1) * sx, (union[1] - y1) * sy
-            ux2, uy2 = (union[2] - x1) * sx, (union[3] - y1) * sy
-            lo_x, hi_x = -ux1, size - ux2
-            lo_y, hi_y = -uy1, size - uy2
-        else:
-            lo_x, hi_x, lo_y, hi_y = -0.25 * nw, size - 0.75 * nw, -0.25 * nh, size - 0.75 * nh
-        if lo_x <= hi_x:
-            ox = int(np.floor(rng.uniform(lo_x, hi_x)))
-        if lo_y <= hi_y:
-            oy = int(np.floor(rng.uniform(lo_y, hi_y)))
-    flip = bool(rng.random() < d.flip_prob)
-    return (x1, y1, x2, y2), (nw, nh), (ox, oy), flip
-
-
-def _paste(canvas, img, ox, oy):
-    """Paste `img` into `canvas` at (ox, oy), clipping whatever falls outside."""
-    H, W = canvas.shape[:2]
-    h, w = img.shape[:2]
-    cx1, cy1, cx2, cy2 = max(ox, 0), max(oy, 0), min(ox + w, W), min(oy + h, H)
-    if cx2 > cx1 and cy2 > cy1:
-        canvas[cy1:cy2, cx1:cx2] = img[cy1 - oy:cy2 - oy, cx1 - ox:cx2 - ox]
-    return canvas
-
-
-def _resize(img, nw, nh):
-    shrink = nw < img.shape[1] or nh < img.shape[0]
-    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def make_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, rng=None):
-    """One letterboxed (and, with a numpy Generator `rng`, augmented) frame as numpy arrays:
-    image float32 [S, S, 3], boxes float32 [N, 4], labels int32 [N], masks uint8 [N, R, R], num_instances."""
-    S, R, N = cfg.model.input_size, cfg.data.mask_res, cfg.data.max_instances
-    v = ytvis.video_by_id[video_id]
-    h, w = int(v["height"]), int(v["width"])
-    insts = ytvis.frame_instances(video_id, frame)[:N]   # the first N in file order, as the original
-    rles = [_to_rle(i["segmentation"], h, w) for i in insts]
-    # Boxes come from the masks themselves (exact; the JSON bbox is not needed); toBbox works on the RLE.
-    boxes = np.array([mask_util.toBbox(r) for r in rles], np.float64).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    (x1, y1, x2, y2), (nw, nh), (ox, oy), flip = _plan(h, w, boxes, S, cfg, rng)
-    cw, ch = x2 - x1, y2 - y1
-    # Decode the JPEG at a reduced scale when that stays at or above the target resolution and is exact.
-    reduce = 1
-    for r in (8, 4, 2):
-        if w % r == 0 and h % r == 0 and x1 % r == 0 and y1 % r == 0 and x2 % r == 0 and y2 % r == 0 \
-                and nw * r <= cw and nh * r <= ch:
-            reduce = r
-            break
-    path = os.path.join(image_root, v["file_names"][frame])
-    try:
-        img = read_frame(path, reduce)
-    except FrameError as e:
-        raise FrameError(f"{e} (video {video_id}, frame {frame})") from None
-    if img.shape[0] * reduce != h or img.shape[1] * reduce != w:
-        raise FrameError(f"{path} (video {video_id}, frame {frame}): image is {img.shape[1] * reduce}x"
-                         f"{img.shape[0] * reduce}, the annotation says {w}x{h}")
-    crop = img[y1 // reduce:y2 // reduce, x1 // reduce:x2 // reduce]
-    pic = _resize(crop, nw, nh)
-    if rng is not None and rng.random() < cfg.data.hsv_prob:
-        pic = _hsv_jitter(pic, cfg.data.hsv_gains, rng)
-    canvas = _paste(np.full((S, S, 3), GRAY, np.uint8), pic, ox, oy)
-
-    # Masks: edge coordinate u of the frame goes to (u - x1) * nw / cw + ox on the canvas, times R / S at mask
-    # resolution. Area-resize the cropped mask close to that size, then one linear warp for the exact residual.
-    out_boxes = np.zeros((N, 4), np.float32)
-    out_labels = np.zeros((N,), np.int32)
-    out_masks = np.zeros((N, R, R), np.uint8)
-    k = 0
-    sx, sy = nw / cw, nh / ch
-    vis_x1, vis_y1 = max(x1, x1 + (0 - ox) / sx), max(y1, y1 + (0 - oy) / sy)    # frame region on the canvas
-    vis_x2, vis_y2 = min(x2, x1 + (S - ox) / sx), min(y2, y1 + (S - oy) / sy)
-    for inst, rle in zip(insts, rles):
-        # pycocotools decodes column-major: `.T` is a C-contiguous [w, h] view, so the mask work below runs on
-        # the transposed mask (x first) without copying the full-resolution array.
-        full_t = mask_util.decode(rle).T
-        # Pixels of the frame that land on the canvas; their box, mapped, is the instance's visible box.
-        fx1, fy1 = int(np.floor(vis_x1)), int(np.floor(vis_y1))
-        by, bx, bh, bw = cv2.boundingRect(full_t[fx1:int(np.ceil(vis_x2)), fy1:int(np.ceil(vis_y2))])
-        if bw == 0 or bh == 0:
-            continue
-        bx += fx1
-        by += fy1
-        box = np.array([(bx - x1) * sx + ox, (by - y1) * sy + oy, (bx + bw - x1) * sx + ox,
-                        (by + bh - y1) * sy + oy])
-        box = np.clip(box, 0, S)
-        if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
-            continue
-        full_t *= np.uint8(255)   # area resampling keeps partial coverage as 0..255
-        m = full_t[x1:x2, y1:y2]
-        f = R / S
-        mw, mh = max(1, int(round(cw * sx * f))), max(1, int(round(ch * sy * f)))
-        small = _resize(m, mh, mw)                            # transposed: [mw, mh]
-        ax, ay = sx * f * cw / mw, sy * f * ch / mh           # residual scale (close to 1)
-        bxo, byo = ox * f, oy * f
-        # cv2 maps pixel centres: i' + 0.5 = a * (i + 0.5) + b; in the transposed frame x and y swap roles.
-        M = np.array([[ay, 0, byo + 0.5 * ay - 0.5], [0, ax, bxo + 0.5 * ax - 0.5]], np.float64)
-        mr = cv2.warpAffine(small, M, (R, R), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        mr = (mr.T >= 128).astype(np.uint8)
-        if not mr.any():
-            continue
-        if flip:
-            mr = mr[:, ::-1]
-            box = np.array([S - box[2], box[1], S - box[0], box[3]])
-        out_boxes[k] = box
-        out_labels[k] = inst["label"]
-        out_masks[k] = mr
-        k += 1
-    if flip:
-        canvas = canvas[:, ::-1]
-    image = canvas.astype(np.float32) * np.float32(1.0 / 255.0)
-    return image, out_boxes, out_labels, out_masks, np.int32(k)
-
-
 # ---- tf.data pipeline ---------------------------------------------------------------------------------------
+
+STREAM_SHUFFLE, STREAM_AUGMENT = 0, 1   # independent random streams under one seed
+
+
+def _stream_key(seed, stream, *parts):
+    """A stateless seed [2] for (seed, stream, parts...): nothing global (tf.random.set_seed, op-seed counters)
+    enters it."""
+    import tensorflow as tf
+    key = tf.constant([seed, stream], tf.int64)
+    for p in parts:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(p, tf.int64), alg="philox")
+    return key
+
 
 def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training: bool = True, batch_size=None,
                   seed=None, shuffle=None, ytvis: YTVIS = None, stats: LoaderStats = None, input_context=None):
@@ -379,8 +542,9 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     image [B,S,S,3] float32, boxes [B,N,4], labels [B,N], masks [B,N,R,R] uint8, num_instances [B], video_id [B],
     frame_index [B], image_hw [B,2]. Training batches drop the remainder; `batch_size=0` leaves it unbatched.
 
-    Augmentation (training and cfg.data.augment) draws from a numpy Generator seeded by (seed, position in the
-    stream, sample), so the stream is deterministic under a seed although the map runs in parallel.
+    Determinism: the stream is a function of `seed` alone. Iterating the dataset for the e-th time (e = 0, 1, ...;
+    `ds.repeat()` iterates it again each epoch) visits the frames in the order stateless_shuffle(seed, e), and
+    frame i draws its augmentation with stateless_uniform from (seed, e, i); no global or op-level TF seed is used.
     Sharding: the source is an in-memory list of frames, not files, so FILE sharding cannot apply; with an
     `input_context` (strategy.distribute_datasets_from_function) each pipeline keeps every k-th frame before
     any decoding, otherwise the policy is DATA (each worker keeps its 1/k of the elements).
@@ -399,14 +563,18 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     if not samples:
         raise ValueError(f"{ann_path}: no frames to load (video_ids={video_ids})")
     index = np.array(samples, np.int64)                          # [F, 2] video_id, frame
+    n_pipes, pipe_id = 1, 0
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        n_pipes, pipe_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        batch_size = input_context.get_per_replica_batch_size(batch_size) if batch_size else batch_size
 
-    def load(pos, i):
+    def load(i, draws):
         vid, t = int(index[i, 0]), int(index[i, 1])
-        rng = np.random.default_rng([seed, int(pos), int(i)]) if augment else None
         v = ytvis.video_by_id[vid]
         hw = np.array([v["height"], v["width"]], np.int32)
         try:
-            image, boxes, labels, masks, n = make_sample(cfg, ytvis, image_root, vid, t, rng)
+            data, recipe, boxes, labels, masks, n = prepare_sample(cfg, ytvis, image_root, vid, t,
+                                                                   draws if augment else None)
             ok = True
         except FrameError as e:
             if not skip_bad:
@@ -415,26 +583,37 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
                 stats.add(str(e))
             else:
                 print(f"skipping bad frame: {e}", file=sys.stderr)
-            image, boxes = np.zeros((S, S, 3), np.float32), np.zeros((N, 4), np.float32)
+            data, recipe, boxes = b"", np.zeros(len(RECIPE), np.int32), np.zeros((N, 4), np.float32)
             labels, masks, n, ok = np.zeros((N,), np.int32), np.zeros((N, R, R), np.uint8), np.int32(0), False
-        return image, boxes, labels, masks, n, np.int32(vid), np.int32(t), hw, ok
+        return (np.array(data, dtype=object), recipe, boxes, labels, masks, n, np.int32(vid), np.int32(t), hw, ok)
 
-    def tf_load(pos, i):
-        out = tf.numpy_function(load, [pos, i], [tf.float32, tf.float32, tf.int32, tf.uint8, tf.int32, tf.int32,
-                                                 tf.int32, tf.int32, tf.bool], stateful=False)
-        shapes = [[S, S, 3], [N, 4], [N], [N, R, R], [], [], [], [2], []]
-        for o, s in zip(out, shapes):
+    def tf_load(epoch, i):
+        draws = tf.random.stateless_uniform([len(DRAWS)], _stream_key(seed, STREAM_AUGMENT, epoch, i),
+                                            dtype=tf.float64, alg="philox")
+        out = tf.numpy_function(load, [i, draws], [tf.string, tf.int32, tf.float32, tf.int32, tf.uint8, tf.int32,
+                                                  tf.int32, tf.int32, tf.int32, tf.bool], stateful=False)
+        for o, s in zip(out, [[], [len(RECIPE)], [N, 4], [N], [N, R, R], [], [], [], [2], []]):
             o.set_shape(s)
+        data, recipe, ok = out[0], out[1], out[-1]
+        image = tf.cond(ok, lambda: render_image(data, recipe, draws, cfg, augment),
+                        lambda: tf.zeros([S, S, 3], tf.float32))
         keys = ["image", "boxes", "labels", "masks", "num_instances", "video_id", "frame_index", "image_hw", "ok"]
-        return dict(zip(keys, out))
+        return dict(zip(keys, [image, *out[2:]]))
 
-    ds = tf.data.Dataset.range(len(samples))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        batch_size = input_context.get_per_replica_batch_size(batch_size) if batch_size else batch_size
-    if shuffle:
-        ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.enumerate()
+    # The epoch number: how many times this dataset has been iterated before (a counter in Python, the only
+    # state; every random choice is a stateless function of (seed, epoch, frame)).
+    epochs = itertools.count()
+
+    def epoch_order(epoch):
+        ids = tf.range(pipe_id, len(samples), n_pipes, dtype=tf.int64)
+        if shuffle:
+            ids = tf.random.experimental.stateless_shuffle(ids, _stream_key(seed, STREAM_SHUFFLE, epoch),
+                                                           alg="philox")
+        return tf.data.Dataset.from_tensor_slices(ids).map(lambda i: (epoch, i))
+
+    ds = tf.data.Dataset.range(1).map(
+        lambda _: tf.ensure_shape(tf.numpy_function(lambda: np.int64(next(epochs)), [], tf.int64, stateful=True), []))
+    ds = ds.flat_map(epoch_order)
     ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if skip_bad:
         ds = ds.filter(lambda e: e["ok"])

@@ -116,6 +116,88 @@ def test_decode_segmentation_every_form():
     assert L.decode_segmentation(None, 6, 5).shape == (6, 5) and L.decode_segmentation(None, 6, 5).sum() == 0
 
 
+def _blobs(rng, h, w, noise):
+    m = np.zeros((h, w), np.uint8)
+    for _ in range(3):
+        cv2.circle(m, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(2, 40)), 1, -1)
+    if noise:
+        m[rng.random((h, w)) < 0.1] ^= 1
+    return m
+
+
+def test_run_lengths_of_every_form_match_pycocotools():
+    """_string_counts inverts pycocotools' compressed string (numbers of 1..7 chars, negative deltas), and
+    column_runs paints back the exact mask, for random masks, their polygons and the empty mask."""
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        h, w = int(rng.integers(5, 120)), int(rng.integers(5, 120))
+        m = _blobs(rng, h, w, noise=trial % 2 == 1)
+        changes = np.flatnonzero(np.diff(np.concatenate([[0], m.flatten(order="F")])))   # where runs start
+        comp = mask_util.encode(np.asfortranarray(m))
+        counts = L.rle_counts({"size": [h, w], "counts": comp["counts"].decode()}, h, w)
+        assert counts.sum() == h * w
+        painted = np.zeros((h, w), np.uint8)
+        for x, y0, y1 in zip(*L.column_runs(counts, h)):
+            assert 0 <= y0 < y1 <= h
+            painted[y0:y1, x] = 1
+        assert (painted == m).all(), trial
+        np.testing.assert_array_equal(np.cumsum(counts)[:-1], changes)
+    poly = [[2, 1, 5, 1, 5, 4, 2, 4]]
+    xs, y0, y1 = L.column_runs(L.rle_counts(poly, 6, 5), 6)
+    assert (y1 - y0).sum() == L.decode_segmentation(poly, 6, 5).sum()
+    assert [len(a) for a in L.column_runs(L.rle_counts(None, 6, 5), 6)] == [0, 0, 0]
+
+
+def test_instance_masks_are_their_area_coverage(synthetic_root):
+    """Letterboxed 160x90 into 128 with masks at 32: one mask cell is exactly 5x5 frame pixels, so a cell is set
+    iff at least half of its 25 pixels are (cv2's area resize of the full mask), and the box is the mask's."""
+    ann, img = _train(synthetic_root)
+    y = L.load_annotations(ann)
+    plan = L.plan_geometry(90, 160, None, 128, _cfg())
+    assert plan == L.Plan((0, 0, 160, 90), (128, 72), (0, 28), False)
+    n = 0
+    for vid, t in y.samples():
+        for inst in y.frame_instances(vid, t):
+            full = L.decode_segmentation(inst["segmentation"], 90, 160)
+            cover = np.zeros((32, 32), np.float32)
+            cover[7:25] = cv2.resize(full.astype(np.float32), (32, 18), interpolation=cv2.INTER_AREA)
+            target = L.instance_target(L.column_runs(L.rle_counts(inst["segmentation"], 90, 160), 90), plan,
+                                       128, 32)
+            if target is None:
+                assert not (cover >= 0.5).any() or not full.any()
+                continue
+            box, mask = target
+            sure = np.abs(cover - 0.5) > 1e-6
+            assert (mask[sure] == (cover[sure] >= 0.5)).all()
+            ys, xs = np.nonzero(full)
+            np.testing.assert_allclose(box, [xs.min() * 0.8, ys.min() * 0.8 + 28, (xs.max() + 1) * 0.8,
+                                             (ys.max() + 1) * 0.8 + 28], atol=1e-9)
+            n += 1
+    assert n > 20
+
+
+def test_jpeg_window_decoding_is_exact(tmp_path):
+    """The JPEG crop window decoded at 1/1, 1/2 and 1/4 scale (with JPEG_MARGIN columns against libjpeg's edge
+    chroma upsampling) is pixel for pixel cv2's decode of the whole frame at that scale, cropped."""
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    h, w = 176, 320
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 3)
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+    for x1, y1, x2, y2 in ((0, 0, 320, 176), (8, 16, 248, 160), (40, 8, 304, 176)):
+        for r in (1, 2, 4):
+            cw, ch = (x2 - x1) // r, (y2 - y1) // r
+            plan = L.Plan((x1, y1, x2, y2), (cw, ch), (0, 0), False)
+            recipe = L.image_recipe(plan, "JPEG", h, w, 320)
+            assert recipe[0] == 1 + L.JPEG_RATIOS.index(r)
+            got = L.render_image(tf.constant(buf.tobytes()), tf.constant(recipe), tf.zeros([len(L.DRAWS)], tf.float64),
+                                 _cfg("model.input_size=320"), augment=False).numpy()
+            ref = cv2.cvtColor(cv2.imdecode(buf, flags[r]), cv2.COLOR_BGR2RGB)[y1 // r:y2 // r, x1 // r:x2 // r]
+            assert (np.round(got[:ch, :cw] * 255) == ref).all(), (x1, y1, x2, y2, r)
+            assert np.allclose(got[ch:], 128 / 255) and np.allclose(got[:, cw:], 128 / 255)
+
+
 def test_video_level_split(synthetic_root):
     y = L.load_annotations(_train(synthetic_root)[0])
     tr, va = L.split_videos(y, 0.25, seed=0)
@@ -223,7 +305,7 @@ def test_flip_mirrors_boxes_and_masks(synthetic_root):
     plain = L.make_sample(_cfg(), y, img, vid, t, None)
     cfg = _cfg("data.flip_prob=1.0", "data.crop_prob=0.0", "data.translate_prob=0.0", "data.hsv_prob=0.0",
                "data.scale_jitter=[1.0, 1.0]")
-    flipped = L.make_sample(cfg, y, img, vid, t, np.random.default_rng(0))
+    flipped = L.make_sample(cfg, y, img, vid, t, np.zeros(len(L.DRAWS)))
     n = plain[4]
     assert flipped[4] == n
     np.testing.assert_allclose(flipped[1][:n, 0], 128 - plain[1][:n, 2], atol=1e-4)
@@ -242,6 +324,42 @@ def test_deterministic_under_seed(synthetic_root):
         for k in x:
             assert (x[k] == z[k]).all(), k
     assert any(not np.array_equal(x["image"], z["image"]) for x, z in zip(a, c))
+
+
+def _order(ds, n):
+    return [(int(e["video_id"]), int(e["frame_index"])) for e in _batches(ds, n)]
+
+
+def test_stream_depends_on_the_seed_only(synthetic_root):
+    """Same seed, same batches bit for bit, whatever ran before in the process (a global seed, op-seed counters,
+    another shuffled dataset); each pass (epoch) of `ds.repeat()` is a new order and new augmentation, and a
+    rebuilt dataset replays the same passes."""
+    import tensorflow as tf
+    ann, img = _train(synthetic_root)
+    cfg = _cfg("data.flip_prob=0.5", "data.crop_prob=0.5", "data.translate_prob=0.5", "data.hsv_prob=0.5")
+    first = _batches(L.build_dataset(cfg, ann, img, training=True, seed=11), 3)
+    tf.random.set_seed(1234)
+    tf.random.uniform([5])
+    list(tf.data.Dataset.range(50).shuffle(50).take(10))
+    again = _batches(L.build_dataset(cfg, ann, img, training=True, seed=11), 3)
+    for a, b in zip(first, again):
+        for k in a:
+            assert a[k].tobytes() == b[k].tobytes(), k
+    other = _batches(L.build_dataset(cfg, ann, img, training=True, seed=12), 3)
+    assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(first, other))
+
+    n = len(L.load_annotations(ann).samples())
+    passes = _order(L.build_dataset(cfg, ann, img, training=True, seed=11, batch_size=0).repeat(), 2 * n)
+    assert sorted(passes[:n]) == sorted(passes[n:]) and len(set(passes[:n])) == n
+    assert passes[:n] != passes[n:]
+    tf.random.set_seed(99)
+    assert _order(L.build_dataset(cfg, ann, img, training=True, seed=11, batch_size=0).repeat(), 2 * n) == passes
+    # A frame seen twice gets different augmentation in the two passes.
+    ds = L.build_dataset(cfg, ann, img, training=True, seed=11, batch_size=0).repeat()
+    two = {}
+    for e in _batches(ds, 2 * n):
+        two.setdefault((int(e["video_id"]), int(e["frame_index"])), []).append(e["image"])
+    assert sum(not np.array_equal(*v) for v in two.values()) > n // 2
 
 
 def test_frames_without_instances_are_kept(synthetic_root):
@@ -281,7 +399,21 @@ def test_bad_frames_error_or_skip(synthetic_root, tmp_path):
     assert sorted(int(e["frame_index"]) for e in got) == [t for t in range(v["length"]) if t not in (2, 4)]
 
 
+def _letterbox_cv2(rgb, size):
+    """The reference letterbox (model.letterbox_image's rule) of an RGB uint8 frame, as uint8."""
+    h, w = rgb.shape[:2]
+    s = min(size / w, size / h)
+    nw, nh = int(s * w), int(s * h)
+    canvas = np.full((size, size, 3), 128, np.uint8)
+    interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
+    canvas[(size - nh) // 2:(size - nh) // 2 + nh, (size - nw) // 2:(size - nw) // 2 + nw] = \
+        cv2.resize(rgb, (nw, nh), interpolation=interp)
+    return canvas
+
+
 def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
+    """Every frame form gives the cv2 letterbox of the same frame within one grey level (both decode JPEGs with
+    libjpeg's accurate integer DCT; TF's and cv2's area resize, and their CMYK conversions, may round apart)."""
     from PIL import Image
     ann, img = _copy_split(synthetic_root, tmp_path)
     y = L.load_annotations(ann)
@@ -297,9 +429,14 @@ def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
         f.write(png)
     Image.open(p2).convert("CMYK").save(p2 + ".cmyk.jpg", "JPEG", quality=95)
     os.replace(p2 + ".cmyk.jpg", p2)
-    for p in (p0, p1, p2):
-        assert L.read_frame(p).shape == (90, 160, 3)
-    g = L.read_frame(p0).astype(int)
-    assert (g[..., 0] == g[..., 1]).all() and abs(g[..., 0] - gray.astype(int)).mean() < 3
-    ds = L.build_dataset(_cfg(), ann, img, video_ids=[v["id"]], training=False, batch_size=0)
+    cfg = _cfg()
+    for t in range(4):   # grayscale JPEG, PNG, CMYK JPEG, RGB JPEG
+        got = L.make_sample(cfg, y, img, v["id"], t)[0] * 255
+        assert got.shape == (128, 128, 3)
+        p = os.path.join(img, v["file_names"][t])
+        ref = _letterbox_cv2(cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB), 128).astype(np.float64)
+        assert np.abs(got - ref).max() <= 1.0 + 1e-3, p
+    g = L.make_sample(cfg, y, img, v["id"], 0)[0]
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    ds = L.build_dataset(cfg, ann, img, video_ids=[v["id"]], training=False, batch_size=0)
     assert len(_batches(ds)) == v["length"]
