@@ -322,6 +322,78 @@ class UnflattenROIs(keras.layers.Layer):
         return {**super().get_config(), "num_rois": self.num_rois}
 
 
+class MaskROIGate(keras.layers.Layer):
+    """Inference only: the leading proposals whose masks are wanted, so the mask head runs on fewer ROIs.
+
+    At max_prop = 50 ROIs the mask head costs more than the whole detector (~97 of ~168 GFLOPs a frame at 416,
+    bench/BENCHMARKS.md). A caller that discards detections below a score floor (tracker.py, postprocess) or
+    needs at most k masks asks only for those. The proposals are sorted by descending score with padding last, so
+    the wanted ones are a prefix of each image's slots: n = min(max_rois, the largest per-image count of valid
+    slots with score >= score_floor), at least 1. Returns proposals[:, :n] (n is dynamic, 1 <= n <= P); `PadMaskLogits`
+    puts the mask logits back at P slots. Every mask computed is the same as without the gate.
+
+    Args:
+        max_rois: most ROIs per image sent to the mask head (k).
+        score_floor: lowest proposal score that gets a mask, or None for every valid proposal.
+
+    Example:
+        gated = MaskROIGate(10, 0.05)([proposals, num_valid])    # [B, n, 6], n <= 10
+    """
+
+    def __init__(self, max_rois, score_floor=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.max_rois = int(max_rois)
+        self.score_floor = None if score_floor is None else float(score_floor)
+
+    def call(self, inputs):
+        proposals, num_valid = inputs
+        wanted = tf.range(tf.shape(proposals)[1])[None, :] < num_valid[:, None]           # [B, P]
+        if self.score_floor is not None:
+            wanted &= proposals[..., 4] >= self.score_floor
+        n = tf.minimum(tf.reduce_max(tf.reduce_sum(tf.cast(wanted, tf.int32), axis=1)), self.max_rois)
+        return proposals[:, :tf.maximum(n, 1)]      # one ROI at least: TF's convs reject an empty batch here
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[0][0], None, input_shapes[0][2])
+
+    def get_config(self):
+        return {**super().get_config(), "max_rois": self.max_rois, "score_floor": self.score_floor}
+
+
+class PadMaskLogits(keras.layers.Layer):
+    """Inference only: mask logits of the n gated ROIs [B*n, M, M, 2] -> [B, P, M, M, 2] (the `UnflattenROIs`
+    of a `MaskROIGate`d head). Slots without a mask get logits (0, -1e4): foreground probability exactly 0 after
+    the softmax, as padded slots have.
+
+    Args:
+        num_rois: P, the static number of proposal slots per image.
+
+    Example:
+        mask_logits = PadMaskLogits(50)([x, proposals])    # [B*n, 28, 28, 2] -> [B, 50, 28, 28, 2]
+    """
+
+    def __init__(self, num_rois, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_rois = int(num_rois)
+
+    def call(self, inputs):
+        x, proposals = inputs
+        b = tf.shape(proposals)[0]
+        n = tf.shape(x)[0] // b
+        x = tf.reshape(x, tf.concat([[b, n], tf.shape(x)[1:]], axis=0))                   # [B, n, M, M, 2]
+        empty = tf.constant([0.0, -1e4], x.dtype)                                          # softmax -> (1, 0)
+        pad = tf.broadcast_to(empty, tf.concat([[b, self.num_rois - n], tf.shape(x)[2:]], axis=0))
+        return tf.concat([x, pad], axis=1)
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[1][0], self.num_rois) + tuple(input_shapes[0][1:])
+
+    def get_config(self):
+        return {**super().get_config(), "num_rois": self.num_rois}
+
+
 def _mask_conv(x, filters, kernel, name, cfg):
     """Conv + real GroupNorm (decisions M3) + ReLU, named mask_<name> / mask_gn_<name>."""
     x = keras.layers.Conv2D(filters, kernel, padding="same", name=f"mask_{name}")(x)

@@ -18,15 +18,23 @@ from backbone import apply_backbone
 PARTS = (("backbone", "bb_"), ("neck", "neck_"), ("heads", "head_"), ("mask_head", "mask_"))
 
 
-def build_model(cfg, mode="train") -> keras.Model:
+def build_model(cfg, mode="train", mask_rois=None, mask_floor=None) -> keras.Model:
     """YOLOV4+1 for `cfg`. mode "train": image -> {level_preds, proposals, num_valid, class_probs, mask_logits};
     mode "infer": {image, image_hw} -> {boxes, scores, classes, class_probs, masks, num_valid} (decisions M12).
 
     Both modes build the same named layers and own the ALB layer (`model.alb`), so weights move between them by
     name (`copy_weights_by_name`) or through `save_weights` / `load_weights`.
+
+    Inference only, off by default (the published graph computes a mask for all max_prop slots): `mask_rois` (k)
+    and/or `mask_floor` gate the mask head (`layers.MaskROIGate`) to the k best proposals and/or those scoring
+    >= mask_floor; the other slots get all-zero masks. Boxes, scores and classes do not change, nor does any mask
+    that is computed; the gate adds two weightless layers (mask_gate, mask_pad) in place of mask_unflatten.
     """
     if mode not in ("train", "infer"):
         raise ValueError(f"build_model: mode must be 'train' or 'infer', got {mode!r}")
+    gated = mask_rois is not None or mask_floor is not None
+    if gated and mode != "infer":
+        raise ValueError("build_model: mask_rois / mask_floor gate the mask head of the inference model only")
     m = cfg.model
     s = m.input_size
     image = keras.Input((s, s, 3), name="image")                                  # [B, S, S, 3] in [0, 1]
@@ -39,9 +47,16 @@ def build_model(cfg, mode="train") -> keras.Model:
     proposals, num_valid, class_probs = layers.ProposalLayer(
         m.pre_nms_limit, m.max_prop, m.nms_thresh, m.min_box_dim, m.min_box_ratio,
         name="head_proposals")(candidates)                                        # [B, P, 6], [B], [B, P, K]
-    rois = layers.PyramidROIAlign(m.mask_pool, name="mask_roi_align")([proposals] + embs)  # 4 x [B*P, 14, 14, E]
-    mask_logits = layers.UnflattenROIs(m.max_prop, name="mask_unflatten")(
-        layers.apply_mask_head(rois, cfg))                                        # [B, P, 28, 28, 2]
+    mask_props = proposals
+    if gated:
+        mask_props = layers.MaskROIGate(m.max_prop if mask_rois is None else min(int(mask_rois), m.max_prop),
+                                        mask_floor, name="mask_gate")([proposals, num_valid])   # [B, n, 6]
+    rois = layers.PyramidROIAlign(m.mask_pool, name="mask_roi_align")([mask_props] + embs)  # 4 x [B*P, 14, 14, E]
+    mask_flat = layers.apply_mask_head(rois, cfg)                                 # [B*P, 28, 28, 2]
+    if gated:
+        mask_logits = layers.PadMaskLogits(m.max_prop, name="mask_pad")([mask_flat, proposals])
+    else:
+        mask_logits = layers.UnflattenROIs(m.max_prop, name="mask_unflatten")(mask_flat)  # [B, P, 28, 28, 2]
     if mode == "train":
         outputs = {"level_preds": level_preds, "proposals": proposals, "num_valid": num_valid,
                    "class_probs": class_probs, "mask_logits": mask_logits}
@@ -74,6 +89,18 @@ def copy_weights_by_name(src: keras.Model, dst: keras.Model) -> int:
         b.set_weights(wa)
         copied += 1
     return copied
+
+
+def gate_mask_head(model, cfg, mask_rois=None, mask_floor=None) -> keras.Model:
+    """`model` (an inference model) with its mask head gated to the `mask_rois` best proposals and/or those
+    scoring >= `mask_floor` (build_model's options): a new model with the same weights, copied by name. Returns
+    `model` itself when both are None. For a caller that drops the other detections anyway (postprocess with the
+    same score floor), the detections are the same and the mask head's cost falls with the ROIs it skips."""
+    if mask_rois is None and mask_floor is None:
+        return model
+    gated = build_model(cfg, "infer", mask_rois=mask_rois, mask_floor=mask_floor)
+    copy_weights_by_name(model, gated)
+    return gated
 
 
 def part_param_counts(model) -> dict:

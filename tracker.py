@@ -119,11 +119,20 @@ def video_source(path: str, video_id: int = 1):
 
 class FramePredictor:
     """Batched per-frame inference with one traced graph: batches are padded to a fixed size so the graph is
-    traced once, whatever the video lengths."""
+    traced once, whatever the video lengths.
 
-    def __init__(self, cfg, model, batch_size: int, score_floor: float):
+    The mask head runs only on the proposals that postprocess keeps (score >= score_floor; `model.gate_mask_head`),
+    which leaves every stored detection as the ungated model gives it; `gate_masks=False` runs the published graph
+    (a mask for every one of max_prop slots). `mask_rois` (k) further caps the masks at the k best proposals a
+    frame: detections past the k-th then have empty masks, so it changes the output and is off by default.
+    """
+
+    def __init__(self, cfg, model, batch_size: int, score_floor: float, gate_masks: bool = True,
+                 mask_rois: int | None = None):
         import tensorflow as tf
         import model as model_lib
+        if gate_masks or mask_rois is not None:
+            model = model_lib.gate_mask_head(model, cfg, mask_rois, score_floor if gate_masks else None)
         self.cfg, self.model, self.batch_size, self.score_floor = cfg, model, batch_size, score_floor
         self.letterbox = model_lib.letterbox_image
         self.postprocess = model_lib.postprocess
@@ -132,7 +141,8 @@ class FramePredictor:
                 "image_hw": tf.TensorSpec([batch_size, 2], tf.int32)}
         self._call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
-    def __call__(self, frames_rgb):
+    def forward(self, frames_rgb):
+        """Letterbox up to batch_size frames and run the traced graph: the infer model's outputs (numpy)."""
         n = len(frames_rgb)
         size = self.cfg.model.input_size
         images = np.zeros((self.batch_size, size, size, 3), np.float32)
@@ -141,8 +151,11 @@ class FramePredictor:
             images[i] = self.letterbox(f, size)
             hw[i] = f.shape[:2]
         out = self._call({"image": images, "image_hw": hw})
-        out = {k: v.numpy()[:n] for k, v in out.items()}
-        return self.postprocess(out, self.cfg, score_floor=self.score_floor)
+        return {k: v.numpy()[:n] for k, v in out.items()}
+
+    def __call__(self, frames_rgb):
+        """Frames (RGB uint8) -> per frame, the detections of `model.postprocess` above score_floor."""
+        return self.postprocess(self.forward(frames_rgb), self.cfg, score_floor=self.score_floor)
 
 
 def predict_videos(predictor, videos, categories, log=print):

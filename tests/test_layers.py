@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import config
 import layers
@@ -172,6 +173,32 @@ def test_unflatten_rois():
     np.testing.assert_array_equal(out, x.reshape(2, 3, 2))
 
 
+def test_mask_roi_gate_keeps_the_wanted_prefix():
+    # two images, P = 5, sorted scores; image 0 has 4 valid slots, image 1 has 2
+    proposals = np.zeros((2, 5, 6), np.float32)
+    proposals[..., :4] = np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 4) / 40
+    proposals[0, :4, 4] = [0.9, 0.6, 0.3, 0.1]
+    proposals[1, :2, 4] = [0.8, 0.7]
+    num_valid = np.array([4, 2], np.int32)
+    n_rois = lambda k, floor: int(layers.MaskROIGate(k, floor)([proposals, num_valid]).shape[1])
+    assert n_rois(5, None) == 4                     # the valid slots of the fullest image
+    assert n_rois(5, 0.5) == 2                      # image 0: 0.9, 0.6; image 1: 0.8, 0.7
+    assert n_rois(5, 0.65) == 2 and n_rois(5, 0.75) == 1
+    assert n_rois(3, None) == 3 and n_rois(1, 0.0) == 1
+    assert n_rois(5, 0.95) == 1                     # nothing wanted: one ROI all the same (no empty conv batch)
+    np.testing.assert_array_equal(np.asarray(layers.MaskROIGate(5, 0.5)([proposals, num_valid])),
+                                  proposals[:, :2])
+
+
+def test_pad_mask_logits_zero_foreground():
+    x = np.random.default_rng(0).normal(0, 1, (2 * 3, 4, 4, 2)).astype(np.float32)   # B = 2, n = 3
+    out = np.asarray(layers.PadMaskLogits(5)([x, np.zeros((2, 5, 6), np.float32)]))
+    assert out.shape == (2, 5, 4, 4, 2)
+    np.testing.assert_array_equal(out[:, :3], x.reshape(2, 3, 4, 4, 2))
+    fg = np.asarray(tf.nn.softmax(out, axis=-1))[..., 1]
+    assert not fg[:, 3:].any()                      # exactly 0, as DetectionOutputs gives padded slots
+
+
 def test_mask_head_count_shapes_and_group_norm():
     cfg = _cfg()
     rois = [keras.Input((14, 14, 208)) for _ in range(4)]
@@ -228,6 +255,9 @@ def test_detection_outputs_unletterbox():
     layers.ProposalLayer(200, 50, 0.3, 5e-4, 1e-3, name="prop"),
     layers.PyramidROIAlign(14, name="roi"),
     layers.UnflattenROIs(50, name="u"),
+    layers.MaskROIGate(10, 0.05, name="gate"),
+    layers.MaskROIGate(50, None, name="gate_all"),
+    layers.PadMaskLogits(50, name="pad"),
     layers.DetectionOutputs(416, name="o"),
     utils.AutoLossBalance(13, name="alb"),
 ])

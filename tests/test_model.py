@@ -157,6 +157,42 @@ def test_1280x720_frame_end_to_end(tiny):
         assert len(d["class_scores"]) == 40 and 1 <= d["category_id"] <= 40
 
 
+def test_gated_mask_head_same_detections(tiny):
+    """build_model's mask_rois / mask_floor: boxes, scores and classes unchanged, every computed mask the
+    published graph's (tolerance 1e-5: the mask head's convs then see a smaller batch, which may change oneDNN's
+    blocking; 0.0 measured), skipped slots all zero, and postprocess at the same floor gives the same detections."""
+    cfg, _, infer = tiny
+    s, p = cfg.model.input_size, cfg.model.max_prop
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.uniform(0, 1, (2, s, s, 3)).astype(np.float32))
+    hw = tf.constant([[720, 1280], [90, 160]], tf.int32)
+    run = lambda m: {k: v.numpy() for k, v in tf.function(lambda a, b: m({"image": a, "image_hw": b},
+                                                                          training=False))(x, hw).items()}
+    ref = run(infer)
+    valid_scores = np.concatenate([ref["scores"][b, :n] for b, n in enumerate(ref["num_valid"])])
+    floor = float(np.median(valid_scores))          # some slots above, some below
+    for k, fl in ((3, None), (p - 1, floor)):
+        gated = M.gate_mask_head(infer, cfg, mask_rois=k, mask_floor=fl)
+        assert gated is not infer and gated.get_layer("mask_gate") is not None
+        out = run(gated)
+        for key in ("boxes", "scores", "classes", "class_probs", "num_valid"):
+            np.testing.assert_array_equal(out[key], ref[key], err_msg=key)
+        wanted = (np.arange(p)[None] < ref["num_valid"][:, None]) & (ref["scores"] >= (fl or -1.0))
+        n = max(1, min(k or p, int(wanted.sum(1).max())))
+        np.testing.assert_allclose(out["masks"][:, :n], ref["masks"][:, :n], atol=1e-5)
+        assert not out["masks"][:, n:].any()
+        if fl is not None:
+            got, want = M.postprocess(out, cfg, score_floor=fl), M.postprocess(ref, cfg, score_floor=fl)
+            strip = lambda frames: [[{**d, "segmentation": None} for d in f] for f in frames]
+            assert strip(got) == strip(want) and sum(map(len, got)) > 0
+            for f_got, f_want in zip(got, want):      # a pixel flips only where |p - 0.5| < 1e-5
+                for a, b in zip(f_got, f_want):
+                    assert (mask_utils.decode(a["segmentation"]) != mask_utils.decode(b["segmentation"])).mean() < 1e-4
+    assert M.gate_mask_head(infer, cfg) is infer
+    with pytest.raises(ValueError, match="inference model only"):
+        M.build_model(cfg, "train", mask_rois=3)
+
+
 def test_postprocess_hand_made():
     cfg = config.get_preset("tiny")
     cfg = config.apply_overrides(cfg, ["model.num_classes=2"])

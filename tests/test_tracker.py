@@ -8,6 +8,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -112,3 +113,30 @@ def test_frame_folder_and_bad_frame(run, tmp_path):
     bad.write_bytes(b"not a video")
     r = _run(["tracker.py", "--run-dir", str(run / "run"), "--video", str(bad), "--out-dir", str(out_dir)])
     assert r.returncode != 0 and "broken.mp4" in r.stderr
+
+
+def test_frame_predictor_gated_mask_head_same_detections(run):
+    """FramePredictor's default mask-head gate (masks only for proposals >= score_floor) stores the detections the
+    published graph gives (masks within 1e-5 before thresholding, see test_model), and the padded batches keep
+    the graph traced once."""
+    sys.path.insert(0, ROOT)
+    from tracker import FramePredictor
+    from train import load_run
+    cfg, model = load_run(str(run / "run"))
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _frames(run)]
+    full = FramePredictor(cfg, model, 2, 0.0, gate_masks=False)
+    scores = np.sort(full.forward(frames[:2])["scores"].ravel())[::-1]
+    floor = float(scores[3])                       # a few detections above the floor, most below
+    full.score_floor = floor
+    gated = FramePredictor(cfg, model, 2, floor)
+    assert gated.model is not model and full.model is model
+    for batch in (frames[:2], frames[2:3]):        # a full and a padded batch
+        got, want = gated(batch), full(batch)
+        strip = lambda dets: [[{k: v for k, v in d.items() if k != "segmentation"} for d in f] for f in dets]
+        assert strip(got) == strip(want)
+        for f_got, f_want in zip(got, want):
+            for a, b in zip(f_got, f_want):
+                diff = mask_utils.decode(a["segmentation"]) != mask_utils.decode(b["segmentation"])
+                assert diff.mean() < 1e-4
+    assert sum(len(f) for f in gated(frames[:2])) >= 1
+    assert gated._call.experimental_get_tracing_count() == 1
