@@ -52,7 +52,8 @@ class YTVIS(dict):
         """Instances present in one frame: dicts with annotation_id, category_id, label, bbox, segmentation."""
         anns = self.anns_by_video[video_id]
         return [{"annotation_id": anns[k]["id"], "category_id": anns[k]["category_id"],
-                 "label": self.labels[anns[k]["category_id"]], "bbox": (anns[k].get("bboxes") or [None] * (frame + 1))[frame],
+                 "label": self.labels[anns[k]["category_id"]],
+                 "bbox": (anns[k].get("bboxes") or [None] * (frame + 1))[frame],
                  "segmentation": anns[k]["segmentations"][frame]}
                 for k in self.frame_index[video_id][frame]]
 
@@ -403,6 +404,7 @@ def read_frame_file(path: str, width: int, height: int):
             fmt, (w, h) = im.format, im.size
     except (OSError, SyntaxError, ValueError):
         raise FrameError(f"{path}: not a decodable image") from None
+    fmt = "JPEG" if fmt == "MPO" else fmt   # a camera's multi-picture JPEG: its first picture is a plain JPEG
     if fmt not in FORMATS:
         raise FrameError(f"{path}: image format {fmt} is not one of {', '.join(FORMATS)}")
     if (fmt == "JPEG" and data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0) or \
@@ -416,12 +418,19 @@ def read_frame_file(path: str, width: int, height: int):
 def prepare_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, draws=None):
     """The Python half of one sample: (frame bytes, RECIPE int32 [len(RECIPE)], boxes float32 [N, 4], labels
     int32 [N], masks uint8 [N, R, R], num_instances). Instances are the first N in file order (as the original);
-    those that leave the canvas or vanish at mask_res are dropped. Raises FrameError naming the file, video, frame."""
+    those that leave the canvas or vanish at mask_res are dropped. Raises FrameError naming the file, video and
+    frame, and AnnotationError for run lengths that do not cover the frame (checked here, not when indexing)."""
     S, R, N = cfg.model.input_size, cfg.data.mask_res, cfg.data.max_instances
     v = ytvis.video_by_id[video_id]
     h, w = int(v["height"]), int(v["width"])
     insts = ytvis.frame_instances(video_id, frame)[:N]
-    runs = [column_runs(rle_counts(i["segmentation"], h, w), h) for i in insts]
+    runs = []
+    for inst in insts:
+        counts = rle_counts(inst["segmentation"], h, w)
+        if counts.sum() != h * w or (len(counts) and counts.min() < 0):
+            raise AnnotationError(f"{ytvis.path}: annotation {inst['annotation_id']} (video {video_id}), frame "
+                                  f"{frame}: run lengths sum to {counts.sum()}, not height x width = {h * w}")
+        runs.append(column_runs(counts, h))
     # The boxes come from the masks themselves (exact; the JSON bbox is not needed).
     full = np.array([(x.min(), y0.min(), x.max() + 1, y1.max()) for x, y0, y1 in runs if len(x)], np.float64)
     union = (*full[:, :2].min(0), *full[:, 2:].max(0)) if len(full) else None
@@ -452,8 +461,7 @@ def render_image(data, recipe, draws, cfg, augment: bool):
     """The TF half of one sample: float32 [S, S, 3] in [0, 1] from the frame bytes (tf.string), the int32
     RECIPE vector and the float64 draws. Decodes only the crop window (JPEG at 1/1..1/8 scale), resizes it with
     cv2's rule (area when shrinking, bilinear otherwise; model.letterbox_image), rounds to 8 bits, applies the
-    YOLOv5-style HSV gain jitter when drawn (the original's brightness step was a no-op), pastes on the gray
-    canvas and flips."""
+    HSV jitter when drawn (hsv_jitter), pastes on the gray canvas and flips."""
     import tensorflow as tf
     S = cfg.model.input_size
     g = dict(zip(RECIPE, tf.unstack(recipe)))
@@ -471,24 +479,35 @@ def render_image(data, recipe, draws, cfg, augment: bool):
     size = tf.stack([g["nh"], g["nw"]])
     shrink = tf.logical_or(g["nw"] < tf.shape(crop)[1], g["nh"] < tf.shape(crop)[0])
     pic = tf.cond(shrink, lambda: tf.image.resize(crop, size, "area"), lambda: tf.image.resize(crop, size, "bilinear"))
-    pic = tf.clip_by_value(tf.round(pic), 0.0, 255.0)
+    pic = tf.cast(pic + 0.5, tf.uint8)   # area and bilinear weights are convex: already within 0..255
 
     if augment:
-        def hsv_jitter():
-            gains = (2.0 * tf.cast(draws[_D["hue"]:_D["value"] + 1], tf.float32) - 1.0) * cfg.data.hsv_gains + 1.0
-            hue, sat, val = tf.unstack(tf.image.rgb_to_hsv(pic / 255.0), axis=-1)
-            hsv = tf.stack([tf.math.floormod(hue * gains[0], 1.0), tf.clip_by_value(sat * gains[1], 0.0, 1.0),
-                            tf.clip_by_value(val * gains[2], 0.0, 1.0)], axis=-1)
-            return tf.clip_by_value(tf.round(tf.image.hsv_to_rgb(hsv) * 255.0), 0.0, 255.0)
-        pic = tf.cond(draws[_D["hsv"]] < cfg.data.hsv_prob, hsv_jitter, lambda: pic)
+        def jitter():
+            out = tf.numpy_function(lambda p, d: hsv_jitter(p, d, cfg.data.hsv_gains), [pic, draws], tf.uint8,
+                                    stateful=False)
+            return tf.ensure_shape(out, [None, None, 3])
+        pic = tf.cond(draws[_D["hsv"]] < cfg.data.hsv_prob, jitter, lambda: pic)
 
     shown = pic[g["pic_y1"]:g["pic_y2"], g["pic_x1"]:g["pic_x2"]]
     sh, sw = g["pic_y2"] - g["pic_y1"], g["pic_x2"] - g["pic_x1"]
     pads = [[g["canvas_y"], S - g["canvas_y"] - sh], [g["canvas_x"], S - g["canvas_x"] - sw], [0, 0]]
-    canvas = tf.pad(shown, pads, constant_values=float(GRAY))
+    canvas = tf.pad(shown, pads, constant_values=GRAY)
     canvas = tf.cond(g["flip"] > 0, lambda: tf.reverse(canvas, [1]), lambda: canvas)
     canvas = tf.ensure_shape(canvas, [S, S, 3])
-    return canvas * (1.0 / 255.0)
+    return tf.cast(canvas, tf.float32) * np.float32(1.0 / 255.0)
+
+
+def hsv_jitter(pic, draws, gains):
+    """YOLOv5-style HSV gain jitter of an RGB uint8 picture through lookup tables (the original's brightness step
+    was a no-op): hue, saturation and value times 1 + gain * (2 * draw - 1). cv2 works without the GIL."""
+    r = (2.0 * np.asarray(draws[_D["hue"]:_D["value"] + 1], np.float64) - 1.0) * np.asarray(gains, np.float64) + 1.0
+    hue, sat, val = cv2.split(cv2.cvtColor(pic, cv2.COLOR_RGB2HSV))
+    x = np.arange(256, dtype=np.float64)
+    lut_h = ((x * r[0]) % 180).astype(np.uint8)
+    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 def make_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, draws=None):

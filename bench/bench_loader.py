@@ -1,8 +1,10 @@
 """Benchmark of the data layer (loader_ytvos.py): frames/s delivered by the augmented training pipeline at 416 on
-the synthetic dataset and on generated 1280x720 JPEG frames, time to the first batch, and the time and peak
-memory of indexing an annotation file of YouTube-VIS 2021 train size (about 3,000 videos, 6,000 tracks x 30).
+the synthetic dataset and on generated 1280x720 JPEG frames (median, min and max of several passes), time to the
+first batch, what bounds it (the GIL-bound Python half and the TF half of a sample, each timed alone), and the
+time and peak memory of indexing an annotation file of YouTube-VIS 2021 train size (about 3,000 videos, 6,000
+tracks x 30). Other processes on the machine make the figures noisy: compare medians.
 
-    python bench/bench_loader.py [--frames 400] [--skip-index]
+    python bench/bench_loader.py [--frames 400] [--repeats 5] [--skip-index]
 """
 from __future__ import annotations
 
@@ -36,7 +38,26 @@ def machine():
             f"numpy {np.__version__}, opencv {cv2.__version__}")
 
 
-def throughput(cfg, split_root, n_frames, label):
+class Progress:
+    """Progress of `total` steps on stderr: one line rewritten in place on a terminal, otherwise a full line at
+    about every 10 % (no carriage returns running together in a log file)."""
+
+    def __init__(self, label: str, total: int, stream=sys.stderr):
+        self.label, self.total, self.stream = label, max(1, int(total)), stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.every = max(1, self.total // 10)
+
+    def update(self, done: int):
+        if self.tty:
+            end = "\n" if done >= self.total else ""
+            print(f"\r{self.label}: {done}/{self.total}", end=end, file=self.stream, flush=True)
+        elif done % self.every == 0 or done >= self.total:
+            print(f"{self.label}: {done}/{self.total}", file=self.stream, flush=True)
+
+
+def throughput(cfg, split_root, n_frames, repeats, label):
+    """Frames/s of the augmented training pipeline over `repeats` timed passes of n_frames each."""
+    import numpy as np
     import loader_ytvos as L
     ann = os.path.join(split_root, "instances.json")
     t0 = time.perf_counter()
@@ -48,14 +69,43 @@ def throughput(cfg, split_root, n_frames, label):
     for _ in range(2):   # let AUTOTUNE settle
         next(it)
     n = max(1, n_frames // bs)
+    rates = []
+    progress = Progress(f"{label}: batches", n * repeats)
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            next(it)
+            progress.update(r * n + i + 1)
+        rates.append(n * bs / (time.perf_counter() - t0))
+    rates = np.array(rates)
+    print(f"{label}: {np.median(rates):.1f} frames/s median (min {rates.min():.1f}, max {rates.max():.1f}) over "
+          f"{repeats} passes of {n * bs} frames at {cfg.model.input_size} with augmentation (batch {bs}); first "
+          f"batch after {first:.2f} s")
+
+
+def halves(cfg, split_root, n_frames, label):
+    """Milliseconds a frame of each half of a sample, timed alone in this thread: the Python half
+    (prepare_sample: file read, header, targets) holds the GIL, so it bounds the pipeline at 1000 / ms frames/s
+    whatever the cores; the TF half (render_image) runs on every core."""
+    import numpy as np
+    import tensorflow as tf
+    import loader_ytvos as L
+    ytvis = L.load_annotations(os.path.join(split_root, "instances.json"))
+    root = os.path.join(split_root, "JPEGImages")
+    rng = np.random.default_rng(0)
+    samples = ytvis.samples()
+    jobs = [(samples[i % len(samples)], rng.random(len(L.DRAWS))) for i in range(min(n_frames, 200))]
     t0 = time.perf_counter()
-    for i in range(n):
-        next(it)
-        print(f"\r{label}: batch {i + 1}/{n}", end="", file=sys.stderr, flush=True)
-    dt = time.perf_counter() - t0
-    print(file=sys.stderr)
-    print(f"{label}: {n * bs / dt:.1f} frames/s at {cfg.model.input_size} with augmentation (batch {bs}, "
-          f"{n * bs} frames in {dt:.1f} s); first batch after {first:.2f} s")
+    prepared = [L.prepare_sample(cfg, ytvis, root, vid, t, d)[:2] for (vid, t), d in jobs]
+    py_ms = (time.perf_counter() - t0) / len(jobs) * 1e3
+    render = tf.function(lambda data, recipe, draws: L.render_image(data, recipe, draws, cfg, True))
+    render(tf.constant(prepared[0][0]), tf.constant(prepared[0][1]), tf.constant(jobs[0][1]))   # trace
+    t0 = time.perf_counter()
+    for (data, recipe), (_, d) in zip(prepared, jobs):
+        render(tf.constant(data), tf.constant(recipe), tf.constant(d))
+    tf_ms = (time.perf_counter() - t0) / len(jobs) * 1e3
+    print(f"{label}: Python half {py_ms:.2f} ms/frame (GIL: at most {1000 / py_ms:.0f} frames/s), TF half "
+          f"{tf_ms:.2f} ms/frame on one stream (decode, resize, HSV; parallel over the {os.cpu_count()} cores)")
 
 
 def write_ytvis_size_file(path, n_videos=3000, n_tracks=6000, length=30, seed=0):
@@ -110,7 +160,8 @@ def index_bench(tmp):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=400, help="frames timed per dataset")
+    ap.add_argument("--frames", type=int, default=400, help="frames timed per pass")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes per dataset (median, min, max)")
     ap.add_argument("--shapes", default=os.path.join(ROOT, "data", "shapes", "train"),
                     help="synthetic split to time (generated in a temp dir when missing)")
     ap.add_argument("--skip-index", action="store_true", help="skip the YouTube-VIS-size indexing test")
@@ -124,12 +175,14 @@ def main(argv=None):
         if not os.path.isfile(os.path.join(shapes, "instances.json")):
             gen.main(["--out", os.path.join(tmp, "shapes"), "--train-videos", "12", "--valid-videos", "0", "--quiet"])
             shapes = os.path.join(tmp, "shapes", "train")
-        throughput(cfg, shapes, args.frames, "synthetic 320x180")
+        throughput(cfg, shapes, args.frames, args.repeats, "synthetic 320x180")
+        halves(cfg, shapes, args.frames, "synthetic 320x180")
         t0 = time.perf_counter()
         gen.main(["--out", os.path.join(tmp, "hd"), "--train-videos", "6", "--valid-videos", "0", "--min-frames",
                   "16", "--max-frames", "16", "--width", "1280", "--height", "720", "--quiet"])
         print(f"generated 96 frames at 1280x720 in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        throughput(cfg, os.path.join(tmp, "hd", "train"), args.frames, "1280x720 JPEG")
+        throughput(cfg, os.path.join(tmp, "hd", "train"), args.frames, args.repeats, "1280x720 JPEG")
+        halves(cfg, os.path.join(tmp, "hd", "train"), args.frames, "1280x720 JPEG")
         if not args.skip_index:
             index_bench(tmp)
 

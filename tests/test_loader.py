@@ -102,6 +102,20 @@ def test_bad_annotation_errors(tmp_path, synthetic_root, case, expect):
         assert s in msg, (s, msg)
 
 
+def test_run_lengths_not_covering_the_frame_are_named(tmp_path, synthetic_root):
+    def edit(d):
+        a = next(x for x in d["annotations"] if any(isinstance(s, dict) and isinstance(s["counts"], list)
+                                                    for s in x["segmentations"]))
+        t = next(t for t, s in enumerate(a["segmentations"]) if isinstance(s, dict) and isinstance(s["counts"], list))
+        a["segmentations"][t]["counts"][-1] += 5
+        edit.where = (a["id"], a["video_id"], t)
+    path = _broken(tmp_path, synthetic_root, edit)
+    y = L.load_annotations(path)
+    aid, vid, t = edit.where
+    with pytest.raises(L.AnnotationError, match=f"annotation {aid} \\(video {vid}\\), frame {t}: run lengths sum"):
+        L.prepare_sample(_cfg(), y, _train(synthetic_root)[1], vid, t)
+
+
 def test_decode_segmentation_every_form():
     m = np.zeros((6, 5), np.uint8)
     m[1:4, 2:5] = 1
@@ -327,6 +341,7 @@ def test_deterministic_under_seed(synthetic_root):
 
 
 def _order(ds, n):
+    """(video_id, frame) of the first n unbatched elements (all with n None)."""
     return [(int(e["video_id"]), int(e["frame_index"])) for e in _batches(ds, n)]
 
 
@@ -360,6 +375,23 @@ def test_stream_depends_on_the_seed_only(synthetic_root):
     for e in _batches(ds, 2 * n):
         two.setdefault((int(e["video_id"]), int(e["frame_index"])), []).append(e["image"])
     assert sum(not np.array_equal(*v) for v in two.values()) > n // 2
+
+
+def test_input_pipelines_split_the_frames(synthetic_root):
+    """With an input_context (distribute_datasets_from_function) pipeline k of 2 keeps frames k, k + 2, ... of
+    the list before any decoding: the two cover every frame once, and each batch is the per-replica size."""
+    import tensorflow as tf
+    ann, img = _train(synthetic_root)
+    samples = L.load_annotations(ann).samples()
+    seen = []
+    for k in range(2):
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=k, num_replicas_in_sync=2)
+        got = _order(L.build_dataset(_cfg(), ann, img, training=False, batch_size=0, input_context=ctx), None)
+        assert got == samples[k::2]
+        seen += got
+        b = _batches(L.build_dataset(_cfg("train.batch_size=4"), ann, img, training=True, input_context=ctx), 1)
+        assert b[0]["image"].shape[0] == 2
+    assert sorted(seen) == sorted(samples)
 
 
 def test_frames_without_instances_are_kept(synthetic_root):
