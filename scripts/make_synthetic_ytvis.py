@@ -23,7 +23,7 @@ CLASSES = ["disc", "square", "triangle", "star", "ring", "cross"]
 POLYGON_CLASSES = {"square", "triangle", "star", "cross"}   # outlines that are exact polygons
 JPEG_QUALITY = 92
 FRAME_STEP = 5            # official YouTube-VIS file names advance by 5 (every 5th frame is annotated)
-MIN_SIZE, MAX_SIZE = 12.0, 120.0   # object extent in px at 320x180; scaled with the frame for other sizes
+MIN_SIZE, MAX_SIZE = 12.0, 120.0   # default object extent range in px at 320x180; scaled with the frame size
 SPLIT_CODES = {"train": 1, "valid": 2}   # part of each video's RNG seed so the splits differ
 
 
@@ -154,12 +154,14 @@ def background(rng: np.random.Generator, h: int, w: int, scale: float) -> np.nda
 
 # ---- one video ---------------------------------------------------------------------------------------------
 
-def plan_instances(rng: np.random.Generator, n_frames: int, h: int, w: int, scale: float, index: int):
-    """Scripts of the instances of one video, in depth order (first = bottom)."""
+def plan_instances(rng: np.random.Generator, n_frames: int, h: int, w: int, scale: float, index: int,
+                   sizes=(MIN_SIZE, MAX_SIZE)):
+    """Scripts of the instances of one video, in depth order (first = bottom). Start and end extents are drawn
+    log-uniformly from `sizes` (px at 320x180)."""
     n = int(rng.integers(1, 7))
     insts = []
     for _ in range(n):
-        s0, s1 = np.exp(rng.uniform(np.log(MIN_SIZE), np.log(MAX_SIZE), 2)) * scale
+        s0, s1 = np.exp(rng.uniform(np.log(sizes[0]), np.log(sizes[1]), 2)) * scale
         p0 = np.array([rng.uniform(-0.1, 1.1) * w, rng.uniform(-0.1, 1.1) * h])
         v = rng.normal(0, 3.0, 2) * scale
         t_in = int(rng.integers(0, n_frames // 2)) if rng.random() < 0.3 else 0
@@ -195,11 +197,11 @@ def plan_instances(rng: np.random.Generator, n_frames: int, h: int, w: int, scal
     return insts
 
 
-def make_video(rng: np.random.Generator, n_frames: int, h: int, w: int, index: int):
+def make_video(rng: np.random.Generator, n_frames: int, h: int, w: int, index: int, sizes=(MIN_SIZE, MAX_SIZE)):
     """Render one video. Returns (frames [T] of RGB uint8, instances with per-frame segmentations)."""
     scale = min(w / 320.0, h / 180.0)
     bg = background(rng, h, w, scale)
-    insts = plan_instances(rng, n_frames, h, w, scale, index)
+    insts = plan_instances(rng, n_frames, h, w, scale, index, sizes)
     textures = [texture(rng, h, w) for _ in insts]
     frames = []
     for inst in insts:
@@ -253,7 +255,7 @@ def make_video(rng: np.random.Generator, n_frames: int, h: int, w: int, index: i
 # ---- whole split -------------------------------------------------------------------------------------------
 
 def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, max_frames: int, h: int, w: int,
-               first_video_id: int = 1, progress: bool = True) -> dict:
+               first_video_id: int = 1, progress: bool = True, sizes=(MIN_SIZE, MAX_SIZE)) -> dict:
     """Write one split and return its annotation dict (also written to OUT/split/instances.json)."""
     root = os.path.join(out, split)
     videos, annotations = [], []
@@ -261,7 +263,7 @@ def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, 
     for i in range(n_videos):
         rng = np.random.default_rng([seed, SPLIT_CODES[split], i])
         n_frames = int(rng.integers(min_frames, max_frames + 1))
-        frames, insts = make_video(rng, n_frames, h, w, i)
+        frames, insts = make_video(rng, n_frames, h, w, i, sizes)
         name = f"{split}_{i:04d}"
         file_names = [f"{name}/{t * FRAME_STEP:05d}.jpg" for t in range(n_frames)]
         for fname, img in zip(file_names, frames):
@@ -319,15 +321,20 @@ def main(argv=None):
     ap.add_argument("--max-frames", type=int, default=30)
     ap.add_argument("--width", type=int, default=320)
     ap.add_argument("--height", type=int, default=180)
+    ap.add_argument("--min-size", type=float, default=MIN_SIZE,
+                    help="smallest object extent in px at 320x180 (scaled with the frame)")
+    ap.add_argument("--max-size", type=float, default=MAX_SIZE, help="largest object extent in px at 320x180")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
     if not 1 <= args.min_frames <= args.max_frames:
         ap.error("need 1 <= --min-frames <= --max-frames")
     if args.width < 32 or args.height < 32:
         ap.error("--width and --height must be at least 32")
+    if not 2.0 <= args.min_size <= args.max_size:
+        ap.error("need 2 <= --min-size <= --max-size")
     for split, n, first in (("train", args.train_videos, 1), ("valid", args.valid_videos, 100001)):
         data = make_split(args.out, split, n, args.seed, args.min_frames, args.max_frames, args.height, args.width,
-                          first_video_id=first, progress=not args.quiet)
+                          first_video_id=first, progress=not args.quiet, sizes=(args.min_size, args.max_size))
         summarize(split, data, os.path.join(args.out, split, "instances.json"))
 
 
