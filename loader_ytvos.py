@@ -331,19 +331,13 @@ def image_recipe(plan: Plan, fmt: str, h: int, w: int, size: int) -> np.ndarray:
     return np.array([decoder, *win, x1 // r - wx1, cw // r, nw, nh, px1, py1, px2, py2, cx, cy, int(flip)], np.int32)
 
 
-def _resize(img, nw, nh):
-    shrink = nw < img.shape[1] or nh < img.shape[0]
-    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
 def instance_target(runs, plan: Plan, size: int, mask_res: int):
     """Box (canvas pixels, float64 [4], before the flip) and mask (bool [R, R]) of one instance given as
     column_runs, or None when it does not land on the canvas or vanishes at mask_res.
 
-    The box is the exact box of the instance's frame pixels that land on the canvas. The mask is its area
-    coverage at mask resolution, thresholded at 1/2: coverage is summed over blocks of kx x ky frame pixels
-    (at most one mask cell) straight from the runs, area-resized close to the mask size, and one linear warp
-    places it exactly (frame edge u goes to ((u - x1) * nw / cw + ox) * R / S)."""
+    The box is the exact box of the instance's frame pixels that land on the canvas. The mask is the exact area
+    coverage of each mask cell by those pixels, computed from the runs without a full-resolution mask (frame
+    edge u goes to ((u - x1) * nw / cw + ox) * R / S), set where at least half covered."""
     xs, ys0, ys1 = runs
     (x1, y1, x2, y2), (nw, nh), (ox, oy), _ = plan
     S, R = size, mask_res
@@ -363,31 +357,33 @@ def instance_target(runs, plan: Plan, size: int, mask_res: int):
     if box[2] - box[0] < 1.0 or box[3] - box[1] < 1.0:
         return None
 
+    # Exact area coverage of each mask cell, in cell units: frame column x spans mask columns
+    # [X(x), X(x + 1)) with X(x) = ((x - x1) * sx + ox) * R / S, a run [a, b) spans rows [Y(a), Y(b)), and the
+    # run adds (column overlap) x (row overlap) to every cell it meets. Only pixels of the window count.
     f = R / S
-    kx, ky = max(1, int(1.0 / (sx * f))), max(1, int(1.0 / (sy * f)))   # frame pixels per grid cell
-    gw, gh = -(-cw // kx), -(-ch // ky)
     inside = (xs >= x1) & (xs < x2)
-    a, b = np.clip(ys0[inside], y1, y2) - y1, np.clip(ys1[inside], y1, y2) - y1
-    keep = b > a
-    a, b = a[keep], b[keep]
-    base = (xs[inside][keep] - x1) // kx * (gh + 1)                       # row of the grid column, [gw, gh + 1]
-    ra, rb = a // ky, (b - 1) // ky                                        # grid cells holding the run's ends
-    # Set pixels per grid cell: the run's partial end cells directly, its whole cells (ky each) between them
-    # through a difference array down the grid column.
-    cells = gw * (gh + 1)
-    ends = (np.bincount(base + ra, np.minimum(b, (ra + 1) * ky) - a, cells)
-            + np.bincount(base + rb, np.where(rb > ra, b - rb * ky, 0), cells))
-    whole = np.bincount(base + ra + 1, None, cells) - np.bincount(base + np.maximum(rb, ra + 1), None, cells)
-    count = ends.reshape(gw, gh + 1) + ky * np.cumsum(whole.reshape(gw, gh + 1), axis=1)
-    cover = (count[:, :gh].T / (kx * ky)).astype(np.float32)              # [gh, gw] covered fraction
-    gx, gy = kx * sx * f, ky * sy * f                                      # grid cell -> mask cells
-    mw, mh = max(1, int(round(gw * gx))), max(1, int(round(gh * gy)))
-    small = _resize(cover, mw, mh)
-    ax, ay = gx * gw / mw, gy * gh / mh                                    # residual scale (close to 1)
-    # cv2 maps pixel centres: i' + 0.5 = a * (i + 0.5) + b.
-    M = np.array([[ax, 0, ox * f + 0.5 * ax - 0.5], [0, ay, oy * f + 0.5 * ay - 0.5]], np.float64)
-    mask = cv2.warpAffine(small, M, (R, R), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=0) >= 0.5
+    a, b = np.clip(ys0[inside], y1, y2), np.clip(ys1[inside], y1, y2)
+    cx0, cx1 = ((xs[inside] - x1) * sx + ox) * f, ((xs[inside] + 1 - x1) * sx + ox) * f
+    ry0 = np.clip(((a - y1) * sy + oy) * f, 0, R)
+    ry1 = np.clip(((b - y1) * sy + oy) * f, 0, R)
+    # One entry per (run, mask column it meets): a frame column meets ceil(sx * f) + 1 mask columns at most.
+    first = np.floor(cx0).astype(np.int64)
+    n = np.maximum(np.ceil(cx1).astype(np.int64) - first, 1)
+    run = np.repeat(np.arange(len(first)), n)
+    col = first[run] + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    wx = np.minimum(cx1[run], col + 1) - np.maximum(cx0[run], col)
+    keep = (col >= 0) & (col < R) & (wx > 0) & (ry1[run] > ry0[run])
+    run, col, wx = run[keep], col[keep], wx[keep]
+    top, bottom = ry0[run], ry1[run]
+    r0, r1 = np.floor(top).astype(np.int64), np.ceil(bottom).astype(np.int64) - 1   # first and last row met
+    base = col * (R + 1)                                                           # cover is [R columns, R + 1]
+    cells = R * (R + 1)
+    # The partial first and last rows directly; the whole rows between through a difference array.
+    ends = (np.bincount(base + r0, wx * (np.minimum(bottom, r0 + 1) - top), cells)
+            + np.bincount(base + r1, wx * np.where(r1 > r0, bottom - r1, 0.0), cells))
+    whole = np.bincount(base + r0 + 1, wx, cells) - np.bincount(base + np.maximum(r1, r0 + 1), wx, cells)
+    cover = ends.reshape(R, R + 1) + np.cumsum(whole.reshape(R, R + 1), axis=1)
+    mask = cover[:, :R].T >= 0.5 - 1e-9      # a cell half covered is set (as cv2's rounding to 128 of 255 did)
     return (box, mask) if mask.any() else None
 
 
