@@ -7,7 +7,7 @@ sides, a working brightness (HSV) jitter, frames without instances kept, every s
     ds = build_dataset(cfg, ann_path, "data/shapes/train/JPEGImages", video_ids=train_ids, training=True)
 
 Per frame, Python only reads the annotations (masks go from run lengths straight to mask_res) and plans the
-geometry; the image is decoded, resized and jittered by TF ops, which run outside the GIL on every core.
+geometry; the image is decoded, resized and pasted by TF ops (the HSV jitter by cv2), outside the GIL on every core.
 """
 from __future__ import annotations
 
@@ -238,8 +238,8 @@ def split_videos(ytvis: YTVIS, val_fraction: float, seed: int = 0):
 #
 # A sample is made in two halves. `prepare_sample` (Python) reads the frame file's bytes and header, decides the
 # geometry from the annotations and the sample's random draws, and computes the targets (boxes, labels, masks at
-# mask_res straight from the run lengths). `render_image` (TF ops, outside the GIL, parallel in tf.data) decodes
-# the JPEG window at 1/1..1/8 scale, resizes, jitters HSV, pastes on the canvas and flips, following the plan.
+# mask_res straight from the run lengths). `render_image` (TF ops and cv2, outside the GIL, parallel in tf.data)
+# decodes the JPEG window at 1/1..1/8 scale, resizes, jitters HSV, pastes on the canvas and flips, per the plan.
 
 # Random draws of one sample, uniform in [0, 1): one slot per decision, so the geometry is a pure function of the
 # sample's draws (build_dataset draws them with tf.random.stateless_uniform from (seed, epoch, sample)).
