@@ -1,15 +1,19 @@
 """Training-step cost of YOLOV4+1 on this machine: seconds per step and images/s of the distributed train step
 (forward, targets, losses, backward, all-reduce, clip, SGDW) for the tiny preset at its size and the full preset
-at 416 (batch 2), on synthetic batches; peak RSS.
+at 416 (batch 2), on synthetic batches; peak RSS. Then, side by side for the same configurations, the frames/s
+the augmented data pipeline (loader_ytvos.build_dataset on the built-in synthetic dataset) delivers against the
+images/s the step consumes: a ratio above 1 means the step, not the data, bounds training.
 
-    python bench/bench_train.py [--steps 5] [--configs tiny:256:8,yolov4p1:416:2]
+    python bench/bench_train.py [--steps 5] [--configs tiny:160:8,yolov4p1:416:2] [--pipeline-frames 96]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -62,22 +66,62 @@ def bench_one(preset: str, size: int, batch: int, steps: int):
         print(f"  {preset}@{size} b{batch}: step {i + 1}/{steps} {times[-1]:.2f} s", file=sys.stderr, flush=True)
     t = np.asarray(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return (f"{preset:<9} {size:>5} {batch:>5} {model.count_params():>12,} {build:>8.1f} {first:>9.1f} "
+    line = (f"{preset:<9} {size:>5} {batch:>5} {model.count_params():>12,} {build:>8.1f} {first:>9.1f} "
             f"{np.median(t):>9.2f} {t.min():>7.2f} {t.max():>7.2f} {batch / np.median(t):>8.2f} {peak:>10.0f}")
+    return line, batch / np.median(t)
+
+
+def pipeline_rates(preset: str, size: int, batch: int, split_root: str, frames: int, passes: int = 3):
+    """Frames/s of the training pipeline (augmentation on) for one configuration: `passes` timed passes of
+    `frames` frames each, after the first batch and two more to let tf.data's autotuning settle."""
+    import config
+    import loader_ytvos as L
+    cfg = config.apply_overrides(config.get_preset(preset), [f"model.input_size={size}", f"train.batch_size={batch}"])
+    ds = L.build_dataset(cfg, os.path.join(split_root, "instances.json"), os.path.join(split_root, "JPEGImages"),
+                         training=True).repeat()
+    it = iter(ds)
+    for _ in range(3):
+        next(it)
+    rates = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        for _ in range(max(1, frames // batch)):
+            next(it)
+        rates.append(max(1, frames // batch) * batch / (time.perf_counter() - t0))
+    return np.asarray(rates)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps after the traced first one")
-    ap.add_argument("--configs", default="tiny:256:8,yolov4p1:416:2", help="preset:size:batch, comma-separated")
+    ap.add_argument("--configs", default="tiny:160:8,yolov4p1:416:2", help="preset:size:batch, comma-separated")
+    ap.add_argument("--pipeline-frames", type=int, default=96, help="frames a timed pass of the data pipeline")
     args = ap.parse_args(argv)
     print(f"train step on CPU, one device, {args.steps} timed steps after the first (trace) step")
     print(f"{'preset':<9} {'size':>5} {'batch':>5} {'params':>12} {'build s':>8} {'1st step':>9} "
           f"{'median s':>9} {'min':>7} {'max':>7} {'img/s':>8} {'peak MiB':>10}")
     # Peak RSS is the process's high-water mark, so configurations are run smallest first.
-    for item in args.configs.split(","):
-        preset, size, batch = item.split(":")
-        print(bench_one(preset, int(size), int(batch), args.steps), flush=True)
+    configs = [(preset, int(size), int(batch)) for preset, size, batch in (c.split(":") for c in args.configs.split(","))]
+    consumed = {}
+    for preset, size, batch in configs:
+        line, consumed[preset, size, batch] = bench_one(preset, size, batch, args.steps)
+        print(line, flush=True)
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import make_synthetic_ytvis as gen
+    with tempfile.TemporaryDirectory() as tmp:
+        with contextlib.redirect_stdout(sys.stderr):      # the generator's summary lines are not figures
+            gen.main(["--out", os.path.join(tmp, "shapes"), "--train-videos", "12", "--valid-videos", "0", "--quiet"])
+        split = os.path.join(tmp, "shapes", "train")
+        print(f"\ndata pipeline (synthetic 320x180 JPEG, augmentation on, measured alone: in training it shares the "
+              f"cores with the step) beside the step's consumption, 3 passes of {args.pipeline_frames} frames")
+        print(f"{'preset':<9} {'size':>5} {'batch':>5} {'pipeline frames/s: median':>26} {'min':>7} {'max':>7} "
+              f"{'step img/s':>11} {'pipeline / step':>16}")
+        for preset, size, batch in configs:
+            rates = pipeline_rates(preset, size, batch, split, args.pipeline_frames)
+            step = consumed[preset, size, batch]
+            print(f"{preset:<9} {size:>5} {batch:>5} {np.median(rates):>26.1f} {rates.min():>7.1f} {rates.max():>7.1f} "
+                  f"{step:>11.2f} {np.median(rates) / step:>15.1f}x", flush=True)
 
 
 if __name__ == "__main__":
