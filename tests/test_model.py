@@ -172,7 +172,7 @@ def test_gated_mask_head_same_detections(tiny):
     valid_scores = np.concatenate([ref["scores"][b, :n] for b, n in enumerate(ref["num_valid"])])
     floor = float(np.median(valid_scores))          # some slots above, some below
     for k, fl in ((3, None), (p - 1, floor)):
-        gated = M.gate_mask_head(infer, cfg, mask_rois=k, mask_floor=fl)
+        gated = M.inference_model(infer, cfg, mask_rois=k, mask_floor=fl)
         assert gated is not infer and gated.get_layer("mask_gate") is not None
         out = run(gated)
         for key in ("boxes", "scores", "classes", "class_probs", "num_valid"):
@@ -188,7 +188,7 @@ def test_gated_mask_head_same_detections(tiny):
             for f_got, f_want in zip(got, want):      # a pixel flips only where |p - 0.5| < 1e-5
                 for a, b in zip(f_got, f_want):
                     assert (mask_utils.decode(a["segmentation"]) != mask_utils.decode(b["segmentation"])).mean() < 1e-4
-    assert M.gate_mask_head(infer, cfg) is infer
+    assert M.inference_model(infer, cfg) is infer
     with pytest.raises(ValueError, match="inference model only"):
         M.build_model(cfg, "train", mask_rois=3)
 

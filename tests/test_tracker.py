@@ -140,3 +140,43 @@ def test_frame_predictor_gated_mask_head_same_detections(run):
                 assert diff.mean() < 1e-4
     assert sum(len(f) for f in gated(frames[:2])) >= 1
     assert gated._call.experimental_get_tracing_count() == 1
+
+
+def test_frame_predictor_bfloat16_within_tolerance(run):
+    """FramePredictor(bfloat16=True) approximates the float32 outputs within a stated tolerance: the top-5 sorted
+    valid scores within 0.01 and, for each of those float32 detections, the best-overlapping bfloat16 one of the
+    same class with box IoU >= 0.98 and mean |mask probability difference| < 0.02. Measured on this run: scores
+    within 3e-4, box IoU >= 0.999, mask differences <= 0.003 (bfloat16 keeps 8 mantissa bits)."""
+    sys.path.insert(0, ROOT)
+    import utils
+    from tracker import FramePredictor
+    from train import load_run
+    cfg, model = load_run(str(run / "run"))
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _frames(run)][:2]
+    f32 = FramePredictor(cfg, model, 2, 0.0).forward(frames)
+    b16 = FramePredictor(cfg, model, 2, 0.0, bfloat16=True).forward(frames)
+    for b in range(len(frames)):
+        n32, n16 = int(f32["num_valid"][b]), int(b16["num_valid"][b])
+        s32, s16 = np.sort(f32["scores"][b, :n32])[::-1], np.sort(b16["scores"][b, :n16])[::-1]
+        n = min(n32, n16, 5)
+        assert n > 0 and np.abs(s32[:n] - s16[:n]).max() < 0.01, (s32[:n], s16[:n])
+        ious = np.asarray(utils.box_iou(f32["boxes"][b, :n], b16["boxes"][b, :n16]))     # [n, n16]
+        for i in range(n):                           # the float32 top-n against all bfloat16 detections
+            j = int(ious[i].argmax())
+            mask_diff = float(np.abs(f32["masks"][b, i] - b16["masks"][b, j]).mean())
+            assert ious[i, j] >= 0.98 and f32["classes"][b, i] == b16["classes"][b, j], (i, ious[i, j])
+            assert mask_diff < 0.02, (i, mask_diff)
+
+
+def test_cli_mask_rois_and_bfloat16(run):
+    out = run / "capped_frames.json"
+    r = _run(["tracker.py", "--run-dir", str(run / "run"), "--data", str(run / "shapes" / "valid"), "--out", str(out),
+              "--score-floor", "0", "--mask-rois", "2", "--bfloat16", "--max-videos", "1"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    frames = json.load(open(out))["videos"][0]["frames"]
+    for f in frames:
+        areas = [int(mask_utils.area(d["segmentation"])) for d in f["detections"]]
+        assert len(areas) > 2 and sum(a > 0 for a in areas) <= 2        # only the two best have masks
+    r = _run(["tracker.py", "--run-dir", str(run / "run"), "--data", str(run / "shapes" / "valid"), "--out", str(out),
+              "--mask-rois", "0"])
+    assert r.returncode != 0 and "--mask-rois must be at least 1" in r.stderr
