@@ -14,48 +14,17 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import darknet_cfg  # noqa: E402
 import flops  # noqa: E402
 
-SMALL_CFG = """[net]
-width=32
-height=32
-channels=3
 
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
+def _conv(filters, size, bn=True, activation="leaky"):
+    return (f"[convolutional]\n{'batch_normalize=1' if bn else ''}\nfilters={filters}\nsize={size}\nstride=1\n"
+            f"pad=1\nactivation={activation}\n")
 
-[maxpool]
-size=2
-stride=2
 
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=mish
-
-[shortcut]
-from=-2
-activation=linear
-
-[route]
-layers=-1,-3
-
-[upsample]
-stride=2
-
-[convolutional]
-filters=5
-size=1
-stride=1
-pad=1
-activation=linear
-"""
+# conv 3x3 -> maxpool /2 -> conv 3x3 -> shortcut -> route (concat) -> upsample x2 -> 1x1 conv with bias
+SMALL_CFG = "\n".join([
+    "[net]\nwidth=32\nheight=32\nchannels=3\n", _conv(8, 3), "[maxpool]\nsize=2\nstride=2\n",
+    _conv(8, 3, activation="mish"), "[shortcut]\nfrom=-2\nactivation=linear\n", "[route]\nlayers=-1,-3\n",
+    "[upsample]\nstride=2\n", _conv(5, 1, bn=False, activation="linear")])
 
 
 def test_keras_layer_macs_hand_counted():
