@@ -144,12 +144,17 @@ class FramePredictor:
     def forward(self, frames_rgb):
         """Letterbox up to batch_size frames and run the traced graph: the infer model's outputs (numpy)."""
         n = len(frames_rgb)
+        if not 1 <= n <= self.batch_size:
+            raise ValueError(f"FramePredictor: got {n} frames, expected 1..{self.batch_size} (the batch size)")
         size = self.cfg.model.input_size
-        images = np.zeros((self.batch_size, size, size, 3), np.float32)
-        hw = np.ones((self.batch_size, 2), np.int32)
+        images = np.empty((self.batch_size, size, size, 3), np.float32)
+        hw = np.empty((self.batch_size, 2), np.int32)
         for i, f in enumerate(frames_rgb):
             images[i] = self.letterbox(f, size)
             hw[i] = f.shape[:2]
+        # pad a short batch with its last frame, not a blank one: the mask gate's ROI count is the batch's largest,
+        # and a blank canvas's proposals would set it
+        images[n:], hw[n:] = images[n - 1], hw[n - 1]
         out = self._call({"image": images, "image_hw": hw})
         return {k: v.numpy()[:n] for k, v in out.items()}
 
