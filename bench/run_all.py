@@ -25,7 +25,7 @@ def machine_description() -> list:
                 if line.startswith("model name") and cpu in ("unknown", "", platform.machine()):
                     cpu = line.split(":", 1)[1].strip()
                 if line.startswith("flags") and not flags:
-                    wanted = ("avx", "avx2", "avx512f", "avx512_vnni", "fma", "amx_tile")
+                    wanted = ("avx", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "fma", "amx_tile", "amx_bf16")
                     flags = " ".join(f for f in line.split(":", 1)[1].split() if f in wanted)
     except OSError:
         pass
@@ -39,12 +39,24 @@ def machine_description() -> list:
     for mod in ("tensorflow", "keras", "numpy", "cv2", "pycocotools"):
         try:
             m = __import__(mod)
-            versions.append(f"{mod} {getattr(m, '__version__', '?')}")
+            version = getattr(m, "__version__", None)
+            if version is None:                          # pycocotools has no __version__: ask its metadata
+                from importlib import metadata
+                version = metadata.version(mod)
+            versions.append(f"{mod} {version}")
         except ImportError:
             versions.append(f"{mod} not installed")
     return [f"- CPU: {cpu} ({os.cpu_count()} logical cores; flags: {flags or 'n/a'})",
             f"- memory: {mem or 'n/a'}", f"- Python {platform.python_version()} on {platform.platform()}",
             f"- {', '.join(versions)}", f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}"]
+
+
+def load_average() -> str:
+    """The 1-minute load average (runnable processes; above the core count, other jobs compete for the CPU)."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
 
 
 def main(argv=None):
@@ -56,15 +68,20 @@ def main(argv=None):
     if args.only:
         scripts = [s for s in scripts if args.only in os.path.basename(s)]
     sections = ["# Benchmarks", "", "Written by `make bench` (bench/run_all.py). Machine:", ""] + machine_description()
+    sections += ["", "Wall-clock figures depend on what else runs: each script's load average is shown beside it, "
+                 "and where a script reports CPU (process) time too, that is the steadier figure on a shared "
+                 "machine."]
     for i, script in enumerate(scripts, 1):
         name = os.path.relpath(script, ROOT)
         print(f"[{i}/{len(scripts)}] {name}", flush=True)
-        t0 = time.time()
+        t0, load0 = time.time(), load_average()
         r = subprocess.run([sys.executable, script], cwd=ROOT, capture_output=True, text=True)
         took = time.time() - t0
         out = r.stdout.strip() + (f"\n(stderr tail)\n{r.stderr.strip()[-2000:]}" if r.returncode else "")
         print(out, flush=True)
-        sections += ["", f"## `python {name}`", "", f"exit code {r.returncode}, {took:.0f} s", "", "```", out, "```"]
+        sections += ["", f"## `python {name}`", "",
+                     f"exit code {r.returncode}, {took:.0f} s; 1-minute load average {load0} before, "
+                     f"{load_average()} after", "", "```", out, "```"]
     from config import atomic_write_text
     atomic_write_text(args.out, "\n".join(sections) + "\n")
     print(f"benchmarks written to {args.out}")
