@@ -144,21 +144,53 @@ def letterbox_image(frame_rgb_uint8, size):
     return canvas.astype(np.float32) / 255.0
 
 
+def paste_mask_crop(prob, box, height, width, thresh):
+    """The pasted mask of `paste_mask` as (y1, x1, crop): crop is the bool [y2 - y1, x2 - x1] part inside the box
+    (x1, y1, x2, y2 px, float, rounded outwards and clipped to the frame); the frame is False elsewhere. None for a
+    box with no pixel inside the frame."""
+    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    x1, y1 = min(max(x1, 0), width), min(max(y1, 0), height)
+    x2, y2 = min(max(x2, x1), width), min(max(y2, y1), height)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    resized = cv2.resize(np.asarray(prob, np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
+    return y1, x1, resized >= thresh
+
+
 def paste_mask(prob, box, height, width, thresh, out=None):
     """Paste a [M, M] foreground probability into a (height, width) frame inside `box` (x1, y1, x2, y2 px, float)
     with bilinear resizing, then threshold (value >= thresh). Returns a uint8 [height, width] mask (written into
     `out`, a zeroed [height, width] view, when given)."""
     if out is None:
         out = np.zeros((height, width), np.uint8)
-    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
-    x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
-    x1, y1 = min(max(x1, 0), width), min(max(y1, 0), height)
-    x2, y2 = min(max(x2, x1), width), min(max(y2, y1), height)
-    if x2 <= x1 or y2 <= y1:
-        return out
-    resized = cv2.resize(np.asarray(prob, np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-    out[y1:y2, x1:x2] = resized >= thresh
+    pasted = paste_mask_crop(prob, box, height, width, thresh)
+    if pasted is not None:
+        y1, x1, crop = pasted
+        out[y1:y1 + crop.shape[0], x1:x1 + crop.shape[1]] = crop
     return out
+
+
+def crop_rle_counts(pasted, height, width):
+    """Uncompressed COCO RLE counts (column-major runs, zeros first) of a frame that is False but for one crop
+    (`paste_mask_crop`'s (y1, x1, crop) or None), computed from the crop alone: the same runs pycocotools'
+    `encode` finds in the whole frame, at the cost of the box instead of the frame."""
+    if pasted is None:
+        return [height * width]
+    y1, x1, crop = pasted
+    # the crop's columns one after another, each with a zero above and below (the frame around the box): a value
+    # change between neighbours of this flat sequence is a change within one column, in the RLE's order
+    side = crop.shape[0] + 2
+    columns = np.zeros((crop.shape[1], side), np.uint8)
+    columns[:, 1:-1] = crop.T
+    flat = columns.ravel()
+    start = np.flatnonzero(flat[1:] != flat[:-1]) + 1             # where each new run starts in `flat`
+    pos = (x1 + start // side).astype(np.int64) * height + y1 + start % side - 1   # ... in the frame
+    # a crop spanning the full height ends one column's run where the next column's starts: the two changes
+    # cancel (one run continues over the column break)
+    pos, seen = np.unique(pos, return_counts=True)
+    pos = pos[(seen == 1) & (pos < height * width)]               # a run ending on the last pixel is no change
+    return np.diff(np.concatenate([[0], pos, [height * width]])).tolist()
 
 
 def postprocess(outputs, cfg, score_floor=None, image_hw=None):
@@ -183,24 +215,22 @@ def postprocess(outputs, cfg, score_floor=None, image_hw=None):
     frames = []
     for f in range(len(scores)):
         h, w = int(image_hw[f, 0]), int(image_hw[f, 1])
-        keep = [i for i in range(int(num_valid[f])) if scores[f, i] >= floor]
-        keep.sort(key=lambda i: -float(scores[f, i]))
-        dets = []
-        if keep:
-            # one Fortran-ordered [h, w, n] buffer: pycocotools encodes it without a copy
-            stack = np.zeros((h, w, len(keep)), np.uint8, order="F")
-            for j, i in enumerate(keep):
-                paste_mask(masks[f, i], boxes[f, i], h, w, cfg.infer.mask_thresh, out=stack[:, :, j])
-            rles = mask_utils.encode(stack)
-            for i, rle in zip(keep, rles):
-                x1, y1, x2, y2 = (float(v) for v in boxes[f, i])
-                c = int(classes[f, i])
-                if not 1 <= c <= len(cat_ids):
-                    raise ValueError(f"postprocess: frame {f}, slot {i}: class {c} outside 1..{len(cat_ids)}")
-                dets.append({"score": float(scores[f, i]), "category_id": cat_ids[c - 1],
-                             "class_scores": [float(p) for p in probs[f, i]],
-                             "bbox": [x1, y1, x2 - x1, y2 - y1],
-                             "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")}})
+        valid = np.flatnonzero(scores[f, :int(num_valid[f])] >= floor)
+        keep = valid[np.argsort(-scores[f, valid], kind="stable")]          # descending score, ties in slot order
+        bad = keep[(classes[f, keep] < 1) | (classes[f, keep] > len(cat_ids))]
+        if len(bad):
+            raise ValueError(f"postprocess: frame {f}, slot {bad[0]}: class {int(classes[f, bad[0]])} outside "
+                             f"1..{len(cat_ids)}")
+        # runs from each box's crop (no full-frame buffers), compressed by pycocotools in one call
+        counts = [{"size": [h, w], "counts": crop_rle_counts(
+            paste_mask_crop(masks[f, i], boxes[f, i], h, w, cfg.infer.mask_thresh), h, w)} for i in keep]
+        rles = mask_utils.frPyObjects(counts, h, w) if counts else []
+        dets = [{"score": score, "category_id": cat_ids[c - 1], "class_scores": class_scores,
+                 "bbox": [x1, y1, x2 - x1, y2 - y1],
+                 "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")}}
+                for score, c, class_scores, (x1, y1, x2, y2), rle in zip(
+                    scores[f, keep].tolist(), classes[f, keep].tolist(), probs[f, keep].tolist(),
+                    boxes[f, keep].tolist(), rles)]
         frames.append(dets)
     return frames
 

@@ -193,6 +193,25 @@ def test_gated_mask_head_same_detections(tiny):
         M.build_model(cfg, "train", mask_rois=3)
 
 
+def test_crop_rle_counts_hand_made_and_against_pycocotools():
+    # 3 x 4 frame, crop rows 1..2 of columns 1..2 all on: column-major runs 4 off (col 0 + row 0 of col 1), 2 on,
+    # 1 off, 2 on, 3 off
+    crop = (1, 1, np.ones((2, 2), bool))
+    assert M.crop_rle_counts(crop, 3, 4) == [4, 2, 1, 2, 3]
+    assert M.crop_rle_counts((0, 1, np.ones((3, 2), bool)), 3, 4) == [3, 6, 3]   # full height: runs join
+    assert M.crop_rle_counts((0, 2, np.ones((3, 2), bool)), 3, 4) == [6, 6]      # ends on the last pixel
+    assert M.crop_rle_counts(None, 3, 4) == [12]
+    rng = np.random.default_rng(0)
+    for trial in range(300):                  # the same compressed RLE as encoding the pasted full frame
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        box = np.sort(rng.uniform(-5, 45, (2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]] if trial % 4 else [0, 0, w, h]
+        prob = rng.uniform(0, 1, (4, 4)).astype(np.float32) ** (1 + trial % 3)
+        want = mask_utils.encode(np.asfortranarray(M.paste_mask(prob, box, h, w, 0.5)[:, :, None]))[0]["counts"]
+        got = mask_utils.frPyObjects([{"size": [h, w], "counts": M.crop_rle_counts(
+            M.paste_mask_crop(prob, box, h, w, 0.5), h, w)}], h, w)[0]["counts"]
+        assert got == want, (trial, h, w, box)
+
+
 def test_postprocess_hand_made():
     cfg = config.get_preset("tiny")
     cfg = config.apply_overrides(cfg, ["model.num_classes=2"])
