@@ -7,7 +7,7 @@ sides, a working brightness (HSV) jitter, frames without instances kept, every s
     ds = build_dataset(cfg, ann_path, "data/shapes/train/JPEGImages", video_ids=train_ids, training=True)
 
 Per frame, Python only reads the annotations (masks go from run lengths straight to mask_res) and plans the
-geometry; the image is decoded, resized and pasted by TF ops (the HSV jitter by cv2), outside the GIL on every core.
+geometry; the image is decoded by TF ops and resized, jittered and pasted by cv2, outside the GIL on every core.
 """
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def split_videos(ytvis: YTVIS, val_fraction: float, seed: int = 0):
 # A sample is made in two halves. `prepare_sample` (Python) reads the frame file's bytes and header, decides the
 # geometry from the annotations and the sample's random draws, and computes the targets (boxes, labels, masks at
 # mask_res straight from the run lengths). `render_image` (TF ops and cv2, outside the GIL, parallel in tf.data)
-# decodes the JPEG window at 1/1..1/8 scale, resizes, jitters HSV, pastes on the canvas and flips, per the plan.
+# decodes the JPEG window at 1/1..1/8 scale; `finish_canvas` resizes, jitters HSV, pastes and flips, per the plan.
 
 # Random draws of one sample, uniform in [0, 1): one slot per decision, so the geometry is a pure function of the
 # sample's draws (build_dataset draws them with tf.random.stateless_uniform from (seed, epoch, sample)).
@@ -314,7 +314,7 @@ def image_recipe(plan: Plan, fmt: str, h: int, w: int, size: int) -> np.ndarray:
     (x1, y1, x2, y2), (nw, nh), (ox, oy), flip = plan
     cw, ch = x2 - x1, y2 - y1
     # A JPEG is decoded at the smallest scale 1/r still at or above the target size, when the window allows it
-    # exactly; libjpeg's DCT scaling is much cheaper than decoding in full and resizing.
+    # exactly (libjpeg scales by whole 8x8 blocks).
     r = 1
     if fmt == "JPEG":
         r = max(k for k in JPEG_RATIOS if k == 1 or (w % k == 0 and h % k == 0 and x1 % k == 0 and y1 % k == 0
@@ -454,10 +454,10 @@ def prepare_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int
 # ---- one sample: the image (TF ops) -------------------------------------------------------------------------
 
 def render_image(data, recipe, draws, cfg, augment: bool):
-    """The TF half of one sample: float32 [S, S, 3] in [0, 1] from the frame bytes (tf.string), the int32
-    RECIPE vector and the float64 draws. Decodes only the crop window (JPEG at 1/1..1/8 scale), resizes it with
-    cv2's rule (area when shrinking, bilinear otherwise; model.letterbox_image), rounds to 8 bits, applies the
-    HSV jitter when drawn (hsv_jitter), pastes on the gray canvas and flips."""
+    """The image half of one sample: the uint8 [S, S, 3] canvas (image_to_float makes the model input of it)
+    from the frame bytes (tf.string), the int32 RECIPE vector and the float64 draws. TF decodes only the crop
+    window (a JPEG at 1/1..1/8 scale: libjpeg's DCT scaling is much cheaper than decoding in full and resizing);
+    finish_canvas (cv2) does the rest. Neither holds the GIL while it works."""
     import tensorflow as tf
     S = cfg.model.input_size
     g = dict(zip(RECIPE, tf.unstack(recipe)))
@@ -472,25 +472,46 @@ def render_image(data, recipe, draws, cfg, augment: bool):
 
     img = tf.switch_case(g["decoder"], [decode_other] + [decode_jpeg(r) for r in JPEG_RATIOS])
     crop = img[:, g["crop_x"]:g["crop_x"] + g["crop_w"]]
-    size = tf.stack([g["nh"], g["nw"]])
-    shrink = tf.logical_or(g["nw"] < tf.shape(crop)[1], g["nh"] < tf.shape(crop)[0])
-    pic = tf.cond(shrink, lambda: tf.image.resize(crop, size, "area"), lambda: tf.image.resize(crop, size, "bilinear"))
-    pic = tf.cast(pic + 0.5, tf.uint8)   # area and bilinear weights are convex: already within 0..255
+    canvas = tf.numpy_function(lambda c, r, d: finish_canvas(c, r, d, cfg, augment), [crop, recipe, draws],
+                               tf.uint8, stateful=False)
+    return tf.ensure_shape(canvas, [S, S, 3])
 
-    if augment:
-        def jitter():
-            out = tf.numpy_function(lambda p, d: hsv_jitter(p, d, cfg.data.hsv_gains), [pic, draws], tf.uint8,
-                                    stateful=False)
-            return tf.ensure_shape(out, [None, None, 3])
-        pic = tf.cond(draws[_D["hsv"]] < cfg.data.hsv_prob, jitter, lambda: pic)
 
+def finish_canvas(crop, recipe, draws, cfg, augment: bool):
+    """The decoded crop (uint8 [h, w, 3]) resized with model.letterbox_image's rule (cv2 area when shrinking,
+    bilinear otherwise: the same pixels as at inference), HSV-jittered when drawn, pasted on the gray canvas
+    and flipped, as RECIPE says. cv2 does the pixel work without the GIL."""
+    g = dict(zip(RECIPE, (int(v) for v in recipe)))
+    S = cfg.model.input_size
+    nw, nh = g["nw"], g["nh"]
+    shrink = nw < crop.shape[1] or nh < crop.shape[0]
+    pic = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if augment and draws[_D["hsv"]] < cfg.data.hsv_prob:
+        pic = hsv_jitter(pic, draws, cfg.data.hsv_gains)
+    canvas = np.full((S, S, 3), GRAY, np.uint8)
+    cy, cx = g["canvas_y"], g["canvas_x"]
     shown = pic[g["pic_y1"]:g["pic_y2"], g["pic_x1"]:g["pic_x2"]]
-    sh, sw = g["pic_y2"] - g["pic_y1"], g["pic_x2"] - g["pic_x1"]
-    pads = [[g["canvas_y"], S - g["canvas_y"] - sh], [g["canvas_x"], S - g["canvas_x"] - sw], [0, 0]]
-    canvas = tf.pad(shown, pads, constant_values=GRAY)
-    canvas = tf.cond(g["flip"] > 0, lambda: tf.reverse(canvas, [1]), lambda: canvas)
-    canvas = tf.ensure_shape(canvas, [S, S, 3])
-    return tf.cast(canvas, tf.float32) * np.float32(1.0 / 255.0)
+    canvas[cy:cy + shown.shape[0], cx:cx + shown.shape[1]] = shown
+    return np.ascontiguousarray(canvas[:, ::-1]) if g["flip"] else canvas
+
+
+def hsv_jitter(pic, draws, gains):
+    """YOLOv5-style HSV gain jitter of an RGB uint8 picture through lookup tables (the original's brightness step
+    was a no-op): hue, saturation and value times 1 + gain * (2 * draw - 1). cv2 works without the GIL."""
+    r = (2.0 * np.asarray(draws[_D["hue"]:_D["value"] + 1], np.float64) - 1.0) * np.asarray(gains, np.float64) + 1.0
+    hue, sat, val = cv2.split(cv2.cvtColor(pic, cv2.COLOR_RGB2HSV))
+    x = np.arange(256, dtype=np.float64)
+    lut_h = ((x * r[0]) % 180).astype(np.uint8)
+    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def image_to_float(image):
+    """uint8 canvas (or a batch of them) -> float32 in [0, 1], the model input."""
+    import tensorflow as tf
+    return tf.cast(image, tf.float32) * np.float32(1.0 / 255.0)
 
 
 def hsv_jitter(pic, draws, gains):
@@ -514,7 +535,7 @@ def make_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, d
     data, recipe, boxes, labels, masks, n = prepare_sample(cfg, ytvis, image_root, video_id, frame, draws)
     d = np.zeros(len(DRAWS)) if draws is None else np.asarray(draws, np.float64)
     image = render_image(tf.constant(data), tf.constant(recipe), tf.constant(d), cfg, draws is not None)
-    return image.numpy(), boxes, labels, masks, n
+    return image_to_float(image).numpy(), boxes, labels, masks, n
 
 
 class LoaderStats:
@@ -611,7 +632,7 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
             o.set_shape(s)
         data, recipe, ok = out[0], out[1], out[-1]
         image = tf.cond(ok, lambda: render_image(data, recipe, draws, cfg, augment),
-                        lambda: tf.zeros([S, S, 3], tf.float32))
+                        lambda: tf.zeros([S, S, 3], tf.uint8))
         keys = ["image", "boxes", "labels", "masks", "num_instances", "video_id", "frame_index", "image_hw", "ok"]
         return dict(zip(keys, [image, *out[2:]]))
 
@@ -632,9 +653,10 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if skip_bad:
         ds = ds.filter(lambda e: e["ok"])
-    ds = ds.map(lambda e: {k: v for k, v in e.items() if k != "ok"})
     if batch_size:
         ds = ds.batch(batch_size, drop_remainder=training)
+    # Images travel as uint8 up to here: batching copies a quarter of the bytes.
+    ds = ds.map(lambda e: {**{k: v for k, v in e.items() if k != "ok"}, "image": image_to_float(e["image"])})
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.OFF

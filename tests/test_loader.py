@@ -240,8 +240,8 @@ def test_jpeg_window_decoding_is_exact(tmp_path):
             got = L.render_image(tf.constant(buf.tobytes()), tf.constant(recipe), tf.zeros([len(L.DRAWS)], tf.float64),
                                  _cfg("model.input_size=320"), augment=False).numpy()
             ref = cv2.cvtColor(cv2.imdecode(buf, flags[r]), cv2.COLOR_BGR2RGB)[y1 // r:y2 // r, x1 // r:x2 // r]
-            assert (np.round(got[:ch, :cw] * 255) == ref).all(), (x1, y1, x2, y2, r)
-            assert np.allclose(got[ch:], 128 / 255) and np.allclose(got[:, cw:], 128 / 255)
+            assert got.dtype == np.uint8 and (got[:ch, :cw] == ref).all(), (x1, y1, x2, y2, r)
+            assert (got[ch:] == 128).all() and (got[:, cw:] == 128).all()
 
 
 def test_video_level_split(synthetic_root):
@@ -476,8 +476,9 @@ def _letterbox_cv2(rgb, size):
 
 
 def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
-    """Every frame form gives the cv2 letterbox of the same frame within one grey level (both decode JPEGs with
-    libjpeg's accurate integer DCT; TF's and cv2's area resize, and their CMYK conversions, may round apart)."""
+    """Every frame form gives the cv2 letterbox of the same frame (model.letterbox_image's rule): the same pixels
+    (TF and cv2 both decode JPEGs with libjpeg's accurate integer DCT), within one grey level for the CMYK JPEG
+    (the two convert CMYK to RGB with different rounding)."""
     from PIL import Image
     ann, img = _copy_split(synthetic_root, tmp_path)
     y = L.load_annotations(ann)
@@ -499,7 +500,7 @@ def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
         assert got.shape == (128, 128, 3)
         p = os.path.join(img, v["file_names"][t])
         ref = _letterbox_cv2(cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB), 128).astype(np.float64)
-        assert np.abs(got - ref).max() <= 1.0 + 1e-3, p
+        assert np.abs(got - ref).max() <= (1.0 if t == 2 else 0.0) + 1e-3, p
     g = L.make_sample(cfg, y, img, v["id"], 0)[0]
     assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
     ds = L.build_dataset(cfg, ann, img, video_ids=[v["id"]], training=False, batch_size=0)
