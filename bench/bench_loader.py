@@ -1,6 +1,6 @@
 """Benchmark of the data layer (loader_ytvos.py): frames/s delivered by the augmented training pipeline at 416 on
 the synthetic dataset and on generated 1280x720 JPEG frames (median, min and max of several passes), time to the
-first batch, what bounds it (the GIL-bound Python half and the TF half of a sample, each timed alone), and the
+first batch, what bounds it (the GIL-bound Python half and the image half of a sample, each timed alone), and the
 time and peak memory of indexing an annotation file of YouTube-VIS 2021 train size (about 3,000 videos, 6,000
 tracks x 30). Other processes on the machine make the figures noisy: compare medians.
 
@@ -86,7 +86,7 @@ def throughput(cfg, split_root, n_frames, repeats, label):
 def halves(cfg, split_root, n_frames, label):
     """Milliseconds a frame of each half of a sample, timed alone in this thread: the Python half
     (prepare_sample: file read, header, targets) holds the GIL, so it bounds the pipeline at 1000 / ms frames/s
-    whatever the cores; the TF half (render_image) runs on every core."""
+    whatever the cores; the image half (render_image: TF decode, cv2 resize, HSV, paste) runs on every core."""
     import numpy as np
     import tensorflow as tf
     import loader_ytvos as L
@@ -103,9 +103,9 @@ def halves(cfg, split_root, n_frames, label):
     t0 = time.perf_counter()
     for (data, recipe), (_, d) in zip(prepared, jobs):
         render(tf.constant(data), tf.constant(recipe), tf.constant(d))
-    tf_ms = (time.perf_counter() - t0) / len(jobs) * 1e3
-    print(f"{label}: Python half {py_ms:.2f} ms/frame (GIL: at most {1000 / py_ms:.0f} frames/s), TF half "
-          f"{tf_ms:.2f} ms/frame on one stream (decode, resize, HSV; parallel over the {os.cpu_count()} cores)")
+    img_ms = (time.perf_counter() - t0) / len(jobs) * 1e3
+    print(f"{label}: Python half {py_ms:.2f} ms/frame (GIL: at most {1000 / py_ms:.0f} frames/s), image half "
+          f"{img_ms:.2f} ms/frame on one stream (decode, resize, HSV; parallel over the {os.cpu_count()} cores)")
 
 
 def write_ytvis_size_file(path, n_videos=3000, n_tracks=6000, length=30, seed=0):

@@ -505,3 +505,23 @@ def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
     assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
     ds = L.build_dataset(cfg, ann, img, video_ids=[v["id"]], training=False, batch_size=0)
     assert len(_batches(ds)) == v["length"]
+
+
+def test_bench_progress_lines_only_rewritten_on_a_terminal():
+    """bench_loader's progress: full lines at every 10 % into a log, one line rewritten with \\r on a terminal."""
+    import io
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    import bench_loader
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    log, tty = io.StringIO(), Tty()
+    for stream in (log, tty):
+        p = bench_loader.Progress("frames", 250, stream)
+        for i in range(250):
+            p.update(i + 1)
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines() == [f"frames: {k}/250" for k in range(25, 251, 25)]
+    assert tty.getvalue().count("\r") == 250 and tty.getvalue().endswith("frames: 250/250\n")
