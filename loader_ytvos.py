@@ -514,19 +514,6 @@ def image_to_float(image):
     return tf.cast(image, tf.float32) * np.float32(1.0 / 255.0)
 
 
-def hsv_jitter(pic, draws, gains):
-    """YOLOv5-style HSV gain jitter of an RGB uint8 picture through lookup tables (the original's brightness step
-    was a no-op): hue, saturation and value times 1 + gain * (2 * draw - 1). cv2 works without the GIL."""
-    r = (2.0 * np.asarray(draws[_D["hue"]:_D["value"] + 1], np.float64) - 1.0) * np.asarray(gains, np.float64) + 1.0
-    hue, sat, val = cv2.split(cv2.cvtColor(pic, cv2.COLOR_RGB2HSV))
-    x = np.arange(256, dtype=np.float64)
-    lut_h = ((x * r[0]) % 180).astype(np.uint8)
-    lut_s = np.clip(x * r[1], 0, 255).astype(np.uint8)
-    lut_v = np.clip(x * r[2], 0, 255).astype(np.uint8)
-    hsv = cv2.merge((cv2.LUT(hue, lut_h), cv2.LUT(sat, lut_s), cv2.LUT(val, lut_v)))
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-
-
 def make_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, draws=None):
     """One letterboxed (and, with `draws` [len(DRAWS)] in [0, 1), augmented) frame as numpy arrays, both halves
     run eagerly: image float32 [S, S, 3], boxes float32 [N, 4], labels int32 [N], masks uint8 [N, R, R],
