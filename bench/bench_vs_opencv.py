@@ -189,9 +189,10 @@ def main(argv=None):
         print(f"{name:<38} {gflop / 1e9:8.1f} {gflop / wall / 1e9:13.1f} {100 * gflop / wall / peak:9.1f}% "
               f"{gflop / cpu / 1e9:18.1f}")
     share = np.median([np.median(c) / np.median(w) for w, c in times.values()])
+    per_core = peak / (os.cpu_count() or 1) / 1e9
     print(f"The gap to the peak: (1) cores: CPU time / wall time is {share:.2f} here (2.00 = both cores ours all "
           f"the time; other jobs on the machine take the rest), so the per-CPU-second rate is the one to set against "
-          f"half the peak; (2) BN, Mish/leaky, upsampling, concatenation, NMS, ROI align, letterbox and paste/RLE "
+          f"one core's peak, {per_core:.0f} GFLOP/s; (2) BN, Mish/leaky, upsampling, concatenation, NMS, ROI align, letterbox and paste/RLE "
           f"move memory without FLOPs; (3) the late layers (26x26, 13x13) and the 14x14 mask ROIs give oneDNN small "
           f"GEMMs that keep few vector lanes busy; (4) the peak assumes both FMA ports busy every cycle at the stated "
           f"clock. bfloat16 rows are set against the FP32 peak (AMX's bfloat16 peak is several times higher).")
