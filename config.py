@@ -57,6 +57,9 @@ class ModelConfig:
     bg_thresh: float = 0.3                # anchor IoU < bg*tol: negative; between: ignored
     id_thresh: float = 0.4                # centroid anchor carries the class label if IoU > id*tol
     class_targets: str = "centroid"       # centroid (decisions M6) | fg: every foreground anchor (tiny only)
+    obj_prior: float = 0.0                # 0: zero bias (original); p in (0, 1): objectness starts at p (tiny only)
+    class_conv: int = 0                   # 0: class logits are a Dense on n_k (original); N > 0: a 3x3 conv+BN+leaky of
+                                          # max(N, C_k) filters first (tiny only: n2 has 16 channels at width 0.25)
     nms_thresh: float = 0.3               # IoU threshold of both NMS stages
     pre_nms_limit: int = 200              # proposals kept per level by the per-level NMS
     max_prop: int = 50                    # proposals kept by the global NMS (static)
@@ -109,6 +112,7 @@ class TrainConfig:
     alb: str = "per_level"                # per_level (report) | global (original code's 4 scalars)
     alb_lr_mult: float = 1.0              # ALB log-variances step at lr x this (>1: they settle within a short run)
     loss_norm: str = "positives"          # positives (decisions M8) | all (original) | balanced (obj: fg + bg means)
+                                          # | focal (obj: focal loss summed over non-ignored anchors / positives)
     val_fraction: float = 0.1             # whole videos held out from the training JSON
     val_max_frames: int = 400             # cap on validation frames per epoch (0: all)
     split_seed: int = 0
@@ -188,8 +192,8 @@ def _preset_tiny() -> Config:
     shapes dataset from scratch in ~10 minutes on a 2-core CPU (`make demo`).
 
     Departures from the published recipe, for this preset only: He-initialised BN convs (no pretrained
-    backbone), Adam with the decoupled decay, objectness averaged over fg and bg separately, class labels on
-    every foreground anchor, ALB log-variances stepping 10x faster, BN momentum 0.9 (moving statistics must
+    backbone), Adam with the decoupled decay, a focal objectness loss with the foreground bias started at 0.01,
+    class labels on every foreground anchor, a 3x3 conv (64 filters) under each level's class Dense, ALB log-variances stepping 10x faster, BN momentum 0.9 (moving statistics must
     follow a network that changes fast in a few hundred steps)."""
     cfg = Config(preset="tiny")
     size = 160                            # 320x180 demo frames -> 160x90; ~9 img/s a training step on 2 cores
@@ -205,6 +209,8 @@ def _preset_tiny() -> Config:
     cfg.model.conv_init = "he"
     cfg.model.bn_momentum = 0.9
     cfg.model.class_targets = "fg"
+    cfg.model.class_conv = 64
+    cfg.model.obj_prior = 0.01
     cfg.data.mask_res = 64
     cfg.data.max_instances = 8
     cfg.train.batch_size = 8
@@ -212,7 +218,7 @@ def _preset_tiny() -> Config:
     cfg.train.lr = 2e-3
     cfg.train.lr_schedule = "cosine"
     cfg.train.warmup_steps = 50
-    cfg.train.loss_norm = "balanced"
+    cfg.train.loss_norm = "focal"
     cfg.train.alb_lr_mult = 10.0
     cfg.train.epochs = 6                  # one pass over the frames an epoch: ~640 steps, ~11 min with validation
     cfg.train.freeze_epochs = 0
@@ -423,6 +429,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.class_targets must be 'centroid' or 'fg', got {m.class_targets!r}")
     if m.num_classes < 1:
         raise ConfigError("model.num_classes must be at least 1")
+    if not 0.0 <= m.obj_prior < 1.0:
+        raise ConfigError(f"model.obj_prior must be 0 (zero bias) or a probability in (0, 1), got {m.obj_prior}")
+    if m.class_conv < 0:
+        raise ConfigError(f"model.class_conv must be 0 (Dense on n_k) or a filter count, got {m.class_conv}")
     if cfg.data.categories and len(cfg.data.categories) != m.num_classes:
         raise ConfigError(f"data.categories lists {len(cfg.data.categories)} classes, model.num_classes is "
                           f"{m.num_classes}")
@@ -437,8 +447,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.unfreeze must be 'outputs' or 'all', got {t.unfreeze!r}")
     if t.alb not in ("per_level", "global"):
         raise ConfigError(f"train.alb must be 'per_level' or 'global', got {t.alb!r}")
-    if t.loss_norm not in ("positives", "all", "balanced"):
-        raise ConfigError(f"train.loss_norm must be 'positives', 'all' or 'balanced', got {t.loss_norm!r}")
+    if t.loss_norm not in ("positives", "all", "balanced", "focal"):
+        raise ConfigError(f"train.loss_norm must be 'positives', 'all', 'balanced' or 'focal', got {t.loss_norm!r}")
     if not 0.0 <= t.val_fraction < 1.0:
         raise ConfigError(f"train.val_fraction must be in [0, 1), got {t.val_fraction}")
     if t.batch_size < 1:

@@ -94,11 +94,22 @@ class LevelPrediction(keras.layers.Layer):
         return {**super().get_config(), "num_anchors": self.num_anchors}
 
 
+def det_bias_initializer(num_anchors: int, obj_prior: float):
+    """Bias of the detection output conv: zeros (original), or with 0 < obj_prior < 1 the foreground logit of
+    every anchor (channel a*6 + 5) at log(prior / (1 - prior)), so the objectness softmax starts at `obj_prior`
+    (RetinaNet's prior initialisation; without it a focal loss starts ~100x its settled value)."""
+    if not obj_prior:
+        return "zeros"
+    bias = np.zeros((num_anchors, NUM_BOX + NUM_OBJ), np.float32)
+    bias[:, NUM_BOX + 1] = np.log(obj_prior / (1.0 - obj_prior))
+    return keras.initializers.Constant(bias.reshape(-1))
+
+
 def apply_heads(n, cfg):
     """Per-level heads on [n2..n5]: returns (level predictions [B, nA, S, S, 6+K] x4, embeddings [B, S, S, E] x4).
 
     Detection: 3x3 conv+BN+leaky (C_k filters), 1x1 conv to nA*6 with bias. Class: Dense(K) on the channel axis
-    (a 1x1 conv). Embedding: 3x3 linear conv with bias to emb_dim, used only by the mask head.
+    (a 1x1 conv); with `model.class_conv` N > 0, on a 3x3 conv+BN+leaky of max(N, C_k) filters. Embedding: 3x3 linear conv with bias to emb_dim, used only by the mask head.
     """
     m = cfg.model
     preds, embs = [], []
@@ -110,8 +121,15 @@ def apply_heads(n, cfg):
         d = keras.layers.LeakyReLU(negative_slope=0.1, name=f"head_det_leaky_{lvl}")(d)
         d = keras.layers.Conv2D(m.anchors_per_level * (NUM_BOX + NUM_OBJ), 1,
                                 kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                bias_initializer=det_bias_initializer(m.anchors_per_level, m.obj_prior),
                                 name=f"head_det_out_{lvl}")(d)                   # [B, S, S, nA*6]
-        cls = keras.layers.Dense(m.num_classes, name=f"head_cls_{lvl}")(x)        # [B, S, S, K]
+        c_in = x
+        if m.class_conv:                                   # tiny-preset departure: a non-linear class branch
+            c_in = keras.layers.Conv2D(max(m.class_conv, c), 3, padding="same", use_bias=False,
+                                       kernel_initializer=bn_conv_initializer(cfg), name=f"head_cls_conv_{lvl}")(x)
+            c_in = batch_norm(cfg, f"head_cls_bn_{lvl}")(c_in)
+            c_in = keras.layers.LeakyReLU(negative_slope=0.1, name=f"head_cls_leaky_{lvl}")(c_in)
+        cls = keras.layers.Dense(m.num_classes, name=f"head_cls_{lvl}")(c_in)     # [B, S, S, K]
         preds.append(LevelPrediction(m.anchors_per_level, name=f"head_pred_{lvl}")([d, cls]))
         embs.append(keras.layers.Conv2D(m.emb_dim, 3, padding="same", name=f"head_emb_{lvl}")(x))  # [B, S, S, E]
     return preds, embs

@@ -302,6 +302,9 @@ def mask_targets(proposals, num_valid, boxes, labels, masks, input_size: int, io
 
 # ---- losses (original-model.md §6.4, §6.6; decisions M7-M9) ------------------------------------------------
 
+FOCAL_ALPHA = 0.25     # loss_norm="focal": weight of the foreground term (RetinaNet's alpha; gamma is 2)
+
+
 def smooth_l1(d):
     a = tf.abs(d)
     return tf.where(a < 1.0, 0.5 * d * d, a - 0.5)
@@ -320,7 +323,8 @@ def level_losses(pred, target, loss_norm: str = "positives", global_sum=_identit
 
     loss_norm="positives" (M8): box over fg anchors (x 4 coordinates), objectness over non-ignored anchors, class
     over centroid anchors. "balanced" (tiny-preset departure): as "positives", but objectness is the mean over
-    foreground anchors plus the mean over background anchors. "all" (original): box and objectness over every anchor entry of the global batch
+    foreground anchors plus the mean over background anchors. "focal" (tiny-preset option): as "positives", but
+    objectness is the focal loss summed over the non-ignored anchors over the positive count. "all" (original): box and objectness over every anchor entry of the global batch
     (`global_batch` examples), class still over centroid anchors, as the original.
     """
     pred = tf.cast(pred, tf.float32)
@@ -348,6 +352,15 @@ def level_losses(pred, target, loss_norm: str = "positives", global_sum=_identit
         box = tf.math.divide_no_nan(box_sum, 4.0 * global_sum(tf.reduce_sum(pos)))
         obj = (tf.math.divide_no_nan(tf.reduce_sum(obj_ce * pos), global_sum(tf.reduce_sum(pos)))
                + tf.math.divide_no_nan(tf.reduce_sum(obj_ce * neg), global_sum(tf.reduce_sum(neg))))
+    elif loss_norm == "focal":
+        # Focal loss (Lin et al. 2017, gamma 2, alpha 0.25 on foreground) summed over the non-ignored anchors and
+        # divided by the positives: every background anchor is penalised, the easy ones hardly at all.
+        n_pos = global_sum(tf.reduce_sum(pos))
+        p_true = tf.exp(-obj_ce)
+        alpha = tf.where(pos > 0, FOCAL_ALPHA, 1.0 - FOCAL_ALPHA)
+        focal = alpha * tf.square(1.0 - p_true) * obj_ce
+        box = tf.math.divide_no_nan(box_sum, 4.0 * n_pos)
+        obj = tf.reduce_sum(focal * valid) / tf.maximum(n_pos, 1.0)
     else:
         box = tf.math.divide_no_nan(box_sum, 4.0 * global_sum(tf.reduce_sum(pos)))
         obj = tf.math.divide_no_nan(tf.reduce_sum(obj_ce * valid), global_sum(tf.reduce_sum(valid)))

@@ -93,8 +93,9 @@ def main(argv=None) -> int:
 
     def progress(n, total):
         if not args.quiet and (n == total or n % 200 == 0):
-            print(f"\r  video IoUs: {n}/{total} (video, category) pairs", end="\n" if n == total else "",
-                  file=sys.stderr, flush=True)
+            tty = sys.stderr.isatty()          # one rewritten line on a terminal, a line each in a log
+            print(f"{chr(13) if tty else ''}  video IoUs: {n}/{total} (video, category) pairs",
+                  end="\n" if n == total or not tty else "", file=sys.stderr, flush=True)
 
     try:
         metrics, E = evaluate_vis(args.gt, args.results, progress=progress)

@@ -285,9 +285,12 @@ def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, 
                 "category_id": CLASSES.index(inst["cls"]) + 1, "id": ann_id,
                 "areas": [s[2] if s else None for s in inst["segs"]]})
             ann_id += 1
-        if progress:
-            print(f"\r{split}: video {i + 1}/{n_videos}", end="", file=sys.stderr, flush=True)
-    if progress and n_videos:
+        if progress and (sys.stderr.isatty() or i + 1 == n_videos or (i + 1) % 50 == 0):
+            # one rewritten line on a terminal; in a log, a line every 50 videos and at the end
+            end = "" if sys.stderr.isatty() else "\n"
+            print(f"{chr(13) if sys.stderr.isatty() else ''}{split}: video {i + 1}/{n_videos}", end=end,
+                  file=sys.stderr, flush=True)
+    if progress and n_videos and sys.stderr.isatty():
         print(file=sys.stderr)
     data = {"info": {"description": "YOLOV4+1Tr synthetic shapes (YouTube-VIS 2021 layout)", "url": "",
                      "version": "1.0", "year": 2021, "contributor": "scripts/make_synthetic_ytvis.py",

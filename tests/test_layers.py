@@ -62,6 +62,22 @@ def test_heads_count_and_shapes(neck_heads_416):
     assert [tuple(t.shape) for t in m.output["embs"]] == [(None, s, s, 208) for s in (104, 52, 26, 13)]
 
 
+def test_class_conv_branch_count():
+    # model.class_conv = 64 at width 0.25 (n2..n5 have 16/32/64/128 channels): per level a 3x3 conv of
+    # max(64, C_k) filters without bias, its BN (4 x filters) and the Dense(K) on it; K = 6.
+    cfg = _cfg("tiny", class_conv=64, num_classes=6)
+    chans = (16, 32, 64, 128)
+    b = [keras.Input((s, s, c)) for s, c in zip((40, 20, 10, 5), (32, 64, 128, 128))]
+    m = keras.Model(b, layers.apply_heads(layers.apply_neck(b, cfg), cfg)[0])
+    expected = 0
+    for c in chans:
+        f = max(64, c)
+        expected += 9 * c * f + 4 * f + (f * 6 + 6)
+    cls = [l for l in m.layers if l.name.startswith("head_cls_")]
+    assert len(cls) == 16 and _count(cls) == expected          # conv, BN, leaky, Dense per level
+    assert [tuple(t.shape) for t in m.output] == [(None, 6, s, s, 12) for s in (40, 20, 10, 5)]
+
+
 def test_level_prediction_layout():
     na, s, k = 3, 2, 4
     det = np.arange(2 * s * s * na * 6, dtype=np.float32).reshape(2, s, s, na * 6)
@@ -265,3 +281,17 @@ def test_get_config_round_trip(layer):
     config_ = layer.get_config()
     clone = type(layer).from_config(config_)
     assert clone.get_config() == config_
+
+
+def test_obj_prior_sets_the_starting_objectness():
+    # On an all-zero neck output the detection branch reduces to its output bias: with obj_prior 0.01 every
+    # anchor's foreground probability is exactly 0.01 and the box deltas are 0; with 0 (original) it is 1/2.
+    for prior, expected in ((0.01, 0.01), (0.0, 0.5)):
+        cfg = _cfg("tiny", obj_prior=prior, num_classes=3)
+        n = [keras.Input((s, s, c)) for s, c in zip((8, 4, 2, 1), (16, 32, 64, 128))]
+        m = keras.Model(n, layers.apply_heads(n, cfg)[0])
+        preds = m([np.zeros((1, s, s, c), np.float32) for s, c in zip((8, 4, 2, 1), (16, 32, 64, 128))])
+        for p in preds:
+            fg = tf.nn.softmax(p[..., 4:6])[..., 1].numpy()
+            np.testing.assert_allclose(fg, expected, rtol=1e-5)
+            np.testing.assert_array_equal(p[..., :4].numpy(), 0.0)

@@ -125,3 +125,21 @@ def test_level_losses_balanced_averages_fg_and_bg_separately():
     assert obj == pytest.approx(-math.log(0.75) + math.log(2), rel=1e-6)
     assert box == pytest.approx(1.625 / 4, rel=1e-6) and cls == pytest.approx(math.log(2), rel=1e-6)
     assert utils.level_losses(p, t, "positives").numpy()[1] == pytest.approx(obj / 2, rel=1e-6)
+
+
+def test_level_losses_focal_sums_over_anchors_and_divides_by_positives():
+    # The same three anchors. fg: p = 3/4, focal 0.25 * (1/4)^2 * -ln(3/4); bg: p = 1/2, 0.75 * (1/2)^2 * ln 2;
+    # the ignored anchor adds nothing; one positive, so the sum is the loss. Box and class as "positives".
+    pred = [[[0, 0, 0, 0, 0, math.log(3), 0, 0], [0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]]
+    target = [[[0.5, -2, 0, 0, 1, 1, 0.9], [0, 0, 0, 0, 0, -1, 0.1], [0, 0, 0, 0, -1, -1, 0.35]]]
+    p, t = _level(pred, target)
+    box, obj, cls = utils.level_losses(p, t, "focal").numpy()
+    expected = 0.25 * (1 / 16) * -math.log(0.75) + 0.75 * 0.25 * math.log(2)
+    assert obj == pytest.approx(expected, rel=1e-6)
+    assert box == pytest.approx(1.625 / 4, rel=1e-6) and cls == pytest.approx(math.log(2), rel=1e-6)
+    # No positive in the batch: the background sum is divided by 1, not 0. Anchor 0 is now background with
+    # p(bg) = 1/4: 0.75 * (3/4)^2 * ln 4.
+    no_fg = [[[0, 0, 0, 0, 0, -1, 0.1], [0, 0, 0, 0, 0, -1, 0.1], [0, 0, 0, 0, -1, -1, 0.35]]]
+    _, t0 = _level(pred, no_fg)
+    assert utils.level_losses(p, t0, "focal").numpy()[1] == pytest.approx(
+        0.75 * 0.75 ** 2 * math.log(4) + 0.75 * 0.25 * math.log(2), rel=1e-6)
