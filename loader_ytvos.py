@@ -559,7 +559,8 @@ def _stream_key(seed, stream, *parts):
 
 
 def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training: bool = True, batch_size=None,
-                  seed=None, shuffle=None, ytvis: YTVIS = None, stats: LoaderStats = None, input_context=None):
+                  seed=None, shuffle=None, ytvis: YTVIS = None, stats: LoaderStats = None, input_context=None,
+                  first_epoch: int = 0, skip_frames: int = 0):
     """tf.data pipeline over every annotated frame (every `cfg.data.frame_stride`-th; frames without instances
     kept, decisions M11). Elements are dicts (shapes in the module docs of the project README / decisions):
     image [B,S,S,3] float32, boxes [B,N,4], labels [B,N], masks [B,N,R,R] uint8, num_instances [B], video_id [B],
@@ -568,6 +569,10 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     Determinism: the stream is a function of `seed` alone. Iterating the dataset for the e-th time (e = 0, 1, ...;
     `ds.repeat()` iterates it again each epoch) visits the frames in the order stateless_shuffle(seed, e), and
     frame i draws its augmentation with stateless_uniform from (seed, e, i); no global or op-level TF seed is used.
+    `first_epoch` k starts the count at k: the stream is then the one a fresh dataset gives from its k-th pass on
+    (how `train.py --resume` continues where the data stopped), and `skip_frames` drops that many frames from the
+    front of pass k's order before anything is loaded (a multiple of the batch size keeps the later batches the
+    same as the uninterrupted stream's; with an `input_context`, counted in this pipeline's frames).
     Sharding: the source is an in-memory list of frames, not files, so FILE sharding cannot apply; with an
     `input_context` (strategy.distribute_datasets_from_function) each pipeline keeps every k-th frame before
     any decoding, otherwise the policy is DATA (each worker keeps its 1/k of the elements).
@@ -625,13 +630,18 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
 
     # The epoch number: how many times this dataset has been iterated before (a counter in Python, the only
     # state; every random choice is a stateless function of (seed, epoch, frame)).
-    epochs = itertools.count()
+    if first_epoch < 0 or skip_frames < 0:
+        raise ValueError(f"build_dataset: first_epoch and skip_frames must be >= 0, got {first_epoch}, "
+                         f"{skip_frames}")
+    epochs = itertools.count(int(first_epoch))
 
     def epoch_order(epoch):
         ids = tf.range(pipe_id, len(samples), n_pipes, dtype=tf.int64)
         if shuffle:
             ids = tf.random.experimental.stateless_shuffle(ids, _stream_key(seed, STREAM_SHUFFLE, epoch),
                                                            alg="philox")
+        if skip_frames:
+            ids = ids[tf.where(epoch == first_epoch, np.int64(skip_frames), np.int64(0)):]
         return tf.data.Dataset.from_tensor_slices(ids).map(lambda i: (epoch, i))
 
     ds = tf.data.Dataset.range(1).map(

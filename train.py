@@ -485,6 +485,15 @@ def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
     return model, optimizer, schedule, ckpt, parts
 
 
+def resume_position(step: int, batches_per_pass: int):
+    """(loader pass, batches to skip in it) after `step` global batches: each pass of the training dataset gives
+    `batches_per_pass` = frames // global batch batches (the remainder is dropped), so a resumed run sees the
+    batches the uninterrupted run would have seen next (with data.skip_bad_frames, skipped frames shift it)."""
+    if batches_per_pass < 1:
+        return 0, 0
+    return step // batches_per_pass, step % batches_per_pass
+
+
 def count_train_frames(ytvis, video_ids, frame_stride):
     lengths = {v["id"]: int(v["length"]) for v in ytvis["videos"]}
     return sum((lengths[v] + frame_stride - 1) // frame_stride for v in video_ids)
@@ -530,10 +539,15 @@ def train(args):
         print(f"--resume: no checkpoint in {manager.directory}, starting fresh")
     step_var, epoch_var = parts["step"], parts["epoch"]
 
-    ds = loader_ytvos.build_dataset(cfg, ann_path, image_root, video_ids=train_ids, training=True)
+    # The data stream continues where the saved step left it: loader pass and batch within it.
+    data_epoch, data_skip = resume_position(int(step_var.numpy()), n_frames // gb)
+    ds = loader_ytvos.build_dataset(cfg, ann_path, image_root, video_ids=train_ids, training=True,
+                                    first_epoch=data_epoch, skip_frames=data_skip * gb)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.repeat().with_options(options)
+    if data_epoch or data_skip:
+        print(f"data stream resumed at pass {data_epoch + 1}, batch {data_skip + 1} of {n_frames // gb}")
     iterator = iter(strategy.experimental_distribute_dataset(ds))
 
     writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs")) if chief else tf.summary.create_noop_writer()

@@ -525,3 +525,28 @@ def test_bench_progress_lines_only_rewritten_on_a_terminal():
     assert "\r" not in log.getvalue()
     assert log.getvalue().splitlines() == [f"frames: {k}/250" for k in range(25, 251, 25)]
     assert tty.getvalue().count("\r") == 250 and tty.getvalue().endswith("frames: 250/250\n")
+
+
+def test_first_epoch_and_skip_frames_continue_the_stream(synthetic_root):
+    """What `train.py --resume` relies on: build_dataset(first_epoch=k, skip_frames=j*B) yields exactly the batches
+    a fresh dataset gives from batch j of pass k on (same frames, same augmentation, bit for bit)."""
+    import train
+    ann, img = _train(synthetic_root)
+    cfg = _cfg("train.batch_size=2", "data.flip_prob=0.5", "data.hsv_prob=0.5")
+    n = len(L.load_annotations(ann).samples())
+    per_pass = n // 2
+    full = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5).repeat(), 2 * per_pass)
+    step = per_pass + 3                                   # 3 batches into the second pass
+    k, j = train.resume_position(step, per_pass)
+    assert (k, j) == (1, 3)
+    resumed = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5, first_epoch=k, skip_frames=j * 2)
+                       .repeat(), per_pass - 3 + 2)
+    for a, b in zip(full[step:], resumed):
+        for key in a:
+            assert a[key].tobytes() == b[key].tobytes(), key
+    # after the shortened pass the next one is a full pass again (pass 2 of the fresh stream)
+    assert len(resumed) == per_pass - 3 + 2
+    third = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5).repeat(), 3 * per_pass)[2 * per_pass:]
+    for a, b in zip(third[:2], resumed[per_pass - 3:]):
+        assert a["image"].tobytes() == b["image"].tobytes()
+    assert train.resume_position(0, per_pass) == (0, 0) and train.resume_position(7, 0) == (0, 0)

@@ -3,6 +3,7 @@ NaN guard, checkpoints holding the ALB, weight-decay exclusions, and that the ti
 Runs that need their own TensorFlow process (logical devices, workers, kills) go through subprocesses."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -258,6 +259,11 @@ def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
     assert f"resumed from {latest} (step {saved_step}" in res.stdout
     first = [ln for ln in res.stdout.splitlines() if "(global " in ln][0]
     assert f"(global {saved_step + 1})" in first
+    # The data stream continues too: pass and batch from the saved step (train.resume_position).
+    m = re.search(r"data stream resumed at pass (\d+), batch (\d+) of (\d+)", res.stdout)
+    assert m, res.stdout[-2000:]
+    per_pass = int(m.group(3))
+    assert (int(m.group(1)) - 1, int(m.group(2)) - 1) == (saved_step // per_pass, saved_step % per_pass)
     assert (run / "train_done.json").exists()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows][-1] == 3 and rows[-1]["step"] == 9
