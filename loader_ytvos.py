@@ -411,6 +411,29 @@ def read_frame_file(path: str, width: int, height: int):
     return data, fmt
 
 
+def find_undecodable_frames(ytvis: YTVIS, image_root: str, video_ids=None, frame_stride: int = 1, log=None):
+    """Frames whose header passes `read_frame_file` but whose body TensorFlow's decoder rejects (bit rot in the
+    entropy-coded data): each frame decoded eagerly with the decoder the pipeline uses. Slow (a full decode a
+    frame), so it runs only after the pipeline has failed, to name the file. Returns FrameError messages."""
+    import tensorflow as tf
+    bad = []
+    samples = ytvis.samples(video_ids, frame_stride)
+    for k, (vid, t) in enumerate(samples):
+        v = ytvis.video_by_id[vid]
+        path = os.path.join(image_root, v["file_names"][t])
+        try:
+            data, _ = read_frame_file(path, v["width"], v["height"])
+            tf.io.decode_image(data, channels=3, expand_animations=False)
+        except FrameError as e:
+            bad.append(f"{e} (video {vid}, frame {t})")
+        except tf.errors.OpError as e:
+            bad.append(f"{path}: TensorFlow cannot decode it ({e.message.splitlines()[0][:120]}) "
+                       f"(video {vid}, frame {t})")
+        if log and (k + 1) % 1000 == 0:
+            log(f"  checked {k + 1}/{len(samples)} frames, {len(bad)} bad")
+    return bad
+
+
 def prepare_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int, draws=None):
     """The Python half of one sample: (frame bytes, RECIPE int32 [len(RECIPE)], boxes float32 [N, 4], labels
     int32 [N], masks uint8 [N, R, R], num_instances). Instances are the first N in file order (as the original);

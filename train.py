@@ -485,6 +485,23 @@ def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
     return model, optimizer, schedule, ckpt, parts
 
 
+def next_batch(iterator, locate):
+    """next(iterator), where a frame TensorFlow cannot decode (its header passed the loader's checks, so the
+    error names no file) becomes a TrainError naming it: `locate()` decodes every frame to find it."""
+    import tensorflow as tf
+    try:
+        return next(iterator)
+    except tf.errors.InvalidArgumentError as e:
+        print(f"the input pipeline failed ({e.message.splitlines()[0][:160]}); decoding every frame to find "
+              f"the bad one ...", flush=True)
+        bad = locate()
+        if not bad:
+            raise
+        raise TrainError(f"{len(bad)} frame(s) cannot be decoded although their headers are intact: "
+                         + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+                         + ". data.skip_bad_frames cannot skip these: remove or re-encode the files") from None
+
+
 def resume_position(step: int, batches_per_pass: int):
     """(loader pass, batches to skip in it) after `step` global batches: each pass of the training dataset gives
     `batches_per_pass` = frames // global batch batches (the remainder is dropped), so a resumed run sees the
@@ -575,7 +592,9 @@ def train(args):
         sums, n, t0 = {}, 0, time.time()
         first = step - epoch * steps_per_epoch
         for i in range(first, steps_per_epoch):
-            logs = step_fn(next(iterator), tf.constant(1.0 if step + 1 == nan_at else 0.0))
+            batch = next_batch(iterator, lambda: loader_ytvos.find_undecodable_frames(
+                ytvis, image_root, train_ids, cfg.data.frame_stride, log=print))
+            logs = step_fn(batch, tf.constant(1.0 if step + 1 == nan_at else 0.0))
             logs = {k: float(v) for k, v in logs.items()}
             step += 1
             step_var.assign(step)

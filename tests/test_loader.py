@@ -550,3 +550,33 @@ def test_first_epoch_and_skip_frames_continue_the_stream(synthetic_root):
     for a, b in zip(third[:2], resumed[per_pass - 3:]):
         assert a["image"].tobytes() == b["image"].tobytes()
     assert train.resume_position(0, per_pass) == (0, 0) and train.resume_position(7, 0) == (0, 0)
+
+
+def test_frame_with_intact_header_but_corrupt_body_is_named(synthetic_root, tmp_path):
+    """Bit rot inside the entropy-coded data passes the header and end-marker checks and fails only in
+    TensorFlow's decoder, inside the graph, where no file name is known: train.next_batch catches it and names
+    the frame (found by decoding every frame)."""
+    import tensorflow as tf
+    import train
+    ann, img = _copy_split(synthetic_root, tmp_path)
+    y = L.load_annotations(ann)
+    v = y["videos"][0]
+    path = os.path.join(img, v["file_names"][1])
+    good = open(path, "rb").read()
+    for seed in range(50):                                  # a corruption TF rejects (some only warn)
+        bad = bytearray(good)
+        bad[len(bad) // 3:len(bad) // 3 + 200] = np.random.default_rng(seed).integers(0, 256, 200, np.uint8).tobytes()
+        try:
+            tf.io.decode_jpeg(bytes(bad))
+        except tf.errors.InvalidArgumentError:
+            break
+    else:
+        pytest.skip("no corruption of this frame that TensorFlow rejects")
+    with open(path, "wb") as f:
+        f.write(bytes(bad))
+    L.read_frame_file(path, v["width"], v["height"])        # the header checks pass
+    ds = L.build_dataset(_cfg(), ann, img, video_ids=[v["id"]], training=False, batch_size=v["length"])
+    with pytest.raises(train.TrainError) as e:
+        train.next_batch(iter(ds), lambda: L.find_undecodable_frames(y, img, [v["id"]]))
+    msg = str(e.value)
+    assert path in msg and f"video {v['id']}, frame 1" in msg and "1 frame(s)" in msg
