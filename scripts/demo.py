@@ -55,7 +55,8 @@ class Demo:
         train_root, valid_root = os.path.join(self.data, "train"), os.path.join(self.data, "valid")
         gt = os.path.join(valid_root, "instances.json")
         self.stage("dataset", [os.path.join(train_root, "instances.json"), gt],
-                   [[self.py, "scripts/make_synthetic_ytvis.py", "--out", self.data, "--seed", str(a.seed)]])
+                   [[self.py, "scripts/make_synthetic_ytvis.py", "--out", self.data, "--seed", str(a.seed),
+                     "--train-videos", str(a.train_videos)]])
 
         from config import get_preset
         size = get_preset("tiny").model.input_size
@@ -67,7 +68,7 @@ class Demo:
 
         done = self.path("train_done.json")
         train_cmd = [self.py, "train.py", "--preset", "tiny", "--data", train_root, "--run-dir", self.run,
-                     "--set", f"model.anchors_file={anchors}"] + sum([["--set", s] for s in a.set], [])
+                     "--epochs", str(a.epochs), "--set", f"model.anchors_file={anchors}"] + sum([["--set", s] for s in a.set], [])
         if os.path.exists(self.path("checkpoints")) and not a.fresh_stage("train"):
             train_cmd.append("--resume")
         self.stage("train", [done], [train_cmd])
@@ -222,6 +223,12 @@ def main(argv=None):
     ap.add_argument("--run-dir", default=os.path.join(ROOT, "runs", "demo"), help="run directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="redo every stage (FRESH=1 make demo)")
+    # 150 training videos (the generator's default is 48): the same difficulty, ~590 instances instead of ~200.
+    # On the same `valid` split after 636 steps, class accuracy at foreground anchors 0.29 against 0.18 and
+    # class-agnostic mask mAP@.5 0.34 against 0.23: with ~200 instances the class memorises them.
+    ap.add_argument("--train-videos", type=int, default=150, help="training videos of the synthetic dataset")
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="training passes over the frames (3 x ~380 steps, ~13 minutes on 2 cores)")
     ap.add_argument("--overlay-videos", type=int, default=6, help="validation videos drawn in the overlay")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
     args = ap.parse_args(argv)
