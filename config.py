@@ -188,8 +188,8 @@ def _preset_yolov4p1() -> Config:
 
 
 def _preset_tiny() -> Config:
-    """The demo/test preset: the same architecture narrowed (width 0.25) at 160 px, tuned to learn the built-in
-    shapes dataset from scratch in ~10 minutes on a 2-core CPU (`make demo`).
+    """The demo/test preset: the same architecture narrowed (width 0.25) at 160 px, tuned for short from-scratch
+    runs of the built-in shapes dataset on a 2-core CPU (`make demo`; README §3 has what it reaches).
 
     Departures from the published recipe, for this preset only: He-initialised BN convs (no pretrained
     backbone), Adam with the decoupled decay, a focal objectness loss with the foreground bias started at 0.01,
