@@ -109,7 +109,8 @@ def apply_heads(n, cfg):
     """Per-level heads on [n2..n5]: returns (level predictions [B, nA, S, S, 6+K] x4, embeddings [B, S, S, E] x4).
 
     Detection: 3x3 conv+BN+leaky (C_k filters), 1x1 conv to nA*6 with bias. Class: Dense(K) on the channel axis
-    (a 1x1 conv); with `model.class_conv` N > 0, on a 3x3 conv+BN+leaky of max(N, C_k) filters. Embedding: 3x3 linear conv with bias to emb_dim, used only by the mask head.
+    (a 1x1 conv); with `model.class_conv` N > 0, on a 3x3 conv+BN+leaky of max(N, C_k) filters. Embedding: 3x3
+    linear conv with bias to emb_dim, used only by the mask head.
     """
     m = cfg.model
     preds, embs = [], []

@@ -324,8 +324,9 @@ def level_losses(pred, target, loss_norm: str = "positives", global_sum=_identit
     loss_norm="positives" (M8): box over fg anchors (x 4 coordinates), objectness over non-ignored anchors, class
     over centroid anchors. "balanced" (tiny-preset departure): as "positives", but objectness is the mean over
     foreground anchors plus the mean over background anchors. "focal" (tiny-preset option): as "positives", but
-    objectness is the focal loss summed over the non-ignored anchors over the positive count. "all" (original): box and objectness over every anchor entry of the global batch
-    (`global_batch` examples), class still over centroid anchors, as the original.
+    objectness is the focal loss summed over the non-ignored anchors over the positive count. "all" (original):
+    box and objectness over every anchor entry of the global batch (`global_batch` examples), class still over
+    centroid anchors, as the original.
     """
     pred = tf.cast(pred, tf.float32)
     tbox, tconf, tid = target[..., 0:4], target[..., 4], target[..., 5]
