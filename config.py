@@ -193,8 +193,9 @@ def _preset_tiny() -> Config:
 
     Departures from the published recipe, for this preset only: He-initialised BN convs (no pretrained
     backbone), Adam with the decoupled decay, a focal objectness loss with the foreground bias started at 0.01,
-    class labels on every foreground anchor, a 3x3 conv (64 filters) under each level's class Dense, ALB log-variances stepping 10x faster, BN momentum 0.9 (moving statistics must
-    follow a network that changes fast in a few hundred steps)."""
+    class labels on every foreground anchor, a 3x3 conv (64 filters) under each level's class Dense, ALB
+    log-variances stepping 10x faster, BN momentum 0.9 (moving statistics must follow a network that changes fast
+    in a few hundred steps)."""
     cfg = Config(preset="tiny")
     size = 160                            # 320x180 demo frames -> 160x90; ~9 img/s a training step on 2 cores
     cfg.model.input_size = size

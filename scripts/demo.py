@@ -68,7 +68,8 @@ class Demo:
 
         done = self.path("train_done.json")
         train_cmd = [self.py, "train.py", "--preset", "tiny", "--data", train_root, "--run-dir", self.run,
-                     "--epochs", str(a.epochs), "--set", f"model.anchors_file={anchors}"] + sum([["--set", s] for s in a.set], [])
+                     "--epochs", str(a.epochs), "--set", f"model.anchors_file={anchors}"]
+        train_cmd += sum([["--set", s] for s in a.set], [])
         if os.path.exists(self.path("checkpoints")) and not a.fresh_stage("train"):
             train_cmd.append("--resume")
         self.stage("train", [done], [train_cmd])
@@ -228,7 +229,7 @@ def main(argv=None):
     # class-agnostic mask mAP@.5 0.34 against 0.23: with ~200 instances the class memorises them.
     ap.add_argument("--train-videos", type=int, default=150, help="training videos of the synthetic dataset")
     ap.add_argument("--epochs", type=int, default=3,
-                    help="training passes over the frames (3 x ~380 steps, ~13 minutes on 2 cores)")
+                    help="training passes over the frames (3 x 341 steps, ~14 minutes on 2 cores)")
     ap.add_argument("--overlay-videos", type=int, default=6, help="validation videos drawn in the overlay")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
     args = ap.parse_args(argv)
