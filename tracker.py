@@ -199,6 +199,16 @@ def predict_videos(predictor, videos, categories, log=print):
     return {"format": "ytvis-frame-predictions", "version": 1, "categories": categories, "videos": out_videos}
 
 
+def track_flags(track_cfg) -> list:
+    """`python -m tracking.track` flags that reproduce a config's `track` section."""
+    flags = ["--lam", str(track_cfg.lam), "--tau", str(track_cfg.tau), "--gamma", str(track_cfg.gamma),
+             "--score-floor", str(track_cfg.score_floor), "--min-hits", str(track_cfg.min_hits),
+             "--min-score", str(track_cfg.min_score)]
+    if track_cfg.max_age is not None:
+        flags += ["--max-age", str(track_cfg.max_age)]
+    return flags + (["--keep-doubtful"] if track_cfg.keep_doubtful else [])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Per-frame YOLOV4+1 predictions over a dataset split, a frame folder "
                                              "or a video file (then tracking and an overlay video).")
@@ -276,6 +286,7 @@ def main(argv=None):
     write_frame_predictions(frames_json, doc)
     print(f"frame predictions written to {frames_json}")
     track_cmd = [sys.executable, "-m", "tracking.track", "--pred", frames_json, "--out", results_json]
+    track_cmd += track_flags(cfg.track)   # the run's tracker settings (a preset may match them to its scores)
     if args.lam is not None:
         track_cmd += ["--lam", str(args.lam)]
     overlay_cmd = [sys.executable, os.path.join(ROOT, "scripts", "overlay_vis_on_video.py"), "--results",

@@ -217,6 +217,8 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
         global_batch = global_sum(tf.cast(tf.shape(batch["image"])[0], tf.float32))
         with tf.GradientTape() as tape:
             outputs = model(batch["image"], training=True)
+            # targets and losses in float32 whatever the compute dtype (decisions M13)
+            outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs)
             losses = utils.compute_losses(cfg, outputs, batch, model.alb, global_sum, global_batch, n_rep)
             total = tf.where(nan_flag > 0, tf.constant(float("nan")), losses["total"])
         grads = tape.gradient(total, train_variables)

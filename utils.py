@@ -147,6 +147,7 @@ class AutoLossBalance(keras.layers.Layer):
     """
 
     def __init__(self, num_terms, **kwargs):
+        kwargs.setdefault("dtype", "float32")   # the loss total stays float32 under mixed precision (M13)
         super().__init__(**kwargs)
         self.num_terms = int(num_terms)
 

@@ -1,9 +1,14 @@
 """Write the built-in synthetic video-instance-segmentation dataset ("shapes") in the exact YouTube-VIS 2021
 layout and schema (decisions.md §6.1): `OUT/{train,valid}/JPEGImages/<video>/<frame>.jpg` + `instances.json`.
 
-Classes differ by SHAPE only (colour and texture are drawn independently of the class); backgrounds are textured
-and cluttered with distractors; instances move, scale, enter, leave and occlude each other in a depth order, and
+Classes differ by shape and by the hue of their texture (each class owns a 30-degree hue band; the texture's
+pattern, saturation and brightness are drawn independently of the class); backgrounds are textured and cluttered
+with distractors of every hue; instances move, scale, enter, leave and occlude each other in a depth order, and
 some videos script two same-class instances crossing paths. Same seed, same bytes.
+
+The hue cue and the 24 px smallest extent make the classes learnable by the `tiny` preset from scratch within the
+demo's CPU budget (README §3). `--shape-only --min-size 12` writes the harder variant of earlier versions, where
+colour says nothing about the class and the smallest shapes are 6 px at the tiny preset's 160 px input.
 
     python scripts/make_synthetic_ytvis.py --out data/shapes --seed 0
 """
@@ -23,7 +28,9 @@ CLASSES = ["disc", "square", "triangle", "star", "ring", "cross"]
 POLYGON_CLASSES = {"square", "triangle", "star", "cross"}   # outlines that are exact polygons
 JPEG_QUALITY = 92
 FRAME_STEP = 5            # official YouTube-VIS file names advance by 5 (every 5th frame is annotated)
-MIN_SIZE, MAX_SIZE = 12.0, 120.0   # default object extent range in px at 320x180; scaled with the frame size
+MIN_SIZE, MAX_SIZE = 24.0, 120.0   # default object extent range in px at 320x180; scaled with the frame size
+HUE_BAND = 30             # OpenCV hue runs 0..179: class k's textures take hues 30k+15 +- HUE_JITTER
+HUE_JITTER = 8
 SPLIT_CODES = {"train": 1, "valid": 2}   # part of each video's RNG seed so the splits differ
 
 
@@ -100,9 +107,12 @@ def polygon_mask(poly: list, h: int, w: int) -> np.ndarray:
     return mask_util.decode(mask_util.merge(mask_util.frPyObjects([poly], h, w)))
 
 
-def texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A frame-sized RGB texture of a random colour: solid, stripes, checker or noise (class-independent)."""
-    hsv = np.array([[[rng.integers(0, 180), rng.integers(80, 256), rng.integers(90, 256)]]], np.uint8)
+def texture(rng: np.random.Generator, h: int, w: int, class_index=None) -> np.ndarray:
+    """A frame-sized RGB texture: solid, stripes, checker or noise. Its hue lies in the band of class
+    `class_index`, or anywhere when None; pattern, saturation and brightness never depend on the class."""
+    hue = rng.integers(0, 180) if class_index is None else \
+        class_index * HUE_BAND + HUE_BAND // 2 + rng.integers(-HUE_JITTER, HUE_JITTER + 1)
+    hsv = np.array([[[hue, rng.integers(110, 256), rng.integers(90, 256)]]], np.uint8)
     c1 = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
     c2 = np.clip(c1 * rng.uniform(0.3, 0.8) + rng.uniform(-40, 40, 3), 0, 255).astype(np.float32)
     kind = rng.integers(0, 4)
@@ -197,12 +207,14 @@ def plan_instances(rng: np.random.Generator, n_frames: int, h: int, w: int, scal
     return insts
 
 
-def make_video(rng: np.random.Generator, n_frames: int, h: int, w: int, index: int, sizes=(MIN_SIZE, MAX_SIZE)):
-    """Render one video. Returns (frames [T] of RGB uint8, instances with per-frame segmentations)."""
+def make_video(rng: np.random.Generator, n_frames: int, h: int, w: int, index: int, sizes=(MIN_SIZE, MAX_SIZE),
+               class_hues: bool = True):
+    """Render one video. Returns (frames [T] of RGB uint8, instances with per-frame segmentations). With
+    `class_hues`, each instance's texture hue lies in its class's band (module docstring)."""
     scale = min(w / 320.0, h / 180.0)
     bg = background(rng, h, w, scale)
     insts = plan_instances(rng, n_frames, h, w, scale, index, sizes)
-    textures = [texture(rng, h, w) for _ in insts]
+    textures = [texture(rng, h, w, CLASSES.index(inst["cls"]) if class_hues else None) for inst in insts]
     frames = []
     for inst in insts:
         inst["segs"] = [None] * n_frames
@@ -255,7 +267,8 @@ def make_video(rng: np.random.Generator, n_frames: int, h: int, w: int, index: i
 # ---- whole split -------------------------------------------------------------------------------------------
 
 def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, max_frames: int, h: int, w: int,
-               first_video_id: int = 1, progress: bool = True, sizes=(MIN_SIZE, MAX_SIZE)) -> dict:
+               first_video_id: int = 1, progress: bool = True, sizes=(MIN_SIZE, MAX_SIZE),
+               class_hues: bool = True) -> dict:
     """Write one split and return its annotation dict (also written to OUT/split/instances.json)."""
     root = os.path.join(out, split)
     videos, annotations = [], []
@@ -263,7 +276,7 @@ def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, 
     for i in range(n_videos):
         rng = np.random.default_rng([seed, SPLIT_CODES[split], i])
         n_frames = int(rng.integers(min_frames, max_frames + 1))
-        frames, insts = make_video(rng, n_frames, h, w, i, sizes)
+        frames, insts = make_video(rng, n_frames, h, w, i, sizes, class_hues)
         name = f"{split}_{i:04d}"
         file_names = [f"{name}/{t * FRAME_STEP:05d}.jpg" for t in range(n_frames)]
         for fname, img in zip(file_names, frames):
@@ -327,6 +340,8 @@ def main(argv=None):
     ap.add_argument("--min-size", type=float, default=MIN_SIZE,
                     help="smallest object extent in px at 320x180 (scaled with the frame)")
     ap.add_argument("--max-size", type=float, default=MAX_SIZE, help="largest object extent in px at 320x180")
+    ap.add_argument("--shape-only", action="store_true",
+                    help="draw texture hues independently of the class (shape is the only class cue)")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
     if not 1 <= args.min_frames <= args.max_frames:
@@ -337,7 +352,8 @@ def main(argv=None):
         ap.error("need 2 <= --min-size <= --max-size")
     for split, n, first in (("train", args.train_videos, 1), ("valid", args.valid_videos, 100001)):
         data = make_split(args.out, split, n, args.seed, args.min_frames, args.max_frames, args.height, args.width,
-                          first_video_id=first, progress=not args.quiet, sizes=(args.min_size, args.max_size))
+                          first_video_id=first, progress=not args.quiet, sizes=(args.min_size, args.max_size),
+                          class_hues=not args.shape_only)
         summarize(split, data, os.path.join(args.out, split, "instances.json"))
 
 

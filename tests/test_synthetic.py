@@ -169,3 +169,36 @@ def test_object_sizes_follow_the_size_flags():
     assert free
     for inst in free:
         assert 60.0 <= inst["s0"] <= 80.0 and 60.0 <= inst["s1"] <= 80.0
+
+
+def _hues(img):
+    """OpenCV hues (0..179) of an RGB image's pixels that are saturated enough to have one."""
+    import cv2
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).reshape(-1, 3)
+    return hsv[hsv[:, 1] > 40, 0].astype(int)
+
+
+def test_texture_hue_lies_in_its_class_band():
+    # Class k's textures take hues 30k + 15 +- 8. The pattern's second colour is a darker copy with per-channel
+    # jitter, which may leave the band, and pixel noise has sd 6; at least the main colour's pixels, 0.4 of the
+    # texture or more (measured minimum over 180 textures: 0.48), stay within 8 + 6 of the centre. Without a
+    # class (the --shape-only variant) the dominant hues spread over all six bands.
+    for k in range(len(gen.CLASSES)):
+        centre = gen.HUE_BAND * k + gen.HUE_BAND // 2
+        for s in range(8):
+            hue = _hues(gen.texture(np.random.default_rng([k, s]), 24, 32, k))
+            near = np.abs((hue - centre + 90) % 180 - 90) <= gen.HUE_JITTER + 6
+            assert near.mean() >= 0.4, (k, s, near.mean())
+    free = {int(np.bincount(_hues(gen.texture(np.random.default_rng([9, s]), 24, 32)) // gen.HUE_BAND).argmax())
+            for s in range(60)}
+    assert free == set(range(6))
+
+
+def test_shape_only_flag_draws_hues_independently_of_the_class():
+    # Same seed, same scripts and masks: only the textures' colours change.
+    rng_a, rng_b = np.random.default_rng([0, 1, 5]), np.random.default_rng([0, 1, 5])
+    frames_a, insts_a = gen.make_video(rng_a, 3, 90, 160, 5, class_hues=True)
+    frames_b, insts_b = gen.make_video(rng_b, 3, 90, 160, 5, class_hues=False)
+    assert [i["cls"] for i in insts_a] == [i["cls"] for i in insts_b]
+    assert [i["segs"] for i in insts_a] == [i["segs"] for i in insts_b]
+    assert any((a != b).any() for a, b in zip(frames_a, frames_b))
