@@ -202,11 +202,13 @@ LOG_KEYS = ["total", "box", "obj", "cls", "mask"] + [f"{n}_{k}" for n in ("box",
 def make_train_step(model, optimizer, cfg, strategy, train_variables):
     """A tf.function running one distributed step on a distributed batch; returns the global loss dict and the
     gradient global norm. Rebuilt whenever the set of trainable variables changes."""
+    import keras
     import tensorflow as tf
     import utils
 
     n_rep = strategy.num_replicas_in_sync
     clip = float(cfg.train.clip_norm)
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)   # model.mixed_precision
 
     def replica_step(batch, nan_flag):
         ctx = tf.distribute.get_replica_context()
@@ -221,11 +223,17 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
             outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs)
             losses = utils.compute_losses(cfg, outputs, batch, model.alb, global_sum, global_batch, n_rep)
             total = tf.where(nan_flag > 0, tf.constant(float("nan")), losses["total"])
-        grads = tape.gradient(total, train_variables)
+            scaled = optimizer.scale_loss(total) if loss_scaled else total
+        grads = tape.gradient(scaled, train_variables)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, train_variables)]
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if loss_scaled:   # clip the true gradients; LossScaleOptimizer.apply divides by the scale again
+            scale = tf.cast(optimizer.dynamic_scale, tf.float32)
+            grads = [g / scale for g in grads]
         grads, norm = tf.clip_by_global_norm(grads, clip) if clip > 0 else (grads, tf.linalg.global_norm(grads))
-        optimizer.apply(grads, train_variables)
+        optimizer.apply([g * scale for g in grads] if loss_scaled else grads, train_variables)
+        if loss_scaled:   # float16 gradients overflowed: the scaler skipped the step; it logs grad_norm 0
+            norm = tf.where(tf.math.is_finite(norm), norm, 0.0)
         logs = {k: losses[k] for k in LOG_KEYS if k != "total"}
         logs["total"] = total
         logs["grad_norm"] = norm / n_rep     # summed below like the losses, which are per-replica shares
@@ -473,8 +481,15 @@ def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
     schedule and checkpoint, all created inside the strategy scope before the first step (decisions §3)."""
     import backbone
     import model as model_lib
+    import keras
     with strategy.scope():
-        model = model_lib.build_model(cfg, "train")
+        previous = keras.config.dtype_policy()
+        if cfg.model.mixed_precision:      # decisions M13: float16 compute, float32 variables, heads' math float32
+            keras.config.set_dtype_policy("mixed_float16")
+        try:
+            model = model_lib.build_model(cfg, "train")
+        finally:
+            keras.config.set_dtype_policy(previous)
         ensure_alb_built(model)
         if weights:
             backbone.load_darknet_weights(model, weights)
@@ -482,6 +497,9 @@ def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
             layer.trainable = True
         schedule = make_schedule(cfg, total_steps)
         optimizer = make_optimizer(cfg, schedule)
+        if cfg.model.mixed_precision:
+            # dynamic loss scaling: a step whose gradients overflow float16 is skipped and the scale halved
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(trainable_vars(model))
         ckpt, parts = make_checkpoint(model, optimizer)
     return model, optimizer, schedule, ckpt, parts

@@ -390,3 +390,46 @@ def test_alb_lr_mult_scales_only_the_alb_step():
     # plain SGD at lr 0.1: kernel 2 - 0.1 = 1.9; the ALB log-variances at 10 x 0.1: 2 - 1 = 1
     np.testing.assert_allclose(kernel.numpy(), 1.9, rtol=1e-6)
     np.testing.assert_allclose(alb.numpy(), 1.0, rtol=1e-6)
+
+
+def test_mixed_precision_trains_in_float16_and_skips_overflowing_steps(shapes):
+    """model.mixed_precision (decisions M13): convolutions compute in float16 on float32 variables, the losses are
+    float32 and finite, a step moves the weights; a loss scale so large that the float16 gradients overflow skips
+    the step (weights unchanged) and halves the scale, as dynamic loss scaling does."""
+    import keras
+    import tensorflow as tf
+
+    import config
+    import loader_ytvos
+    import train
+    cfg = config.apply_overrides(config.get_preset("tiny"), [
+        "model.input_size=64", "data.mask_res=32", "data.max_instances=4", "data.augment=false",
+        "train.batch_size=2", "train.warmup_steps=0", "train.lr_schedule=constant", "model.mixed_precision=true"])
+    ann = os.path.join(shapes, "instances.json")
+    ytvis = loader_ytvos.load_annotations(ann)
+    cfg = train.add_dataset_classes(cfg, ytvis, ann)
+    ds = loader_ytvos.build_dataset(cfg, ann, os.path.join(shapes, "JPEGImages"),
+                                    video_ids=[ytvis["videos"][0]["id"]], training=False, batch_size=2)
+    batch = next(iter(ds))
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    model, opt, _, _, _ = train.build_state(cfg, strategy, 100)
+    assert keras.config.dtype_policy().name == "float32"          # the global policy is left as it was
+    conv = model.get_layer("bb_conv_0")
+    assert conv.compute_dtype == "float16" and conv.kernel.dtype == "float32"
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+    step = train.make_train_step(model, opt, cfg, strategy, train.trainable_vars(model))
+    it = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
+
+    opt.dynamic_scale.assign(8.0)                                  # small enough that nothing overflows
+    before = conv.kernel.numpy().copy()
+    logs = step(next(it), tf.constant(0.0))
+    assert all(np.isfinite(float(logs[k])) for k in ("total", "box", "obj", "cls"))
+    assert float(logs["grad_norm"]) > 0 and not np.allclose(conv.kernel.numpy(), before)
+    assert float(opt.dynamic_scale.numpy()) == 8.0
+
+    opt.dynamic_scale.assign(2.0 ** 60)                            # float16 gradients overflow at this scale
+    before = conv.kernel.numpy().copy()
+    logs = step(next(it), tf.constant(0.0))
+    np.testing.assert_array_equal(conv.kernel.numpy(), before)
+    assert float(opt.dynamic_scale.numpy()) == 2.0 ** 59 and float(logs["grad_norm"]) == 0.0
+    assert np.isfinite(float(logs["total"]))                       # the float32 loss itself is fine
