@@ -202,3 +202,16 @@ def test_shape_only_flag_draws_hues_independently_of_the_class():
     assert [i["cls"] for i in insts_a] == [i["cls"] for i in insts_b]
     assert [i["segs"] for i in insts_a] == [i["segs"] for i in insts_b]
     assert any((a != b).any() for a, b in zip(frames_a, frames_b))
+
+
+def test_class_hue_variant_mutes_the_backdrop():
+    # The backdrop gradient keeps BACKDROP_CHROMA of its colour (same draws, so the same layout): its median
+    # saturation falls (measured: at most 0.61 of the full-colour backdrop's over these 20 seeds, pixel noise
+    # keeps dark backdrops from reaching grey), and the same seed gives the same picture otherwise.
+    import cv2
+    for s in range(20):
+        muted = gen.background(np.random.default_rng([s]), 90, 160, 0.5, gen.BACKDROP_CHROMA)
+        full = gen.background(np.random.default_rng([s]), 90, 160, 0.5, 1.0)
+        sat_m = np.median(cv2.cvtColor(muted, cv2.COLOR_RGB2HSV)[..., 1])
+        sat_f = np.median(cv2.cvtColor(full, cv2.COLOR_RGB2HSV)[..., 1])
+        assert sat_m <= 0.7 * sat_f, (s, sat_m, sat_f)
