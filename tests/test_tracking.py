@@ -498,3 +498,17 @@ def test_cli_flags_override_config_file(tmp_path):
     assert (cfg.lam, cfg.min_hits, cfg.tau, cfg.keep_doubtful) == (0.25, 2, 0.99, False)
     args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o"])
     assert track_cli.resolve_config(args) == TrackConfig()
+
+
+def test_tracker_passes_a_runs_track_section_as_flags():
+    # tracker.py --video runs `python -m tracking.track` with the run's own track settings (the tiny preset
+    # lowers the floor and the mean-score gate to 0.3): the flags must reproduce the section exactly.
+    import tracker
+    from config import get_preset
+    tiny = get_preset("tiny").track
+    assert (tiny.score_floor, tiny.min_score) == (0.3, 0.3)
+    odd = dataclasses.replace(TrackConfig(), lam=0.25, tau=0.9, gamma=0.05, score_floor=0.45, min_hits=2,
+                              min_score=0.55, max_age=3, keep_doubtful=True)
+    for cfg in (TrackConfig(), tiny, odd):
+        args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o"] + tracker.track_flags(cfg))
+        assert track_cli.resolve_config(args) == cfg
