@@ -269,24 +269,31 @@ def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
     assert [r["epoch"] for r in rows][-1] == 3 and rows[-1]["step"] == 9
 
 
-def test_tiny_preset_overfits_a_few_frames(shapes):
-    """Overfit 2 frames: the summed raw losses fall by at least half and the top proposals land on the objects."""
-    import keras
-    import tensorflow as tf
-
+def _tiny_two_frames(shapes, overrides):
+    """The tiny preset at 64 px with a constant LR (plus `overrides`) and the first 2 frames of the first training
+    video, unaugmented: (cfg, batch dict)."""
     import config
     import loader_ytvos
     import train
-    import utils
     cfg = config.apply_overrides(config.get_preset("tiny"), [
         "model.input_size=64", "data.mask_res=32", "data.max_instances=4", "data.augment=false",
-        "train.batch_size=2", "train.lr=0.01", "train.warmup_steps=0", "train.lr_schedule=constant"])
+        "train.batch_size=2", "train.warmup_steps=0", "train.lr_schedule=constant"] + list(overrides))
     ann = os.path.join(shapes, "instances.json")
     ytvis = loader_ytvos.load_annotations(ann)
     cfg = train.add_dataset_classes(cfg, ytvis, ann)
     ds = loader_ytvos.build_dataset(cfg, ann, os.path.join(shapes, "JPEGImages"),
                                     video_ids=[ytvis["videos"][0]["id"]], training=False, batch_size=2)
-    batch = {k: v for k, v in next(iter(ds)).items()}
+    return cfg, {k: v for k, v in next(iter(ds)).items()}
+
+
+def test_tiny_preset_overfits_a_few_frames(shapes):
+    """Overfit 2 frames: the summed raw losses fall by at least half and the top proposals land on the objects."""
+    import keras
+    import tensorflow as tf
+
+    import train
+    import utils
+    cfg, batch = _tiny_two_frames(shapes, ["train.lr=0.01"])
     assert int(tf.reduce_sum(batch["num_instances"])) >= 1
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     keras.utils.set_random_seed(int(os.environ.get("OVERFIT_SEED", "0")))
@@ -399,18 +406,8 @@ def test_mixed_precision_trains_in_float16_and_skips_overflowing_steps(shapes):
     import keras
     import tensorflow as tf
 
-    import config
-    import loader_ytvos
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), [
-        "model.input_size=64", "data.mask_res=32", "data.max_instances=4", "data.augment=false",
-        "train.batch_size=2", "train.warmup_steps=0", "train.lr_schedule=constant", "model.mixed_precision=true"])
-    ann = os.path.join(shapes, "instances.json")
-    ytvis = loader_ytvos.load_annotations(ann)
-    cfg = train.add_dataset_classes(cfg, ytvis, ann)
-    ds = loader_ytvos.build_dataset(cfg, ann, os.path.join(shapes, "JPEGImages"),
-                                    video_ids=[ytvis["videos"][0]["id"]], training=False, batch_size=2)
-    batch = next(iter(ds))
+    cfg, batch = _tiny_two_frames(shapes, ["model.mixed_precision=true"])
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     model, opt, _, _, _ = train.build_state(cfg, strategy, 100)
     assert keras.config.dtype_policy().name == "float32"          # the global policy is left as it was
