@@ -3,14 +3,16 @@ layout and schema (decisions.md §6.1): `OUT/{train,valid}/JPEGImages/<video>/<f
 
 Classes differ by shape and by the hue of their texture (each class owns a 30-degree hue band; the texture's
 pattern, saturation and brightness are drawn independently of the class); backgrounds are muted gradients with
-stripes and noise, cluttered with distractor blobs and lines of every hue and saturation; instances move, scale, enter, leave and occlude each other in a depth order, and
+stripes and noise, cluttered with distractor blobs and lines of every hue and saturation; instances move, scale,
+enter, leave and occlude each other in a depth order, and
 some videos script two same-class instances crossing paths. Same seed, same bytes.
 
 The hue cue and the 24 px smallest extent make the classes learnable by the `tiny` preset from scratch within the
 demo's CPU budget (README §3); the muted backdrop keeps a frame-wide gradient in a class's hue from being read as
-that class (measured before it: one magenta `valid` video drew 303 of the 439 false detections scoring 0.3 or more). `--shape-only
---min-size 12` writes the harder variant of earlier versions: colour says nothing about the class, backdrops keep
-their full colour, and the smallest shapes are 6 px at the tiny preset's 160 px input.
+that class (measured before it: one magenta `valid` video drew 303 of the 439 false detections scoring 0.3 or
+more). `--shape-only --min-size 12` writes the harder variant of earlier versions: colour says nothing about the
+class, backdrops keep their full colour, and the smallest shapes are 6 px at the tiny preset's 160 px input
+(textures are a little more saturated than before: 110..255 instead of 80..255).
 
     python scripts/make_synthetic_ytvis.py --out data/shapes --seed 0
 """
