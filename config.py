@@ -81,7 +81,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     max_instances: int = 15               # GT padding per frame
-    mask_res: int = 104                   # GT masks kept at this side (letterboxed frame, reduced resolution)
+    mask_res: int = 104                   # GT masks kept at this side (letterboxed frame, reduced resolution);
+                                          # 0: at model.input_size (Config.mask_res resolves it)
     frame_stride: int = 1                 # use every k-th annotated frame
     augment: bool = True
     flip_prob: float = 0.5
@@ -153,6 +154,11 @@ class Config:
 
     # ---- derived values ------------------------------------------------------------------------------
     @property
+    def mask_res(self) -> int:
+        """Side of the GT masks kept per instance: data.mask_res, or the input size when it is 0."""
+        return self.data.mask_res or self.model.input_size
+
+    @property
     def num_levels(self) -> int:
         return len(self.model.strides)
 
@@ -212,7 +218,10 @@ def _preset_tiny() -> Config:
     cfg.model.class_targets = "fg"
     cfg.model.class_conv = 64
     cfg.model.obj_prior = 0.01
-    cfg.data.mask_res = 64
+    # GT masks at the canvas resolution (0: the input size, whatever it is set to): at 64, 0.4 of it, the mask
+    # targets alone capped the mean mask IoU of the demo's objects at 0.83 (0.65 under 400 px); at 160, 0.92.
+    # Memory: 8 x 8 x 160 x 160 bytes a batch.
+    cfg.data.mask_res = 0
     cfg.data.max_instances = 8
     cfg.train.batch_size = 8
     cfg.train.optimizer = "adamw"
@@ -462,8 +471,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.batch_size must be at least 1")
     if len(cfg.data.scale_jitter) != 2 or cfg.data.scale_jitter[0] > cfg.data.scale_jitter[1]:
         raise ConfigError("data.scale_jitter must be [low, high] with low <= high")
-    if cfg.data.mask_res < 8 or cfg.data.mask_res > m.input_size:
-        raise ConfigError("data.mask_res must be between 8 and model.input_size")
+    if cfg.data.mask_res != 0 and not 8 <= cfg.data.mask_res <= m.input_size:
+        raise ConfigError(f"data.mask_res must be 0 (the input size) or between 8 and model.input_size "
+                          f"({m.input_size}), got {cfg.data.mask_res}")
     return cfg
 
 

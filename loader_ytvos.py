@@ -439,7 +439,7 @@ def prepare_sample(cfg, ytvis: YTVIS, image_root: str, video_id: int, frame: int
     int32 [N], masks uint8 [N, R, R], num_instances). Instances are the first N in file order (as the original);
     those that leave the canvas or vanish at mask_res are dropped. Raises FrameError naming the file, video and
     frame, and AnnotationError for run lengths that do not cover the frame (checked here, not when indexing)."""
-    S, R, N = cfg.model.input_size, cfg.data.mask_res, cfg.data.max_instances
+    S, R, N = cfg.model.input_size, cfg.mask_res, cfg.data.max_instances
     v = ytvis.video_by_id[video_id]
     h, w = int(v["height"]), int(v["width"])
     insts = ytvis.frame_instances(video_id, frame)[:N]
@@ -609,7 +609,7 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     skip_bad = cfg.data.skip_bad_frames
     if batch_size is None:
         batch_size = cfg.train.batch_size if training else cfg.infer.batch_size
-    S, R, N = cfg.model.input_size, cfg.data.mask_res, cfg.data.max_instances
+    S, R, N = cfg.model.input_size, cfg.mask_res, cfg.data.max_instances
     samples = ytvis.samples(video_ids, cfg.data.frame_stride)
     if not samples:
         raise ValueError(f"{ann_path}: no frames to load (video_ids={video_ids})")

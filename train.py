@@ -381,9 +381,10 @@ def plot_confusion(cm, names, path):
         return f.read()
 
 
-def validate(cfg, train_model, infer_model, val_source, out_png, log=print):
+def validate(cfg, train_model, infer_model, val_source, out_png, log=print, call=None):
     """Frame mask mAP@[.5:.95] / @.5 on the held-out frames (detections with score >= infer.score_floor) and the
-    confusion matrix PNG of the detections with score >= infer.conf_thresh (bytes returned)."""
+    confusion matrix PNG of the detections with score >= infer.conf_thresh (bytes returned). `call` runs the
+    inference model on a batch (the training loop passes one traced graph, reused every epoch); default: eager."""
     import cv2
     import compute_ap
     import model as model_lib
@@ -406,7 +407,8 @@ def validate(cfg, train_model, infer_model, val_source, out_png, log=print):
             rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             images[i] = model_lib.letterbox_image(rgb, size)
             hw[i] = rgb.shape[:2]
-        out = infer_model({"image": images, "image_hw": hw}, training=False)
+        inputs = {"image": images, "image_hw": hw}
+        out = call(inputs) if call is not None else infer_model(inputs, training=False)
         out = {k: np.asarray(v)[:len(chunk)] for k, v in out.items()}
         # COCO-style mAP ranks every detection above the low storage floor (as tracker.py stores them);
         # the confusion matrix counts only the confident ones (conf_thresh), as a user would see them.
@@ -594,7 +596,12 @@ def train(args):
         frames = gt_frames_for(ytvis, val_ids, cfg.train.val_max_frames, cfg.data.frame_stride)
         names = {v["id"]: v["file_names"] for v in ytvis["videos"]}
         val_source = (frames, lambda f: os.path.join(image_root, names[f["video_id"]][f["frame_index"]]))
-    infer_model = model_lib.build_model(cfg, "infer") if val_source else None
+    infer_model = infer_call = None
+    if val_source:
+        infer_model = model_lib.build_model(cfg, "infer")
+        bs, size = max(1, cfg.infer.batch_size), cfg.model.input_size
+        infer_call = tf.function(lambda x: infer_model(x, training=False), input_signature=[{
+            "image": tf.TensorSpec([bs, size, size, 3], tf.float32), "image_hw": tf.TensorSpec([bs, 2], tf.int32)}])
     nan_at = int(os.environ.get(NAN_HOOK_ENV, "0") or 0)
     print(f"training {total_steps} steps ({cfg.train.epochs} epochs x {steps_per_epoch}) on {len(train_ids)} "
           f"videos / {n_frames} frames, {len(val_ids)} held-out videos, {n_rep} replica(s), global batch {gb}")
@@ -647,7 +654,8 @@ def train(args):
                "lr": lr if n else None, "images_per_s": n * gb / max(1e-9, time.time() - t0)}
         if val_source and chief:
             t1 = time.time()
-            val, png = validate(cfg, model, infer_model, val_source, os.path.join(out_dir, "confusion_matrix.png"))
+            val, png = validate(cfg, model, infer_model, val_source, os.path.join(out_dir, "confusion_matrix.png"),
+                                call=infer_call)
             row.update(val)
             with writer.as_default():
                 for k in ("val_frame_mAP", "val_frame_mAP50"):

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 def synthetic_batch(cfg, batch: int, seed: int = 0):
     """Random images with 3 rectangles a frame (boxes, labels, full-canvas masks at data.mask_res)."""
     rng = np.random.default_rng(seed)
-    s, r, n = cfg.model.input_size, cfg.data.mask_res, cfg.data.max_instances
+    s, r, n = cfg.model.input_size, cfg.mask_res, cfg.data.max_instances
     boxes = np.zeros((batch, n, 4), np.float32)
     labels = np.zeros((batch, n), np.int32)
     masks = np.zeros((batch, n, r, r), np.uint8)

@@ -27,7 +27,7 @@ cfg = config.apply_overrides(config.get_preset("tiny"), [
     "model.input_size=64", "model.num_classes=3", f"model.sync_bn={'false' if FREEZE_BN else 'true'}", "train.batch_size=4",
     "train.lr=0.001", "train.warmup_steps=0", "train.lr_schedule=constant", "train.clip_norm=0"])
 rng = np.random.default_rng(0)
-B, N, R = 4, 3, cfg.data.mask_res
+B, N, R = 4, 3, cfg.mask_res
 boxes = np.zeros((B, N, 4), np.float32)
 labels = np.zeros((B, N), np.int32)
 masks = np.zeros((B, N, R, R), np.uint8)

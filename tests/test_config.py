@@ -120,3 +120,13 @@ def test_conv_init_bn_momentum_and_optimizer_fields():
     for bad in ("model.conv_init=xavier", "train.optimizer=adam", "model.bn_momentum=1.0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             apply_overrides(full, [bad])
+
+
+def test_mask_res_zero_follows_the_input_size():
+    assert get_preset("yolov4p1").mask_res == 104                     # the original: a quarter of 416
+    tiny = get_preset("tiny")
+    assert tiny.data.mask_res == 0 and tiny.mask_res == 160
+    assert apply_overrides(tiny, ["model.input_size=64"]).mask_res == 64
+    assert apply_overrides(tiny, ["data.mask_res=32"]).mask_res == 32
+    with pytest.raises(ConfigError, match=r"data.mask_res must be 0 .* \(64\), got 96"):
+        apply_overrides(tiny, ["model.input_size=64", "data.mask_res=96"])
