@@ -141,6 +141,8 @@ class TrackConfig:
     min_score: float = 0.6                # ... and mean score > min_score
     max_age: Optional[int] = None         # None: tracks never expire
     keep_doubtful: bool = False           # start tracks from detections failing BF/LBF
+    motion: bool = False                  # compare detections with the last mask moved at the track's velocity
+                                          # (not in the original: T4 compares the last mask where it was)
 
 
 @dataclass
@@ -241,6 +243,11 @@ def _preset_tiny() -> Config:
     # 0.096 at 0.5, 0.112 at 0.4, 0.148 at 0.3, 0.151 at 0.25, 0.152 at 0.2.
     cfg.track.score_floor = 0.3
     cfg.track.min_score = 0.3
+    # Where a crossing hides both objects for a few frames, each last mask lies where the *other* object
+    # reappears. Compared at its velocity instead (track.motion), demo run of 2026-11-30, lam 0.5: on the held-out
+    # training videos video AP 0.132 -> 0.174, AP50 0.279 -> 0.444, identity switches at the crossings 16 -> 6;
+    # on `valid` 0.165 -> 0.186, 0.390 -> 0.480, 12 -> 6.
+    cfg.track.motion = True
     return cfg
 
 

@@ -118,6 +118,38 @@ def test_hidden_object_is_reidentified():
                                        [1, 1, 1, 0, 0, 0, 1, 1, 1]]
 
 
+def gap_crossing_frames():
+    # Same class, 8 rows x 6 columns: A (rows 2-10) from x=2 moving right 3 px a frame, B (rows 4-12) from x=24
+    # moving left; both hidden in frames 3-5 while they pass. In frame 6, A ([20, 26)) lies exactly where B's
+    # last mask was (frame 2, [18, 24) -> overlap 24 px, IoU 1/3) and B ([6, 12)) where A's was ([8, 14)).
+    frames = []
+    for t in range(9):
+        a, b = det((2, 2 + 3 * t, 10, 8 + 3 * t), 0.9), det((4, 24 - 3 * t, 12, 30 - 3 * t), 0.8)
+        frames.append([] if 3 <= t <= 5 else [a, b])
+    return frames
+
+
+def test_crossing_behind_a_gap_swaps_without_motion():
+    # The original tracker (T4): last masks stay where they were, so the identities swap after the gap.
+    assert layout(gap_crossing_frames()) == [[0, 0, 0, N, N, N, 1, 1, 1], [1, 1, 1, N, N, N, 0, 0, 0]]
+
+
+def test_crossing_behind_a_gap_keeps_identity_with_motion():
+    # motion: A's box centre moved +3 px a frame (5, 8, 11), so in frame 6 its last mask is compared 4 x 3 = 12 px
+    # further right, [20, 26): exactly A's detection (IoU 1); B's likewise 12 px left. Identities hold.
+    assert layout(gap_crossing_frames(), motion=True) == [[0, 0, 0, N, N, N, 0, 0, 0], [1, 1, 1, N, N, N, 1, 1, 1]]
+
+
+def test_shift_rle_moves_the_mask_and_crops_at_the_frame_edge():
+    from tracking.tracks import shift_rle
+    m = dense(2, 3, 10, 9)
+    moved = mask_utils.decode({"size": [H, W], "counts": shift_rle(rle_of(m), 5, -4)["counts"].encode()})
+    assert np.array_equal(moved, dense(0, 8, 6, 14))                   # rows 2-10 up 4: rows 0-6 remain
+    off = shift_rle(rle_of(m), W, 0)
+    assert int(mask_utils.area({"size": [H, W], "counts": off["counts"].encode()})) == 0
+    assert shift_rle(rle_of(m), 0, 0) == rle_of(m)
+
+
 @pytest.mark.parametrize("max_age, reidentified", [(4, True), (3, False), (2, False)])
 def test_max_age(max_age, reidentified):
     # A was last hit in frame 2 and comes back in frame 6: it takes part iff 6 - 2 <= max_age.
@@ -347,7 +379,8 @@ def random_video(rng, vid, length):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-@pytest.mark.parametrize("cfg", [TrackConfig(), TrackConfig(lam=0.0, keep_doubtful=True, max_age=2, min_hits=1)])
+@pytest.mark.parametrize("cfg", [TrackConfig(), TrackConfig(lam=0.0, keep_doubtful=True, max_age=2, min_hits=1),
+                                 TrackConfig(motion=True)])
 def test_invariants_on_random_videos(seed, cfg):
     rng = np.random.default_rng(seed)
     data = preds(*[random_video(rng, vid, int(rng.integers(1, 16))) for vid in (3, 1, 2)])
@@ -506,9 +539,10 @@ def test_tracker_passes_a_runs_track_section_as_flags():
     import tracker
     from config import get_preset
     tiny = get_preset("tiny").track
-    assert (tiny.score_floor, tiny.min_score) == (0.3, 0.3)
+    assert (tiny.score_floor, tiny.min_score, tiny.motion) == (0.3, 0.3, True)
+    assert not TrackConfig().motion                                    # the original tracker (T4) by default
     odd = dataclasses.replace(TrackConfig(), lam=0.25, tau=0.9, gamma=0.05, score_floor=0.45, min_hits=2,
-                              min_score=0.55, max_age=3, keep_doubtful=True)
+                              min_score=0.55, max_age=3, keep_doubtful=True, motion=True)
     for cfg in (TrackConfig(), tiny, odd):
         args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o"] + tracker.track_flags(cfg))
         assert track_cli.resolve_config(args) == cfg

@@ -33,6 +33,9 @@ def build_parser():
                    help="a track takes part in frame t iff t - last_hit <= max_age (default: never expires)")
     p.add_argument("--keep-doubtful", action="store_true", default=None,
                    help="start new tracks from detections failing Best Friend / Lonely Best Friend")
+    p.add_argument("--motion", action="store_true", default=None,
+                   help="compare detections with each track's last mask moved at the track's velocity (not in the "
+                        "original tracker)")
     return p
 
 
@@ -40,7 +43,7 @@ def resolve_config(args) -> TrackConfig:
     cfg = load_config(args.config).track if args.config else TrackConfig()
     flags = {"lam": args.lam, "tau": args.tau, "gamma": args.gamma, "score_floor": args.score_floor,
              "min_hits": args.min_hits, "min_score": args.min_score, "max_age": args.max_age,
-             "keep_doubtful": args.keep_doubtful}
+             "keep_doubtful": args.keep_doubtful, "motion": args.motion}
     return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
 
 

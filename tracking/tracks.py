@@ -1,7 +1,8 @@
 """Track bookkeeping of the YOLOV4+1Tr heuristic tracker: frame predictions in, official results list out.
 
 Implements decisions.md §4 T3-T8 (fixes H2-H11 of original-tracking-eval.md §5.1): histories indexed by absolute
-frame index, inclusive score floor, optional max_age and keep_doubtful, video-level mode category and mean score.
+frame index, inclusive score floor, optional max_age and keep_doubtful, video-level mode category and mean score;
+and one option that is not in the original: `motion` compares a track with its last mask moved at its velocity.
 
     results = track_predictions(read_frame_predictions("valid_frames.json"), TrackConfig())
 """
@@ -33,14 +34,47 @@ class Track:
     last_category: int      # category of the last matched detection (decisions T1)
     last_hit: int           # frame index of the last detection
     hits: int = 0
+    centre: Optional[np.ndarray] = None    # box centre (x, y) of the last detection (motion option)
+    velocity: Optional[np.ndarray] = None  # px a frame, smoothed over hits; None until the second hit
 
     def add(self, t: int, det: Detection):
+        x, y, w, h = mask_utils.toBbox(det.rle)
+        centre = np.array([x + w / 2.0, y + h / 2.0], np.float64)
+        if self.centre is not None and t > self.last_hit:
+            step = (centre - self.centre) / (t - self.last_hit)
+            self.velocity = step if self.velocity is None else MOTION_SMOOTHING * self.velocity + \
+                (1.0 - MOTION_SMOOTHING) * step
         self.history[t] = det
-        self.last_rle, self.last_category, self.last_hit = det.rle, det.category_id, t
+        self.last_rle, self.last_category, self.last_hit, self.centre = det.rle, det.category_id, t, centre
         self.hits += 1
+
+    def expected_rle(self, t: int) -> dict:
+        """The last mask moved to where the track's velocity puts it at frame t (the `motion` option)."""
+        if self.velocity is None:
+            return self.last_rle
+        dx, dy = np.rint(self.velocity * (t - self.last_hit)).astype(int)
+        return shift_rle(self.last_rle, int(dx), int(dy))
 
     def detections(self) -> List[Detection]:
         return [d for d in self.history if d is not None]
+
+
+MOTION_SMOOTHING = 0.5      # velocity <- 0.5 * velocity + 0.5 * (displacement a frame since the last hit)
+
+
+def shift_rle(rle: dict, dx: int, dy: int) -> dict:
+    """The mask of `rle` moved by (dx, dy) whole pixels; what leaves the frame is lost. Compressed RLE, str counts."""
+    if dx == 0 and dy == 0:
+        return rle
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    src = mask_utils.decode({"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
+    out = np.zeros((h, w), np.uint8, order="F")
+    if abs(dx) < w and abs(dy) < h:
+        out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            src[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    moved = mask_utils.encode(out)
+    return {"size": [h, w], "counts": moved["counts"].decode("ascii")}
 
 
 def compressed_rle(seg, height, width):
@@ -92,7 +126,8 @@ def track_video(video, cfg: TrackConfig, source="<frame predictions>") -> List[T
         # Only tracks created before this frame take part (T3); with max_age, only those seen recently (T4).
         active = [tr for tr in tracks if cfg.max_age is None or t - tr.last_hit <= cfg.max_age]
         cost = cost_matrix([d.rle for d in dets], [d.category_id for d in dets],
-                           [tr.last_rle for tr in active], [tr.last_category for tr in active], cfg.lam)
+                           [tr.expected_rle(t) if cfg.motion else tr.last_rle for tr in active],
+                           [tr.last_category for tr in active], cfg.lam)
         matches, new_dets, doubtful = associate(cost, cfg.tau, cfg.gamma)
         for i, j in matches:
             active[j].add(t, dets[i])
