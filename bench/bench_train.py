@@ -4,7 +4,7 @@ at 416 (batch 2), on synthetic batches; peak RSS. Then, side by side for the sam
 the augmented data pipeline (loader_ytvos.build_dataset on the built-in synthetic dataset) delivers against the
 images/s the step consumes: a ratio above 1 means the step, not the data, bounds training.
 
-    python bench/bench_train.py [--steps 5] [--configs tiny:160:8,yolov4p1:416:2] [--pipeline-frames 96]
+    python bench/bench_train.py [--steps 5] [--configs tiny:192:8,yolov4p1:416:2] [--pipeline-frames 96]
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def pipeline_rates(preset: str, size: int, batch: int, split_root: str, frames: 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps after the traced first one")
-    ap.add_argument("--configs", default="tiny:160:8,yolov4p1:416:2", help="preset:size:batch, comma-separated")
+    ap.add_argument("--configs", default="tiny:192:8,yolov4p1:416:2", help="preset:size:batch, comma-separated")
     ap.add_argument("--pipeline-frames", type=int, default=96, help="frames a timed pass of the data pipeline")
     args = ap.parse_args(argv)
     print(f"train step on CPU, one device, {args.steps} timed steps after the first (trace) step")

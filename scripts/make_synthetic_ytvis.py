@@ -11,7 +11,7 @@ The hue cue and the 24 px smallest extent make the classes learnable by the `tin
 demo's CPU budget (README §3); the muted backdrop keeps a frame-wide gradient in a class's hue from being read as
 that class (measured before it: one magenta `valid` video drew 303 of the 439 false detections scoring 0.3 or
 more). `--shape-only --min-size 12` writes the harder variant of earlier versions: colour says nothing about the
-class, backdrops keep their full colour, and the smallest shapes are 6 px at the tiny preset's 160 px input
+class, backdrops keep their full colour, and the smallest shapes are 7 px at the tiny preset's 192 px input
 (textures are a little more saturated than before: 110..255 instead of 80..255).
 
     python scripts/make_synthetic_ytvis.py --out data/shapes --seed 0

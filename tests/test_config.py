@@ -125,7 +125,7 @@ def test_conv_init_bn_momentum_and_optimizer_fields():
 def test_mask_res_zero_follows_the_input_size():
     assert get_preset("yolov4p1").mask_res == 104                     # the original: a quarter of 416
     tiny = get_preset("tiny")
-    assert tiny.data.mask_res == 0 and tiny.mask_res == 160
+    assert tiny.data.mask_res == 0 and tiny.mask_res == 192
     assert apply_overrides(tiny, ["model.input_size=64"]).mask_res == 64
     assert apply_overrides(tiny, ["data.mask_res=32"]).mask_res == 32
     with pytest.raises(ConfigError, match=r"data.mask_res must be 0 .* \(64\), got 96"):
