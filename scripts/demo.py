@@ -87,6 +87,10 @@ class Demo:
         self.stage("evaluation", list(metrics.values()),
                    [[self.py, "scripts/evaluate.py", "--gt", gt, "--results", results[lam], "--out", metrics[lam]]
                     + (["--plot", self.path("plots")] if lam == "0.5" else []) for lam in LAMS])
+        diagnosis = self.path("diagnosis.json")
+        self.stage("diagnosis", [diagnosis],
+                   [[self.py, "scripts/diagnose.py", "--gt", gt, "--pred", frames, "--results", results["0.5"],
+                     "--config", self.path("config.yaml"), "--out", diagnosis]])
 
         overlay = self.path("overlay")
         demo_mp4, demo_gif = self.path("demo.mp4"), self.path("demo.gif")
@@ -100,9 +104,9 @@ class Demo:
         t0 = time.time()
         curves = plot_training_curves(self.path("metrics.jsonl"), self.path("plots", "training_curves.png"))
         self.timings.append(("plots", time.time() - t0, "ran"))
-        self.summary(metrics, results, gt, curves)
+        self.summary(metrics, results, curves, diagnosis)
 
-    def summary(self, metrics, results, gt, curves):
+    def summary(self, metrics, results, curves, diagnosis):
         stats = {lam: json.load(open(p)) for lam, p in metrics.items()}
         print("\n" + "=" * 78)
         print("YOLOV4+1Tr demo summary (held-out synthetic `valid` split, YouTube-VIS video AP)")
@@ -110,18 +114,16 @@ class Demo:
         print(f"{'stat':<8}" + "".join(f"{'lam=' + lam:>12}" for lam in LAMS))
         for k in STAT_NAMES:
             print(f"{k:<8}" + "".join(f"{stats[lam][k]:>12.3f}" for lam in LAMS))
-        ident = identity_report(gt, results["0.5"])
-        if ident:
-            print(f"\nidentity through the scripted same-class crossings: {ident['kept']} of {ident['total']} "
-                  f"GT tracks followed by a single predicted track in every frame where they are visible;\n"
-                  f"{ident['no_switch']} of {ident['total']} never change predicted track where covered "
-                  f"({ident['switches']} identity switches in all), {100 * ident['covered']:.0f} % of their "
-                  f"visible frames covered (mask IoU >= 0.5)")
+        from diagnose import report
+        diag = json.load(open(diagnosis))
+        ident = diag["tracks"]["crossings"]
+        print("\nwhat bounds it (scripts/diagnose.py, lam 0.5):\n" + report(diag))
         print("\noutputs:")
         for label, p in [("dataset", self.data), ("run directory", self.run),
                          ("checkpoints", self.path("checkpoints")), ("TensorBoard logs", self.path("logs")),
                          ("frame predictions", self.path("valid_frames.json")),
                          ("results (lam 0.5)", results["0.5"]), ("metrics (lam 0.5)", metrics["0.5"]),
+                         ("diagnosis", diagnosis),
                          ("overlay videos", self.path("overlay")), ("demo video", self.path("demo.mp4")),
                          ("demo GIF", self.path("demo.gif")), ("plots", self.path("plots")),
                          ("training curves", curves)]:
@@ -162,77 +164,6 @@ def plot_training_curves(metrics_jsonl: str, out_png: str):
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
-
-
-def identity_report(gt_path: str, results_path: str):
-    """Identity through crossings. A crossing is two GT instances of one class in one video whose boxes overlap
-    in some frame. A GT track of a crossing is kept if, in every frame where it is visible, its best-overlapping
-    predicted mask (video-frame mask IoU >= 0.5) exists and always belongs to the same predicted track.
-
-    Also counted, as in MOT's IDSW: `switches`, the times a crossing GT track's covering predicted track changes
-    from one covered frame to the next covered one (missed frames in between do not count as a switch), the
-    crossing GT tracks with no switch, and the fraction of their visible frames that are covered."""
-    from pycocotools import mask as mask_utils
-
-    def rle(seg, h, w):
-        if isinstance(seg, list):
-            return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-        if isinstance(seg.get("counts"), list):
-            return mask_utils.frPyObjects(seg, h, w)
-        return seg
-
-    gt = json.load(open(gt_path))
-    results = json.load(open(results_path))
-    videos = {v["id"]: v for v in gt["videos"]}
-    anns = {}
-    for a in gt["annotations"]:
-        anns.setdefault(a["video_id"], []).append(a)
-    tracks = {}
-    for r in results:
-        tracks.setdefault(r["video_id"], []).append(r)
-
-    def overlap(b1, b2):
-        return (b1 is not None and b2 is not None and b1[0] < b2[0] + b2[2] and b2[0] < b1[0] + b1[2]
-                and b1[1] < b2[1] + b2[3] and b2[1] < b1[1] + b1[3])
-
-    kept = total = switches = clean = covered = visible = 0
-    for vid, group in anns.items():
-        h, w = videos[vid]["height"], videos[vid]["width"]
-        crossing = set()
-        for i, a in enumerate(group):
-            for b in group[i + 1:]:
-                if a["category_id"] == b["category_id"] and any(
-                        overlap(x, y) for x, y in zip(a["bboxes"], b["bboxes"])):
-                    crossing.update([a["id"], b["id"]])
-        for a in group:
-            if a["id"] not in crossing:
-                continue
-            total += 1
-            ids = []
-            for t, seg in enumerate(a["segmentations"]):
-                if seg is None:
-                    continue
-                g = rle(seg, h, w)
-                best, best_iou = None, 0.5
-                for k, r in enumerate(tracks.get(vid, [])):
-                    d = r["segmentations"][t] if t < len(r["segmentations"]) else None
-                    if d is not None:
-                        iou = float(mask_utils.iou([d], [g], [0])[0][0])
-                        if iou >= best_iou:
-                            best, best_iou = k, iou
-                ids.append(best)
-            hits = [k for k in ids if k is not None]
-            n_switch = sum(a != b for a, b in zip(hits, hits[1:]))
-            switches += n_switch
-            clean += n_switch == 0
-            covered += len(hits)
-            visible += len(ids)
-            if len(set(ids)) == 1 and None not in ids:
-                kept += 1
-    if not total:
-        return None
-    return {"kept": kept, "total": total, "switches": switches, "no_switch": clean,
-            "covered": covered / visible if visible else 0.0}
 
 
 def main(argv=None):

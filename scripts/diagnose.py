@@ -1,0 +1,278 @@
+"""What bounds a video AP: the per-frame detections against the ground truth, before and after tracking.
+
+From tracker.py's frame predictions (decisions.md §6.2), the GT of the same split and, optionally, the tracker's
+results (§6.3), it prints:
+  - frame mask mAP@[.5:.95] and @.5 over every annotated frame, with the class and class-agnostic;
+  - found: the share of object-frames that have a detection at the score floor with mask IoU >= 0.5, by the
+    object's area as a share of the frame, and the median mask IoU of those best detections;
+  - oracle association: the YouTube-VIS AP / AP50 / AP75 of tracks made by giving every GT object its
+    best-overlapping detection (score >= floor, IoU >= 0.1) in every frame, with the detections' most frequent class
+    and with the GT class: the best any tracker could do with these detections;
+  - with --results: object-frames covered by a kept track (mask IoU >= 0.5), objects with no track or split over
+    several, and identity through same-class crossings (`identity_report`).
+numpy + pycocotools only (no TensorFlow).
+
+    python scripts/diagnose.py --gt data/shapes/valid/instances.json --pred runs/demo/valid_frames.json \
+        --results runs/demo/results_lam0.5.json --config runs/demo/config.yaml [--out runs/demo/diagnosis.json]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from compute_ap import EvalInputError, evaluate_vis, frame_map, load_gt, load_results, to_rle  # noqa: E402
+from config import ConfigError, TrackConfig, atomic_write_text, load_config  # noqa: E402
+from tracking.io import FramePredictionsError, read_frame_predictions  # noqa: E402
+
+AREA_BINS = [0.0, 0.01, 0.03, 0.1, 1.01]    # object area as a share of the frame area
+
+
+def _read(path: str, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise EvalInputError(f"{what} {path}: cannot read JSON ({e})") from None
+
+
+def _det_rle(det):
+    seg = det.get("segmentation")
+    if seg is None:
+        return None
+    counts = seg["counts"]
+    return {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def diagnose(gt: dict, pred: dict, score_floor: float, results=None) -> dict:
+    videos = {v["id"]: v for v in pred["videos"]}
+    missing = [v["id"] for v in gt["videos"] if v["id"] not in videos]
+    if missing:
+        raise EvalInputError(f"frame predictions have no video {missing[0]} of the GT ({len(missing)} missing)")
+    cats = gt["categories"]
+
+    # Frame mAP, class-aware and class-agnostic; every annotated frame is an image.
+    gt_frames, dt_frames, frame_id = [], [], {}
+    for v in gt["videos"]:
+        for t in range(v["length"]):
+            frame_id[(v["id"], t)] = len(frame_id) + 1
+    by_video = collections.defaultdict(list)
+    for a in gt["annotations"]:
+        by_video[a["video_id"]].append(a)
+    for v in gt["videos"]:
+        h, w = v["height"], v["width"]
+        frames = videos[v["id"]]["frames"]
+        for t in range(v["length"]):
+            inst = [{"category_id": a["category_id"], "segmentation": a["segmentations"][t],
+                     "iscrowd": a.get("iscrowd", 0)} for a in by_video[v["id"]] if a["segmentations"][t] is not None]
+            gt_frames.append({"id": frame_id[(v["id"], t)], "height": h, "width": w, "instances": inst})
+            dets = [{"category_id": d["category_id"], "score": d["score"], "segmentation": d["segmentation"]}
+                    for d in frames[t]["detections"] if d.get("segmentation") is not None]
+            dt_frames.append({"id": frame_id[(v["id"], t)], "instances": dets})
+    aware = frame_map(gt_frames, dt_frames, cats)
+    agnostic = frame_map([{**f, "instances": [{**i, "category_id": 1} for i in f["instances"]]} for f in gt_frames],
+                         [{**f, "instances": [{**i, "category_id": 1} for i in f["instances"]]} for f in dt_frames],
+                         [{"id": 1, "name": "object"}])
+
+    # Best detection of every object-frame; oracle tracks.
+    found = np.zeros(len(AREA_BINS) - 1, np.int64)
+    seen = np.zeros(len(AREA_BINS) - 1, np.int64)
+    best_ious, oracle_det, oracle_gt = [], [], []
+    for v in gt["videos"]:
+        h, w = v["height"], v["width"]
+        frames = videos[v["id"]]["frames"]
+        for a in by_video[v["id"]]:
+            segs, scores, classes = [], [], []
+            for t, seg in enumerate(a["segmentations"]):
+                if seg is None:
+                    segs.append(None)
+                    continue
+                g = to_rle(seg, h, w, f"GT video {v['id']} annotation {a['id']} frame {t}")
+                k = int(np.searchsorted(AREA_BINS, float(mask_utils.area(g)) / (h * w), side="right")) - 1
+                seen[k] += 1
+                dets = [d for d in frames[t]["detections"] if d["score"] >= score_floor and _det_rle(d)]
+                ious = np.asarray(mask_utils.iou([_det_rle(d) for d in dets], [g], [0])).ravel() if dets else []
+                j = int(np.argmax(ious)) if len(ious) else -1
+                if j < 0 or ious[j] < 0.1:
+                    segs.append(None)
+                    continue
+                if ious[j] >= 0.5:
+                    found[k] += 1
+                    best_ious.append(float(ious[j]))
+                segs.append(dets[j]["segmentation"])
+                scores.append(float(dets[j]["score"]))
+                classes.append(int(dets[j]["category_id"]))
+            if scores:
+                mode = collections.Counter(classes).most_common()
+                top = max(n for _, n in mode)
+                entry = {"video_id": v["id"], "score": float(np.mean(scores)), "segmentations": segs}
+                oracle_det.append({**entry, "category_id": min(c for c, n in mode if n == top)})
+                oracle_gt.append({**entry, "category_id": a["category_id"]})
+    out = {"score_floor": score_floor,
+           "frame_mAP": aware["mAP"], "frame_mAP50": aware["mAP50"],
+           "frame_mAP_agnostic": agnostic["mAP"], "frame_mAP50_agnostic": agnostic["mAP50"],
+           "object_frames": int(seen.sum()), "found": int(found.sum()),
+           "found_by_area": [{"area_share": [AREA_BINS[i], min(AREA_BINS[i + 1], 1.0)], "objects": int(seen[i]),
+                              "found": int(found[i])} for i in range(len(seen))],
+           "median_mask_iou_found": float(np.median(best_ious)) if best_ious else 0.0}
+    for name, res in (("oracle_det_class", oracle_det), ("oracle_gt_class", oracle_gt)):
+        m, _ = evaluate_vis(gt, res)
+        out[name] = {k: m[k] for k in ("AP", "AP50", "AP75")}
+    if results is not None:
+        out["tracks"] = track_coverage(gt, results)
+    return out
+
+
+def covering_tracks(gt: dict, results: list) -> dict:
+    """{annotation id: [per frame where the object is visible, the index (in `results`) of the result whose mask
+    overlaps it most with IoU >= 0.5, or None]}."""
+    tracks = collections.defaultdict(list)
+    for k, r in enumerate(results):
+        tracks[r["video_id"]].append((k, r))
+    videos = {v["id"]: v for v in gt["videos"]}
+    out = {}
+    for a in gt["annotations"]:
+        v = videos[a["video_id"]]
+        h, w = v["height"], v["width"]
+        ids = []
+        for t, seg in enumerate(a["segmentations"]):
+            if seg is None:
+                continue
+            g = to_rle(seg, h, w, f"GT video {v['id']} annotation {a['id']} frame {t}")
+            best, best_iou = None, 0.5
+            for k, r in tracks[v["id"]]:
+                d = r["segmentations"][t] if t < len(r["segmentations"]) else None
+                if d is None:
+                    continue
+                d = to_rle(d, h, w, f"result {k} (video {v['id']}) frame {t}", allow_polygon=False)
+                iou = float(mask_utils.iou([d], [g], [0])[0][0])
+                if iou >= best_iou:
+                    best, best_iou = k, iou
+            ids.append(best)
+        out[a["id"]] = ids
+    return out
+
+
+def _boxes_overlap(b1, b2):
+    return (b1 is not None and b2 is not None and b1[0] < b2[0] + b2[2] and b2[0] < b1[0] + b1[2]
+            and b1[1] < b2[1] + b2[3] and b2[1] < b1[1] + b1[3])
+
+
+def identity_report(gt: dict, results: list, covering=None):
+    """Identity through crossings. A crossing is two GT instances of one class in one video whose boxes overlap
+    in some frame. A GT track of a crossing is kept if, in every frame where it is visible, its best-overlapping
+    predicted mask (mask IoU >= 0.5) exists and always belongs to the same predicted track.
+
+    Also counted, as in MOT's IDSW: `switches`, the times a crossing GT track's covering predicted track changes
+    from one covered frame to the next covered one (missed frames in between do not count as a switch), the
+    crossing GT tracks with no switch, and the fraction of their visible frames that are covered. None without
+    crossings."""
+    covering = covering if covering is not None else covering_tracks(gt, results)
+    by_video = collections.defaultdict(list)
+    for a in gt["annotations"]:
+        by_video[a["video_id"]].append(a)
+    kept = total = switches = clean = covered = visible = 0
+    for group in by_video.values():
+        crossing = set()
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                if a["category_id"] == b["category_id"] and any(
+                        _boxes_overlap(x, y) for x, y in zip(a["bboxes"], b["bboxes"])):
+                    crossing.update([a["id"], b["id"]])
+        for a in group:
+            if a["id"] not in crossing:
+                continue
+            ids = covering[a["id"]]
+            hits = [k for k in ids if k is not None]
+            n_switch = sum(x != y for x, y in zip(hits, hits[1:]))
+            total += 1
+            switches += n_switch
+            clean += n_switch == 0
+            covered += len(hits)
+            visible += len(ids)
+            kept += len(set(ids)) == 1 and None not in ids
+    if not total:
+        return None
+    return {"kept": kept, "total": total, "switches": switches, "no_switch": clean,
+            "covered": covered / visible if visible else 0.0}
+
+
+def track_coverage(gt: dict, results: list) -> dict:
+    """Object-frames covered by a kept track (mask IoU >= 0.5); objects with no such track, or split over several;
+    identity through same-class crossings."""
+    covering = covering_tracks(gt, results)
+    hits = [[k for k in ids if k is not None] for ids in covering.values()]
+    return {"object_frames": sum(len(ids) for ids in covering.values()), "covered": sum(len(h) for h in hits),
+            "objects": len(covering), "objects_without_track": sum(not h for h in hits),
+            "objects_split": sum(len(set(h)) > 1 for h in hits),
+            "crossings": identity_report(gt, results, covering)}
+
+
+def report(d: dict) -> str:
+    lines = [f"frame mask mAP {d['frame_mAP']:.3f}, mAP@.5 {d['frame_mAP50']:.3f}; class-agnostic "
+             f"{d['frame_mAP_agnostic']:.3f}, {d['frame_mAP50_agnostic']:.3f}",
+             f"object-frames with a detection (score >= {d['score_floor']:g}) of mask IoU >= 0.5: {d['found']} of "
+             f"{d['object_frames']}; median mask IoU of those {d['median_mask_iou_found']:.3f}"]
+    for b in d["found_by_area"]:
+        if b["objects"]:
+            lo, hi = b["area_share"]
+            lines.append(f"  objects of {100 * lo:g}-{100 * hi:g} % of the frame: {b['found']} of {b['objects']} "
+                         f"({b['found'] / b['objects']:.2f})")
+    for name, label in (("oracle_det_class", "detections' class"), ("oracle_gt_class", "GT class")):
+        m = d[name]
+        lines.append(f"oracle association ({label}): AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f}")
+    if "tracks" in d:
+        t = d["tracks"]
+        lines.append(f"tracker: {t['covered']} of {t['object_frames']} object-frames covered by a kept track; of "
+                     f"{t['objects']} objects, {t['objects_without_track']} have no track and {t['objects_split']} "
+                     f"are split over several")
+        c = t["crossings"]
+        if c:
+            lines.append(f"same-class crossings: {c['no_switch']} of {c['total']} objects never change track where "
+                         f"covered ({c['switches']} identity switches), {c['kept']} followed by one track in every "
+                         f"visible frame; {100 * c['covered']:.0f} % of their frames covered")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gt", required=True, help="GT annotation JSON of the split (YouTube-VIS format)")
+    ap.add_argument("--pred", required=True, help="frame predictions written by tracker.py")
+    ap.add_argument("--results", default=None, help="the tracker's results JSON (optional)")
+    ap.add_argument("--config", default=None, help="a run's config.yaml: its track.score_floor is the floor")
+    ap.add_argument("--score-floor", type=float, default=None,
+                    help=f"detections taking part (default: the config's, else {TrackConfig().score_floor})")
+    ap.add_argument("--out", default=None, help="also write the numbers as JSON here")
+    args = ap.parse_args(argv)
+    try:
+        floor = args.score_floor
+        if floor is None:
+            floor = load_config(args.config).track.score_floor if args.config else TrackConfig().score_floor
+        gt = _read(args.gt, "GT")
+        gt_checked = load_gt(args.gt)                       # validates, naming the file, video and frame
+        pred = read_frame_predictions(args.pred)            # validates likewise
+        results = None
+        if args.results:
+            load_results(args.results, gt_checked)
+            results = _read(args.results, "results")
+        d = diagnose(gt, pred, floor, results)
+    except (EvalInputError, ConfigError, FramePredictionsError) as e:
+        sys.exit(f"diagnose: {e}")
+    print(report(d))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(d, indent=2))
+        print(f"wrote {args.out}")
+    return d
+
+
+if __name__ == "__main__":
+    main()
