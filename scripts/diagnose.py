@@ -30,27 +30,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compute_ap import EvalInputError, evaluate_vis, frame_map, load_gt, load_results, to_rle  # noqa: E402
+from compute_ap import EvalInputError, _read_json, evaluate_vis, frame_map, load_gt, load_results, to_rle  # noqa: E402
 from config import ConfigError, TrackConfig, atomic_write_text, load_config  # noqa: E402
 from tracking.io import FramePredictionsError, read_frame_predictions  # noqa: E402
 
 AREA_BINS = [0.0, 0.01, 0.03, 0.1, 1.01]    # object area as a share of the frame area
-
-
-def _read(path: str, what: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvalInputError(f"{what} {path}: cannot read JSON ({e})") from None
-
-
-def _det_rle(det):
-    seg = det.get("segmentation")
-    if seg is None:
-        return None
-    counts = seg["counts"]
-    return {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def diagnose(gt: dict, pred: dict, score_floor: float, results=None) -> dict:
@@ -99,8 +83,10 @@ def diagnose(gt: dict, pred: dict, score_floor: float, results=None) -> dict:
                 g = to_rle(seg, h, w, f"GT video {v['id']} annotation {a['id']} frame {t}")
                 k = int(np.searchsorted(AREA_BINS, float(mask_utils.area(g)) / (h * w), side="right")) - 1
                 seen[k] += 1
-                dets = [d for d in frames[t]["detections"] if d["score"] >= score_floor and _det_rle(d)]
-                ious = np.asarray(mask_utils.iou([_det_rle(d) for d in dets], [g], [0])).ravel() if dets else []
+                dets = [(d, to_rle(d["segmentation"], h, w, f"frame predictions video {v['id']} frame {t}",
+                                   allow_polygon=False))
+                        for d in frames[t]["detections"] if d["score"] >= score_floor and d.get("segmentation")]
+                ious = np.asarray(mask_utils.iou([r for _, r in dets], [g], [0])).ravel() if dets else []
                 j = int(np.argmax(ious)) if len(ious) else -1
                 if j < 0 or ious[j] < 0.1:
                     segs.append(None)
@@ -108,9 +94,9 @@ def diagnose(gt: dict, pred: dict, score_floor: float, results=None) -> dict:
                 if ious[j] >= 0.5:
                     found[k] += 1
                     best_ious.append(float(ious[j]))
-                segs.append(dets[j]["segmentation"])
-                scores.append(float(dets[j]["score"]))
-                classes.append(int(dets[j]["category_id"]))
+                segs.append(dets[j][0]["segmentation"])
+                scores.append(float(dets[j][0]["score"]))
+                classes.append(int(dets[j][0]["category_id"]))
             if scores:
                 mode = collections.Counter(classes).most_common()
                 top = max(n for _, n in mode)
@@ -257,13 +243,13 @@ def main(argv=None):
         floor = args.score_floor
         if floor is None:
             floor = load_config(args.config).track.score_floor if args.config else TrackConfig().score_floor
-        gt = _read(args.gt, "GT")
+        gt, _ = _read_json(args.gt, "GT")
         gt_checked = load_gt(args.gt)                       # validates, naming the file, video and frame
         pred = read_frame_predictions(args.pred)            # validates likewise
         results = None
         if args.results:
             load_results(args.results, gt_checked)
-            results = _read(args.results, "results")
+            results, _ = _read_json(args.results, "results")
         d = diagnose(gt, pred, floor, results)
     except (EvalInputError, ConfigError, FramePredictionsError) as e:
         sys.exit(f"diagnose: {e}")
