@@ -384,7 +384,8 @@ def plot_confusion(cm, names, path):
 def validate(cfg, train_model, infer_model, val_source, out_png, log=print, call=None):
     """Frame mask mAP@[.5:.95] / @.5 on the held-out frames (detections with score >= infer.score_floor) and the
     confusion matrix PNG of the detections with score >= infer.conf_thresh (bytes returned). `call` runs the
-    inference model on a batch (the training loop passes one traced graph, reused every epoch); default: eager."""
+    inference model on a batch (the training loop passes one traced graph, reused every epoch); default: eager.
+    `cfg` is the inference config (`Config.for_inference`): frames are letterboxed to the inference canvas."""
     import cv2
     import compute_ap
     import model as model_lib
@@ -441,8 +442,9 @@ def make_checkpoint(model, optimizer=None):
 def load_run(run_dir: str, checkpoint: str | None = None, mode: str = "infer"):
     """(cfg, model) of a run directory: its saved config and the latest (or the given) checkpoint.
 
-    mode="train" returns the train model itself; mode="infer" builds the inference model and copies the trained
-    weights into it by layer name.
+    mode="train" returns the train model itself; mode="infer" builds the inference model at the inference canvas
+    (`Config.for_inference`: the returned cfg's model.input_size is `Config.infer_size`) and copies
+    the trained weights into it by layer name.
     """
     import model as model_lib
     cfg_path = os.path.join(run_dir, "config.yaml")
@@ -458,6 +460,7 @@ def load_run(run_dir: str, checkpoint: str | None = None, mode: str = "infer"):
     ckpt.restore(path).expect_partial()
     if mode == "train":
         return cfg, train_model
+    cfg = cfg.for_inference()      # the inference canvas (Config.infer_size) in model.input_size
     infer_model = model_lib.build_model(cfg, "infer")
     model_lib.copy_weights_by_name(train_model, infer_model)
     return cfg, infer_model
@@ -596,10 +599,11 @@ def train(args):
         frames = gt_frames_for(ytvis, val_ids, cfg.train.val_max_frames, cfg.data.frame_stride)
         names = {v["id"]: v["file_names"] for v in ytvis["videos"]}
         val_source = (frames, lambda f: os.path.join(image_root, names[f["video_id"]][f["frame_index"]]))
-    infer_model = infer_call = None
+    infer_cfg = infer_model = infer_call = None
     if val_source:
-        infer_model = model_lib.build_model(cfg, "infer")
-        bs, size = max(1, cfg.infer.batch_size), cfg.model.input_size
+        infer_cfg = cfg.for_inference()   # validation sees what tracker.py will: the inference canvas
+        infer_model = model_lib.build_model(infer_cfg, "infer")
+        bs, size = max(1, cfg.infer.batch_size), infer_cfg.model.input_size
         infer_call = tf.function(lambda x: infer_model(x, training=False), input_signature=[{
             "image": tf.TensorSpec([bs, size, size, 3], tf.float32), "image_hw": tf.TensorSpec([bs, 2], tf.int32)}])
     nan_at = int(os.environ.get(NAN_HOOK_ENV, "0") or 0)
@@ -654,7 +658,7 @@ def train(args):
                "lr": lr if n else None, "images_per_s": n * gb / max(1e-9, time.time() - t0)}
         if val_source and chief:
             t1 = time.time()
-            val, png = validate(cfg, model, infer_model, val_source, os.path.join(out_dir, "confusion_matrix.png"),
+            val, png = validate(infer_cfg, model, infer_model, val_source, os.path.join(out_dir, "confusion_matrix.png"),
                                 call=infer_call)
             row.update(val)
             with writer.as_default():

@@ -130,3 +130,26 @@ def test_mask_res_zero_follows_the_input_size():
     assert apply_overrides(tiny, ["data.mask_res=32"]).mask_res == 32
     with pytest.raises(ConfigError, match=r"data.mask_res must be 0 .* \(64\), got 96"):
         apply_overrides(tiny, ["model.input_size=64", "data.mask_res=96"])
+
+
+def test_inference_canvas_follows_infer_scale_and_keeps_anchor_pixels(tmp_path):
+    tiny = get_preset("tiny")
+    assert (tiny.model.input_size, tiny.infer_size) == (192, 224)            # 192 x 7/6
+    assert get_preset("yolov4p1").infer_size == 416                         # the original infers at its trained size
+    # Rounded to the nearest multiple of 32, at least 64: 160 x 7/6 = 186.7 -> 192, 64 x 7/6 = 74.7 -> 64.
+    assert apply_overrides(tiny, ["model.input_size=160"]).infer_size == 192
+    assert apply_overrides(tiny, ["model.input_size=64"]).infer_size == 64
+    # Anchors from a file are read at the trained size and keep those pixels on the larger canvas.
+    path = tmp_path / "anchors.txt"
+    config.write_anchor_file(str(path), [[[2 * i + 1, 2 * i + 2]] * 6 for i in range(4)], 96)
+    cfg = apply_overrides(tiny, [f"model.anchors_file={path}"])
+    assert cfg.model.anchors[0] == [2.0, 4.0]                               # 96 -> 192: x2
+    inf = cfg.for_inference()
+    assert inf.model.input_size == 224 and inf.model.anchors == cfg.model.anchors
+    assert cfg.model.input_size == 192                                      # the original is untouched
+    assert inf.for_inference().model.input_size == 224                      # applying it again changes nothing
+    save_config(inf, str(tmp_path / "inf.yaml"))
+    again = load_config(str(tmp_path / "inf.yaml"))
+    assert again.model.input_size == 224 and again.model.anchors == cfg.model.anchors
+    with pytest.raises(ConfigError, match="infer.scale"):
+        apply_overrides(tiny, ["infer.scale=0"])

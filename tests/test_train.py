@@ -203,6 +203,16 @@ def test_nan_guard_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shap
     for name in ("bb_conv_0", "head_det_bn_2"):
         for a, b in zip(model.get_layer(name).get_weights(), infer.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
+    # With infer.scale the inference model is built on the larger canvas (64 x 1.5 = 96), same weights, and the
+    # returned config says so (tracker.py letterboxes to it).
+    import config as config_lib
+    cfg2 = config_lib.apply_overrides(config_lib.load_config(str(run / "config.yaml")), ["infer.scale=1.5"])
+    config_lib.save_config(cfg2, str(run / "config.yaml"))
+    icfg, infer96 = train.load_run(str(run), mode="infer")
+    assert icfg.model.input_size == 96 and infer96.input["image"].shape[1:3] == (96, 96)
+    assert icfg.model.anchors == cfg.model.anchors
+    for a, b in zip(model.get_layer("bb_conv_0").get_weights(), infer96.get_layer("bb_conv_0").get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
