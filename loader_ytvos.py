@@ -566,9 +566,71 @@ class LoaderStats:
                 print(f"skipping bad frame: {msg}", file=sys.stderr)
 
 
+# ---- two frames on one canvas (data.pack_prob) ---------------------------------------------------------------
+# A wide frame letterboxed on the square canvas leaves bands of padding (320x180 at 192: 108 of 192 rows are
+# picture). A packed canvas stacks a strip of one augmented frame over a strip of another, each strip taken
+# inside its own picture's rows, so a training step sees up to twice the picture at the same cost.
+
+def pack_split(size: int, mask_res: int) -> int:
+    """Rows of the top strip of a packed canvas: half the canvas, a whole number of mask rows."""
+    k = size // mask_res
+    return size // 2 // k * k
+
+
+def strip_start(recipe, size: int, rows: int, draw: float, mask_res: int) -> int:
+    """First canvas row of a `rows`-row strip of a canvas planned by `recipe` (RECIPE): inside the picture's rows
+    when the picture is at least that tall, else covering all of it; where, is `draw` in [0, 1). A multiple of
+    size // mask_res, so the strip is a whole number of mask rows."""
+    g = dict(zip(RECIPE, (int(v) for v in recipe)))
+    c0 = g["canvas_y"]
+    c1 = c0 + g["pic_y2"] - g["pic_y1"]
+    if c1 - c0 >= rows:
+        lo, hi = c0, c1 - rows
+    else:
+        lo, hi = max(0, c1 - rows), min(c0, size - rows)
+    k = size // mask_res
+    lo, hi = -(-lo // k) * k, max(hi // k * k, -(-lo // k) * k)
+    hi = min(hi, (size - rows) // k * k)
+    lo = min(lo, hi)
+    steps = (hi - lo) // k + 1
+    return lo + k * min(int(draw * steps), steps - 1)
+
+
+def pack_targets(parts, size: int, mask_res: int, max_instances: int):
+    """Targets of a packed canvas. `parts` holds, per strip, (boxes [N, 4], labels [N], masks [N, R, R], n, start,
+    rows, dest): the instances of canvas rows [start, start + rows) moved to rows [dest, dest + rows). An
+    instance inside the strip keeps its exact box; one the strip cuts gets the box of its mask cells left in the
+    strip (within its box); one left with no cell, or under a pixel tall or wide, is dropped. At most
+    max_instances are kept, the top strip's first. Returns boxes, labels, masks, n as prepare_sample."""
+    S, R, N = size, mask_res, max_instances
+    f = R / S
+    boxes, labels, masks = np.zeros((N, 4), np.float32), np.zeros((N,), np.int32), np.zeros((N, R, R), np.uint8)
+    k = 0
+    for b, lab, m, n, start, rows, dest in parts:
+        r0, nr, d0 = int(round(start * f)), int(round(rows * f)), int(round(dest * f))
+        for q in range(int(n)):
+            if k == N:
+                break
+            cut = m[q, r0:r0 + nr]
+            if not cut.any():
+                continue
+            x1, y1, x2, y2 = (float(v) for v in b[q])
+            if y1 < start or y2 > start + rows:        # cut by the strip: the box of what is left
+                cols, rws = np.flatnonzero(cut.any(0)), np.flatnonzero(cut.any(1))
+                x1, x2 = max(x1, cols[0] / f), min(x2, (cols[-1] + 1) / f)
+                y1, y2 = max(y1, start, (r0 + rws[0]) / f), min(y2, start + rows, (r0 + rws[-1] + 1) / f)
+                if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+                    continue
+            boxes[k] = [x1, y1 - start + dest, x2, y2 - start + dest]
+            labels[k] = lab[q]
+            masks[k, d0:d0 + nr] = cut
+            k += 1
+    return boxes, labels, masks, np.int32(k)
+
+
 # ---- tf.data pipeline ---------------------------------------------------------------------------------------
 
-STREAM_SHUFFLE, STREAM_AUGMENT = 0, 1   # independent random streams under one seed
+STREAM_SHUFFLE, STREAM_AUGMENT, STREAM_PACK = 0, 1, 2   # independent random streams under one seed
 
 
 def _stream_key(seed, stream, *parts):
@@ -651,6 +713,50 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
         keys = ["image", "boxes", "labels", "masks", "num_instances", "video_id", "frame_index", "image_hw", "ok"]
         return dict(zip(keys, [image, *out[2:]]))
 
+    top = pack_split(S, R)
+
+    def load_pair(i, j, draws_i, draws_j, u_top, u_bottom):
+        # Both frames as load() makes them, then the packed targets; the image strips are cut in tf_load_packed.
+        a, b = load(i, draws_i), load(j, draws_j)
+        start_a = strip_start(a[1], S, top, u_top, R)
+        start_b = strip_start(b[1], S, S - top, u_bottom, R)
+        boxes, labels, masks, n = pack_targets([(*a[2:6], start_a, top, 0), (*b[2:6], start_b, S - top, top)],
+                                               S, R, N)
+        return (a[0], a[1], b[0], b[1], boxes, labels, masks, n, a[6], a[7], a[8],
+                np.array([start_a, start_b], np.int32), np.bool_(a[9] and b[9]))
+
+    def tf_load_packed(epoch, i):
+        # Pack with probability data.pack_prob: frame i's strip over a strip of frame j, drawn uniformly over the
+        # frames; the draws of both come from (seed, epoch, i), so the stream stays a function of the seed. With
+        # data.skip_bad_frames a bad partner drops the packed canvas too (both frames are reported).
+        u = tf.random.stateless_uniform([4], _stream_key(seed, STREAM_PACK, epoch, i), dtype=tf.float64,
+                                        alg="philox")
+
+        def packed():
+            j = tf.minimum(tf.cast(u[1] * len(samples), tf.int64), len(samples) - 1)
+            draws_i = tf.random.stateless_uniform([len(DRAWS)], _stream_key(seed, STREAM_AUGMENT, epoch, i),
+                                                  dtype=tf.float64, alg="philox")
+            draws_j = tf.random.stateless_uniform([len(DRAWS)], _stream_key(seed, STREAM_PACK, epoch, i, 1),
+                                                  dtype=tf.float64, alg="philox")
+            out = tf.numpy_function(load_pair, [i, j, draws_i, draws_j, u[2], u[3]],
+                                    [tf.string, tf.int32, tf.string, tf.int32, tf.float32, tf.int32, tf.uint8,
+                                     tf.int32, tf.int32, tf.int32, tf.int32, tf.int32, tf.bool], stateful=False)
+            shapes = [[], [len(RECIPE)], [], [len(RECIPE)], [N, 4], [N], [N, R, R], [], [], [], [2], [2], []]
+            for o, shape in zip(out, shapes):
+                o.set_shape(shape)
+            starts, ok = out[11], out[12]
+
+            def render():
+                img_a = render_image(out[0], out[1], draws_i, cfg, augment)
+                img_b = render_image(out[2], out[3], draws_j, cfg, augment)
+                return tf.concat([img_a[starts[0]:starts[0] + top], img_b[starts[1]:starts[1] + S - top]], 0)
+
+            image = tf.ensure_shape(tf.cond(ok, render, lambda: tf.zeros([S, S, 3], tf.uint8)), [S, S, 3])
+            keys = ["boxes", "labels", "masks", "num_instances", "video_id", "frame_index", "image_hw", "ok"]
+            return {"image": image, **dict(zip(keys, [*out[4:11], ok]))}
+
+        return tf.cond(u[0] < cfg.data.pack_prob, packed, lambda: tf_load(epoch, i))
+
     # The epoch number: how many times this dataset has been iterated before (a counter in Python, the only
     # state; every random choice is a stateless function of (seed, epoch, frame)).
     if first_epoch < 0 or skip_frames < 0:
@@ -670,7 +776,8 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     ds = tf.data.Dataset.range(1).map(
         lambda _: tf.ensure_shape(tf.numpy_function(lambda: np.int64(next(epochs)), [], tf.int64, stateful=True), []))
     ds = ds.flat_map(epoch_order)
-    ds = ds.map(tf_load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(tf_load_packed if augment and cfg.data.pack_prob > 0 else tf_load,
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if skip_bad:
         ds = ds.filter(lambda e: e["ok"])
     if batch_size:

@@ -658,8 +658,8 @@ def train(args):
                "lr": lr if n else None, "images_per_s": n * gb / max(1e-9, time.time() - t0)}
         if val_source and chief:
             t1 = time.time()
-            val, png = validate(infer_cfg, model, infer_model, val_source, os.path.join(out_dir, "confusion_matrix.png"),
-                                call=infer_call)
+            val, png = validate(infer_cfg, model, infer_model, val_source,
+                                os.path.join(out_dir, "confusion_matrix.png"), call=infer_call)
             row.update(val)
             with writer.as_default():
                 for k in ("val_frame_mAP", "val_frame_mAP50"):

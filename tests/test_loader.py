@@ -580,3 +580,86 @@ def test_frame_with_intact_header_but_corrupt_body_is_named(synthetic_root, tmp_
         train.next_batch(iter(ds), lambda: L.find_undecodable_frames(y, img, [v["id"]]))
     msg = str(e.value)
     assert path in msg and f"video {v['id']}, frame 1" in msg and "1 frame(s)" in msg
+
+
+# ---- two frames a canvas (data.pack_prob) ----------------------------------------------------------------------
+
+def _recipe(canvas_y, rows):
+    r = np.zeros(len(L.RECIPE), np.int32)
+    r[L.RECIPE.index("canvas_y")], r[L.RECIPE.index("pic_y2")] = canvas_y, rows
+    return r
+
+
+def test_strip_start_stays_in_the_picture_or_covers_it():
+    # 320x180 at 192: picture rows 42..150; a 96-row strip starts in [42, 54].
+    tall = _recipe(42, 108)
+    assert [L.strip_start(tall, 192, 96, u, 192) for u in (0.0, 0.5, 0.9999)] == [42, 48, 54]
+    # A picture of 81 rows (60..141) is covered whole: start in [141 - 96, 60] = [45, 60]; in whole mask rows of
+    # 2 px at mask_res 96: [46, 60].
+    short = _recipe(60, 81)
+    assert [L.strip_start(short, 192, 96, u, 192) for u in (0.0, 0.9999)] == [45, 60]
+    assert [L.strip_start(short, 192, 96, u, 96) for u in (0.0, 0.9999)] == [46, 60]
+    assert L.pack_split(192, 192) == 96 and L.pack_split(128, 32) == 64 and L.pack_split(100, 25) == 48
+
+
+def test_pack_targets_hand_made():
+    """Canvas 16 px, masks at 8 (2 px a cell), top strip 8 rows. A: an instance inside the strip keeps its exact
+    box; one the strip cuts gets the box of its cells left; one below the strip is dropped. B's rows 4..11 move
+    to rows 8..15."""
+    S, R = 16, 8
+    assert L.pack_split(S, R) == 8
+    a_boxes = np.array([[2.3, 2.2, 5.9, 5.7], [8, 6, 12, 12], [0, 10, 4, 14]], np.float32)
+    a_masks = np.zeros((3, R, R), np.uint8)
+    a_masks[0, 1:3, 1:3] = 1
+    a_masks[1, 3, 4] = 1                       # canvas rows 6..8, columns 8..10: inside the strip
+    a_masks[1, 4:6, 4:6] = 1                   # canvas rows 8..12: below it
+    a_masks[2, 5:7, 0:2] = 1
+    b_boxes = np.array([[0.5, 4.5, 3.5, 7.5]], np.float32)
+    b_masks = np.zeros((1, R, R), np.uint8)
+    b_masks[0, 2:4, 0:2] = 1
+    parts = [(a_boxes, np.array([1, 2, 3]), a_masks, 3, 0, 8, 0), (b_boxes, np.array([4]), b_masks, 1, 4, 8, 8)]
+    boxes, labels, masks, n = L.pack_targets(parts, S, R, 4)
+    assert n == 3 and labels.tolist() == [1, 2, 4, 0]
+    np.testing.assert_allclose(boxes[0], [2.3, 2.2, 5.9, 5.7], rtol=1e-6)      # inside: exact, not moved
+    np.testing.assert_allclose(boxes[1], [8, 6, 10, 8])                        # cut: what is left
+    np.testing.assert_allclose(boxes[2], [0.5, 8.5, 3.5, 11.5], rtol=1e-6)    # B: rows 4..12 -> 8..16
+    assert (masks[0] == a_masks[0]).all()
+    expect = np.zeros((R, R), np.uint8)
+    expect[3, 4] = 1
+    assert (masks[1] == expect).all()
+    expect = np.zeros((R, R), np.uint8)
+    expect[4:6, 0:2] = 1                                                      # mask rows 2..3 -> 4..5
+    assert (masks[2] == expect).all() and not masks[3].any()
+    # At most max_instances, the top strip's first.
+    boxes, labels, masks, n = L.pack_targets(parts, S, R, 2)
+    assert n == 2 and labels.tolist() == [1, 2]
+
+
+def test_packed_canvases_targets_agree_and_are_deterministic(synthetic_root):
+    ann, img = _train(synthetic_root)
+    checked = 0
+    for res in (128, 32):
+        cfg = _cfg("data.pack_prob=1.0", f"data.mask_res={res}", "data.max_instances=16")
+        a = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5), 3)
+        b = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5), 3)
+        for x, z in zip(a, b):
+            for k in x:
+                assert (x[k] == z[k]).all(), k
+        top, cell = L.pack_split(128, res), 128 / res
+        for batch in a:
+            for i in range(batch["image"].shape[0]):
+                for k in range(batch["num_instances"][i]):
+                    box, m = batch["boxes"][i, k], batch["masks"][i, k]
+                    mb = _mask_box(m, 128)
+                    # every instance lies in one strip, and its cells inside its box grown by one cell
+                    assert mb[3] <= top or mb[1] >= top, (mb, top)
+                    assert box[3] <= top + 1e-3 or box[1] >= top - 1e-3, (box, top)
+                    assert mb[0] >= box[0] - cell and mb[1] >= box[1] - cell
+                    assert mb[2] <= box[2] + cell and mb[3] <= box[3] + cell
+                    checked += 1
+    assert checked >= 10
+    # The unpacked stream is untouched by the option's existence.
+    plain = _batches(L.build_dataset(_cfg(), ann, img, training=True, seed=5), 1)[0]
+    assert plain["boxes"].shape[1] == 8
+    with pytest.raises(config.ConfigError, match="data.pack_prob"):
+        _cfg("data.pack_prob=1.0", "data.mask_res=48")
