@@ -92,7 +92,8 @@ class DataConfig:
     hsv_prob: float = 0.5
     hsv_gains: list = field(default_factory=lambda: [0.015, 0.5, 0.3])  # hue, saturation, value jitter
     pack_prob: float = 0.0                # training canvases holding strips of two frames, one over the other
-                                          # (loader_ytvos.pack_targets; not in the original)
+                                          # (loader_ytvos.pack_targets; an augmentation: off with augment=false;
+                                          # not in the original)
     skip_bad_frames: bool = False         # skip missing/corrupt frames (reported) instead of failing
     shuffle_buffer: int = 1024
     categories: list = field(default_factory=list)  # [{"id": i, "name": s}] from the training JSON
@@ -179,6 +180,9 @@ class Config:
         cfg.model.input_size = self.infer_size
         cfg.model.anchors_file = None          # the anchors are read already; do not rescale them to the new size
         cfg.infer.scale = 1.0                  # the copy is at its inference size: applying this again is a no-op
+        # Training-only data options whose checks involve the input size: reset so the copy validates at its
+        # size (export.py saves it and ExportedModel reads it back).
+        cfg.data.pack_prob, cfg.data.mask_res = 0.0, 0
         return cfg
 
     @property

@@ -48,7 +48,7 @@ def main(argv=None):
     ap.add_argument("--score-floor", type=float, default=0.0,
                     help="postprocess floor (0: paste every valid proposal, the worst case)")
     args = ap.parse_args(argv)
-    cfg = config.config_from_args(args)
+    cfg = config.config_from_args(args).for_inference()   # the inference canvas, as tracker.py runs it
     cfg.model.sync_bn = False
     print(f"preset {cfg.preset}: input {cfg.model.input_size}, width {cfg.model.width}, "
           f"P {cfg.model.max_prop}, batch 1, frame {args.width}x{args.height}, TF threads "

@@ -153,3 +153,8 @@ def test_inference_canvas_follows_infer_scale_and_keeps_anchor_pixels(tmp_path):
     assert again.model.input_size == 224 and again.model.anchors == cfg.model.anchors
     with pytest.raises(ConfigError, match="infer.scale"):
         apply_overrides(tiny, ["infer.scale=0"])
+    # A training mask resolution that does not divide the inference size (packing needs it to divide the input)
+    # does not follow the copy: export.py saves it and ExportedModel reads it back through validate().
+    inf96 = apply_overrides(tiny, ["data.mask_res=96"]).for_inference()
+    save_config(inf96, str(tmp_path / "inf96.yaml"))
+    assert load_config(str(tmp_path / "inf96.yaml")).model.input_size == 224

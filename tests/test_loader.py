@@ -663,3 +663,30 @@ def test_packed_canvases_targets_agree_and_are_deterministic(synthetic_root):
     assert plain["boxes"].shape[1] == 8
     with pytest.raises(config.ConfigError, match="data.pack_prob"):
         _cfg("data.pack_prob=1.0", "data.mask_res=48")
+
+
+def test_packed_top_strip_is_the_frames_rows_with_its_boxes(synthetic_root):
+    """With every other augmentation off, a packed canvas's top strip is a run of rows of its frame's plain
+    letterboxed canvas, and the frame's objects inside those rows are there with their boxes moved up by as many
+    rows (the bottom strip is another frame's)."""
+    ann, img = _train(synthetic_root)
+    y = L.load_annotations(ann)
+    off = ["data.flip_prob=0", "data.crop_prob=0", "data.translate_prob=0", "data.hsv_prob=0",
+           "data.scale_jitter=[1.0, 1.0]", "data.mask_res=128", "data.max_instances=16"]
+    cfg = _cfg("data.pack_prob=1.0", *off)
+    top = L.pack_split(128, 128)
+    seen = 0
+    for batch in _batches(L.build_dataset(cfg, ann, img, training=True, seed=11), 3):
+        for i in range(batch["image"].shape[0]):
+            vid, t = int(batch["video_id"][i]), int(batch["frame_index"][i])
+            plain, p_boxes, _, _, p_n = L.make_sample(_cfg(*off), y, img, vid, t, None)
+            packed = batch["image"][i]
+            starts = [s for s in range(128 - top + 1) if np.array_equal(plain[s:s + top], packed[:top])]
+            assert starts, (vid, t)
+            s = starts[0]
+            inside = [b for b in p_boxes[:p_n] if b[1] >= s and b[3] <= s + top]
+            got = batch["boxes"][i, :batch["num_instances"][i]]
+            for b in inside:
+                assert np.abs(got - (b - [0, s, 0, s])).max(1).min() < 1e-3, (b, s, got)
+            seen += len(inside)
+    assert seen >= 4
