@@ -252,7 +252,7 @@ def _preset_tiny() -> Config:
     cfg.model.obj_prior = 0.01
     # GT masks at the canvas resolution (0: the input size, whatever it is set to): at 64, 0.4 of it, the mask
     # targets alone capped the mean mask IoU of the demo's objects at 0.83 (0.65 under 400 px); at 160, 0.92.
-    # Memory: 8 x 8 x 192 x 192 bytes a batch.
+    # Memory: 8 x 16 x 192 x 192 bytes (4.7 MB) a batch with max_instances 16 (below).
     cfg.data.mask_res = 0
     # Two frames a canvas (data.pack_prob): a 320x180 frame letterboxed at 192 is 108 rows of 192, so a packed
     # canvas (a 96-row strip of one frame over one of another) shows up to 1.78x the picture for the same step.
