@@ -30,7 +30,9 @@ OUTPUTS = {
     "scores": "float32 [P]: objectness x max class probability, descending over the valid slots",
     "category_ids": "int32 [P]: dataset category ids (cfg.category_ids()); 0 in padded slots",
     "class_probs": "float32 [P, K]: class probabilities, K = number of categories (order of category_ids)",
-    "masks": "float32 [P, M, M]: foreground probability inside the box, M = model.mask_size",
+    "masks": "float32 [P, M, M]: foreground probability over mask_boxes, M = model.mask_size",
+    "mask_boxes": "float32 [P, 4]: the box each mask covers (the box scaled by model.mask_box_scale about its "
+                  "centre), original-frame pixels, not clipped",
     "num_valid": "int32 []: slots 0..num_valid-1 hold detections; the rest are zero padding",
 }
 INPUT = ("uint8 [H, W, 3] RGB, one frame of any size (no batch axis); letterboxed inside the graph to "
@@ -180,13 +182,16 @@ def crop_and_resize_tf(fmap, boxes, crop):
 
 def _portable_parts(model):
     """Split the Keras inference model around its TF-only ops: trunk (image -> proposals, num_valid, class_probs,
-    e2..e5) and mask head (4 pooled ROI maps -> mask logits). Both reuse the trained layers themselves."""
+    e2..e5) and mask head (4 pooled ROI maps, and the pixel crops with model.mask_pixels -> mask logits). Both reuse
+    the trained layers themselves."""
     import keras
     proposals = list(model.get_layer("head_proposals").output)
     embs = [model.get_layer(f"head_emb_{lvl}").output for lvl in (2, 3, 4, 5)]
     trunk = keras.Model(model.get_layer("image").output, proposals + embs, name="export_trunk")
-    mask_head = keras.Model(list(model.get_layer("mask_roi_align").output),
-                            model.get_layer("mask_unflatten").output, name="export_mask_head")
+    pooled = list(model.get_layer("mask_roi_align").output)
+    if any(layer.name == "mask_pixel_align" for layer in model.layers):      # model.mask_pixels > 0
+        pooled.append(model.get_layer("mask_pixel_align").output)
+    mask_head = keras.Model(pooled, model.get_layer("mask_unflatten").output, name="export_mask_head")
     return trunk, mask_head
 
 
@@ -198,6 +203,8 @@ def serving_fn(model, cfg, graph="keras"):
     (float32, exact integer sizes) rewritten in TFLite builtin ops; boxes agree to ~1e-4 px.
     """
     import tensorflow as tf
+
+    import utils
     m = cfg.model
     size = m.input_size
     cat_ids = tf.constant([0] + [int(c) for c in cfg.category_ids()], tf.int32)    # class 0 = padding
@@ -210,7 +217,7 @@ def serving_fn(model, cfg, graph="keras"):
         out = model({"image": canvas, "image_hw": hw}, training=False)
         return {"boxes": out["boxes"][0], "scores": out["scores"][0],
                 "category_ids": tf.gather(cat_ids, out["classes"][0]), "class_probs": out["class_probs"][0],
-                "masks": out["masks"][0], "num_valid": out["num_valid"][0]}
+                "masks": out["masks"][0], "mask_boxes": out["mask_boxes"][0], "num_valid": out["num_valid"][0]}
     if graph == "keras":
         return serve_keras
 
@@ -221,8 +228,12 @@ def serving_fn(model, cfg, graph="keras"):
         canvas = letterbox_tf(image, size)[None]
         proposals, num_valid, class_probs, *embs = trunk(canvas, training=False)
         proposals, num_valid, class_probs = proposals[0], num_valid[0], class_probs[0]   # [P, 6], [], [P, K]
-        yx = tf.gather(proposals[:, :4], [1, 0, 3, 2], axis=-1)
+        roi = utils.scale_boxes(proposals[:, :4], m.mask_box_scale)                      # the mask ROIs
+        yx = tf.gather(roi, [1, 0, 3, 2], axis=-1)
         rois = [crop_and_resize_tf(e[0], yx, m.mask_pool) for e in embs]                  # 4 x [P, 14, 14, E]
+        if m.mask_pixels:
+            rois.append(crop_and_resize_tf(canvas[0], utils.aligned_crop_boxes(yx, size, m.mask_size),
+                                           m.mask_size))                                  # [P, M, M, 3]
         logits = mask_head(rois, training=False)[0]                                       # [P, M, M, 2]
         valid = tf.cast(tf.range(m.max_prop) < num_valid, tf.float32)                     # [P]
         h, w = tf.shape(image)[0], tf.shape(image)[1]
@@ -230,13 +241,15 @@ def serving_fn(model, cfg, graph="keras"):
         dh, dw = tf.cast((size - nh) // 2, tf.float32), tf.cast((size - nw) // 2, tf.float32)
         hf, wf = tf.cast(h, tf.float32), tf.cast(w, tf.float32)
         b = proposals[:, :4] * float(size)                                                # canvas px
-        x = tf.clip_by_value((b[:, 0::2] - dw) * (wf / tf.cast(nw, tf.float32)), 0.0, wf)
-        y = tf.clip_by_value((b[:, 1::2] - dh) * (hf / tf.cast(nh, tf.float32)), 0.0, hf)
+        x = (b[:, 0::2] - dw) * (wf / tf.cast(nw, tf.float32))
+        y = (b[:, 1::2] - dh) * (hf / tf.cast(nh, tf.float32))
+        mask_boxes = utils.scale_boxes(tf.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=-1), m.mask_box_scale)
+        x, y = tf.clip_by_value(x, 0.0, wf), tf.clip_by_value(y, 0.0, hf)
         boxes = tf.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=-1) * valid[:, None]
         classes = tf.cast(tf.round(proposals[:, 5]), tf.int32) * tf.cast(valid, tf.int32)
         return {"boxes": boxes, "scores": proposals[:, 4] * valid, "category_ids": tf.gather(cat_ids, classes),
                 "class_probs": class_probs, "masks": tf.nn.softmax(logits, axis=-1)[..., 1] * tf.reshape(valid, [-1, 1, 1]),
-                "num_valid": num_valid}
+                "mask_boxes": mask_boxes * valid[:, None], "num_valid": num_valid}
     return serve_portable
 
 
@@ -451,7 +464,8 @@ class ExportedFramePredictor:
     def outputs(self, frames_rgb):
         """Stack the per-frame outputs into the infer model's batched dict (classes 1..K, image_hw)."""
         outs = [self.exported(f) for f in frames_rgb]
-        batch = {k: np.stack([o[k] for o in outs]) for k in ("boxes", "scores", "class_probs", "masks", "num_valid")}
+        batch = {k: np.stack([o[k] for o in outs])
+                 for k in ("boxes", "scores", "class_probs", "masks", "mask_boxes", "num_valid")}
         cats = np.stack([o["category_ids"] for o in outs])
         batch["classes"] = np.vectorize(lambda c: self._class_of.get(int(c), 0), otypes=[np.int32])(cats)
         batch["image_hw"] = np.array([f.shape[:2] for f in frames_rgb], np.int32)

@@ -2,7 +2,7 @@
 
 Blocks are plain functions over tensors (`apply_neck`, `apply_heads`, `apply_mask_head`); everything that calls
 `tf.*` is a Keras layer with a round-tripping `get_config`: `LevelPrediction`, `DecodeLevel`, `ProposalLayer`,
-`PyramidROIAlign`, `UnflattenROIs`, `DetectionOutputs`.
+`PyramidROIAlign`, `PixelROIAlign`, `UnflattenROIs`, `DetectionOutputs`.
 """
 from __future__ import annotations
 
@@ -285,6 +285,8 @@ class PyramidROIAlign(keras.layers.Layer):
 
     Args:
         pool_size: side of the pooled crops.
+        box_scale: each proposal box is scaled by this about its centre first (the mask ROI,
+            model.mask_box_scale; 1.0 original); zero outside the maps.
 
     Returns:
         A list of 4 tensors [B*P, pool_size, pool_size, E], one per level.
@@ -293,14 +295,15 @@ class PyramidROIAlign(keras.layers.Layer):
         rois = PyramidROIAlign(14)([proposals, e2, e3, e4, e5])
     """
 
-    def __init__(self, pool_size, **kwargs):
+    def __init__(self, pool_size, box_scale=1.0, **kwargs):
         kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.pool_size = int(pool_size)
+        self.box_scale = float(box_scale)
 
     def call(self, inputs):
         proposals, maps = inputs[0], inputs[1:]
-        boxes = tf.stop_gradient(proposals[..., :4])
+        boxes = utils.scale_boxes(tf.stop_gradient(proposals[..., :4]), self.box_scale)
         num = tf.shape(boxes)[1]
         boxes = tf.reshape(tf.gather(boxes, [1, 0, 3, 2], axis=-1), [-1, 4])      # [B*P, 4] y1, x1, y2, x2
         box_idx = tf.repeat(tf.range(tf.shape(proposals)[0]), num)
@@ -313,7 +316,47 @@ class PyramidROIAlign(keras.layers.Layer):
         return [(b, self.pool_size, self.pool_size, s[-1]) for s in input_shapes[1:]]
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": self.pool_size}
+        return {**super().get_config(), "pool_size": self.pool_size, "box_scale": self.box_scale}
+
+
+class PixelROIAlign(keras.layers.Layer):
+    """The mask ROI of every proposal cropped from the input canvas itself, one bilinear sample at the centre of
+    each of the crop x crop cells of the mask grid (`utils.aligned_crop_boxes`, the mask targets' sampling): the
+    pixel branch's input (model.mask_pixels; not in the original).
+
+    Args:
+        crop: side of the crops (model.mask_size).
+        box_scale: model.mask_box_scale, as in `PyramidROIAlign`.
+
+    Returns:
+        [B*P, crop, crop, C] pixels, zero outside the canvas.
+
+    Example:
+        pixels = PixelROIAlign(28, 1.2)([proposals, image])
+    """
+
+    def __init__(self, crop, box_scale=1.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.crop = int(crop)
+        self.box_scale = float(box_scale)
+
+    def call(self, inputs):
+        proposals, image = inputs
+        boxes = utils.scale_boxes(tf.stop_gradient(tf.cast(proposals[..., :4], tf.float32)), self.box_scale)
+        num = tf.shape(boxes)[1]
+        boxes = utils.aligned_crop_boxes(tf.gather(boxes, [1, 0, 3, 2], axis=-1), image.shape[1], self.crop)
+        box_idx = tf.repeat(tf.range(tf.shape(proposals)[0]), num)
+        return tf.image.crop_and_resize(tf.cast(image, tf.float32), tf.reshape(boxes, [-1, 4]), box_idx,
+                                        (self.crop, self.crop), method="bilinear")
+
+    def compute_output_shape(self, input_shapes):
+        p, im = input_shapes
+        b = None if p[0] is None or p[1] is None else p[0] * p[1]
+        return (b, self.crop, self.crop, im[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "crop": self.crop, "box_scale": self.box_scale}
 
 
 class UnflattenROIs(keras.layers.Layer):
@@ -420,12 +463,17 @@ def _mask_conv(x, filters, kernel, name, cfg):
     return keras.layers.ReLU(name=f"mask_relu_{name}")(x)
 
 
-def apply_mask_head(rois, cfg):
+def apply_mask_head(rois, cfg, pixels=None):
     """Mask subnet on the pooled ROIs (4 x [B*P, 14, 14, E]) -> [B*P, 28, 28, 2] bg/fg logits.
 
     AFP: per-level 3x3 conv + GN + ReLU, element-wise max. Shared conv1, conv2. FCN branch: conv3, 2x2 deconv
     stride 2 + ReLU, 1x1 to 2. FC branch: conv4, conv5 (half width), flatten, Dense mask_size^2 + ReLU, reshape,
     tiled to 2 channels. Fusion: concat and a learned 1x1 conv to 2 (faithful, original-model.md §5.2).
+
+    With `pixels` ([B*P, 28, 28, 3], `PixelROIAlign`; model.mask_pixels = N > 0, not in the original): two 3x3
+    convs + ReLU of N filters on the pixels, concatenated with the deconvolution's output, and a 3x3 conv + ReLU of
+    N filters before the FCN branch's 1x1: the mask's edges can follow the picture's at the mask's resolution, where e2 has
+    a quarter of it (a 24 px object at 192 spans 6 cells of e2).
     """
     m = cfg.model
     f, ms = m.mask_layers, m.mask_size
@@ -435,6 +483,14 @@ def apply_mask_head(rois, cfg):
     x = _mask_conv(x, f, 3, "conv2", cfg)
     fcn = _mask_conv(x, f, 3, "conv3", cfg)
     fcn = keras.layers.Conv2DTranspose(f, 2, strides=2, activation="relu", name="mask_deconv")(fcn)  # [.., 28, 28, f]
+    if pixels is not None:
+        n = m.mask_pixels
+        # no normalisation here: GroupNorm over a near-uniform crop (a flat wall, the letterbox's gray) divides
+        # by ~0 and turns a grey level of noise into a different mask
+        px = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name="mask_pix_conv1")(pixels)
+        px = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name="mask_pix_conv2")(px)
+        fcn = keras.layers.Concatenate(name="mask_pix_cat")([fcn, px])
+        fcn = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name="mask_pix_fuse")(fcn)  # [.., 28, 28, n]
     fcn = keras.layers.Conv2D(2, 1, name="mask_fcn_out")(fcn)                                     # [.., 28, 28, 2]
     fc = _mask_conv(x, f, 3, "conv4", cfg)
     fc = _mask_conv(fc, f // 2, 3, "conv5", cfg)
@@ -457,19 +513,23 @@ class DetectionOutputs(keras.layers.Layer):
 
     Args:
         input_size: side of the square canvas in pixels.
+        mask_box_scale: model.mask_box_scale (the mask ROI is the box scaled by it about its centre).
 
     Returns:
         dict boxes [B, P, 4] float32 px, scores [B, P], classes int32 [B, P], masks [B, P, M, M] fg probability,
-        image_hw [B, 2] (passed through so post-processing knows each frame's size).
+        mask_boxes [B, P, 4] float32 px (the box each mask covers: the mask ROI, not clipped, so a mask is pasted
+        without being squeezed where its box leaves the frame), image_hw [B, 2] (passed through so
+        post-processing knows each frame's size).
 
     Example:
         out = DetectionOutputs(416)([proposals, num_valid, mask_logits, image_hw])
     """
 
-    def __init__(self, input_size, **kwargs):
+    def __init__(self, input_size, mask_box_scale=1.0, **kwargs):
         kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
         self.input_size = int(input_size)
+        self.mask_box_scale = float(mask_box_scale)
 
     def call(self, inputs):
         proposals, num_valid, mask_logits, image_hw = inputs
@@ -483,6 +543,8 @@ class DetectionOutputs(keras.layers.Layer):
         b = tf.cast(proposals[..., :4], tf.float64) * size                          # canvas px
         x = (b[..., 0::2] - dw[:, None, None]) * (w / nw)[:, None, None]
         y = (b[..., 1::2] - dh[:, None, None]) * (h / nh)[:, None, None]
+        mask_boxes = utils.scale_boxes(tf.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1),
+                                       self.mask_box_scale)
         x = tf.clip_by_value(x, tf.zeros_like(x), w[:, None, None] + tf.zeros_like(x))
         y = tf.clip_by_value(y, tf.zeros_like(y), h[:, None, None] + tf.zeros_like(y))
         boxes = tf.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], axis=-1)
@@ -492,6 +554,7 @@ class DetectionOutputs(keras.layers.Layer):
                 "scores": proposals[..., 4] * validf,
                 "classes": tf.cast(tf.round(proposals[..., 5]), tf.int32) * tf.cast(valid, tf.int32),
                 "masks": tf.nn.softmax(mask_logits, axis=-1)[..., 1] * validf[..., None, None],
+                "mask_boxes": tf.cast(mask_boxes, tf.float32) * validf[..., None],
                 "image_hw": tf.identity(image_hw)}
 
     def compute_output_spec(self, inputs):
@@ -500,7 +563,8 @@ class DetectionOutputs(keras.layers.Layer):
         return {"boxes": keras.KerasTensor((b, p, 4), "float32"), "scores": keras.KerasTensor((b, p), "float32"),
                 "classes": keras.KerasTensor((b, p), "int32"),
                 "masks": keras.KerasTensor((b, p) + tuple(mask_logits.shape[2:4]), "float32"),
+                "mask_boxes": keras.KerasTensor((b, p, 4), "float32"),
                 "image_hw": keras.KerasTensor((b, 2), "int32")}
 
     def get_config(self):
-        return {**super().get_config(), "input_size": self.input_size}
+        return {**super().get_config(), "input_size": self.input_size, "mask_box_scale": self.mask_box_scale}

@@ -51,8 +51,13 @@ def build_model(cfg, mode="train", mask_rois=None, mask_floor=None) -> keras.Mod
     if gated:
         mask_props = layers.MaskROIGate(m.max_prop if mask_rois is None else min(int(mask_rois), m.max_prop),
                                         mask_floor, name="mask_gate")([proposals, num_valid])   # [B, n, 6]
-    rois = layers.PyramidROIAlign(m.mask_pool, name="mask_roi_align")([mask_props] + embs)  # 4 x [B*P, 14, 14, E]
-    mask_flat = layers.apply_mask_head(rois, cfg)                                 # [B*P, 28, 28, 2]
+    rois = layers.PyramidROIAlign(m.mask_pool, m.mask_box_scale,
+                                  name="mask_roi_align")([mask_props] + embs)     # 4 x [B*P, 14, 14, E]
+    pixels = None
+    if m.mask_pixels:
+        pixels = layers.PixelROIAlign(m.mask_size, m.mask_box_scale,
+                                      name="mask_pixel_align")([mask_props, image])   # [B*P, 28, 28, 3]
+    mask_flat = layers.apply_mask_head(rois, cfg, pixels)                         # [B*P, 28, 28, 2]
     if gated:
         mask_logits = layers.PadMaskLogits(m.max_prop, name="mask_pad")([mask_flat, proposals])
     else:
@@ -63,9 +68,10 @@ def build_model(cfg, mode="train", mask_rois=None, mask_floor=None) -> keras.Mod
         model = keras.Model(image, outputs, name="yolov4p1_train")
     else:
         image_hw = keras.Input((2,), dtype="int32", name="image_hw")             # original (height, width)
-        det = layers.DetectionOutputs(s, name="head_outputs")([proposals, num_valid, mask_logits, image_hw])
+        det = layers.DetectionOutputs(s, m.mask_box_scale, name="head_outputs")([proposals, num_valid, mask_logits, image_hw])
         outputs = {"boxes": det["boxes"], "scores": det["scores"], "classes": det["classes"],
-                   "class_probs": class_probs, "masks": det["masks"], "num_valid": num_valid,
+                   "class_probs": class_probs, "masks": det["masks"], "mask_boxes": det["mask_boxes"],
+                   "num_valid": num_valid,
                    "image_hw": det["image_hw"]}                               # passed through for postprocess
         model = keras.Model({"image": image, "image_hw": image_hw}, outputs, name="yolov4p1_infer")
     # ALB log-variances (decisions M7) live on the model so checkpoints save them; inference ignores them.
@@ -145,17 +151,18 @@ def letterbox_image(frame_rgb_uint8, size):
 
 
 def paste_mask_crop(prob, box, height, width, thresh):
-    """The pasted mask of `paste_mask` as (y1, x1, crop): crop is the bool [y2 - y1, x2 - x1] part inside the box
-    (x1, y1, x2, y2 px, float, rounded outwards and clipped to the frame); the frame is False elsewhere. None for a
-    box with no pixel inside the frame."""
-    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
-    x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
-    x1, y1 = min(max(x1, 0), width), min(max(y1, 0), height)
-    x2, y2 = min(max(x2, x1), width), min(max(y2, y1), height)
+    """The pasted mask of `paste_mask` as (y1, x1, crop): crop is the bool [y2 - y1, x2 - x1] part of the frame
+    inside the box (x1, y1, x2, y2 px, float, rounded outwards); the frame is False elsewhere. The mask spans the
+    whole box, so where the box leaves the frame the part outside is cut off, not squeezed in. None for a box with
+    no pixel inside the frame."""
+    bx1, by1 = int(np.floor(box[0])), int(np.floor(box[1]))
+    bx2, by2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
+    x1, y1 = min(max(bx1, 0), width), min(max(by1, 0), height)
+    x2, y2 = min(max(bx2, x1), width), min(max(by2, y1), height)
     if x2 <= x1 or y2 <= y1:
         return None
-    resized = cv2.resize(np.asarray(prob, np.float32), (x2 - x1, y2 - y1), interpolation=cv2.INTER_LINEAR)
-    return y1, x1, resized >= thresh
+    resized = cv2.resize(np.asarray(prob, np.float32), (bx2 - bx1, by2 - by1), interpolation=cv2.INTER_LINEAR)
+    return y1, x1, resized[y1 - by1:y2 - by1, x1 - bx1:x2 - bx1] >= thresh
 
 
 def paste_mask(prob, box, height, width, thresh, out=None):
@@ -197,7 +204,8 @@ def postprocess(outputs, cfg, score_floor=None, image_hw=None):
     """Inference outputs (numpy dict of the infer model, batch of frames) -> per frame, a list of detections
     {"score", "category_id", "class_scores", "bbox" [x, y, w, h] px, "segmentation" compressed RLE at the original
     frame size}, sorted by descending score; only valid slots with score >= score_floor (cfg.infer.score_floor if
-    None). Frame sizes (height, width) come from outputs["image_hw"] unless `image_hw` [B, 2] is given."""
+    None). Each mask is pasted over its outputs["mask_boxes"] box. Frame sizes (height, width) come from
+    outputs["image_hw"] unless `image_hw` [B, 2] is given."""
     from pycocotools import mask as mask_utils
 
     if image_hw is None:
@@ -209,6 +217,7 @@ def postprocess(outputs, cfg, score_floor=None, image_hw=None):
     boxes, scores = np.asarray(outputs["boxes"]), np.asarray(outputs["scores"])
     classes, probs = np.asarray(outputs["classes"]), np.asarray(outputs["class_probs"])
     masks, num_valid = np.asarray(outputs["masks"]), np.asarray(outputs["num_valid"])
+    mask_boxes = np.asarray(outputs["mask_boxes"])
     image_hw = np.asarray(image_hw).reshape(-1, 2)
     if len(image_hw) != len(scores):
         raise ValueError(f"postprocess: image_hw has {len(image_hw)} frames, outputs have {len(scores)}")
@@ -223,7 +232,7 @@ def postprocess(outputs, cfg, score_floor=None, image_hw=None):
                              f"1..{len(cat_ids)}")
         # runs from each box's crop (no full-frame buffers), compressed by pycocotools in one call
         counts = [{"size": [h, w], "counts": crop_rle_counts(
-            paste_mask_crop(masks[f, i], boxes[f, i], h, w, cfg.infer.mask_thresh), h, w)} for i in keep]
+            paste_mask_crop(masks[f, i], mask_boxes[f, i], h, w, cfg.infer.mask_thresh), h, w)} for i in keep]
         rles = mask_utils.frPyObjects(counts, h, w) if counts else []
         dets = [{"score": score, "category_id": cat_ids[c - 1], "class_scores": class_scores,
                  "bbox": [x1, y1, x2 - x1, y2 - y1],

@@ -250,6 +250,17 @@ def build_targets(cfg, boxes, labels):
 
 # ---- mask targets (original-model.md §6.5) ------------------------------------------------------------------
 
+def scale_boxes(boxes, scale: float):
+    """Boxes [..., 4] (x1, y1, x2, y2, or y1, x1, y2, x2: any order of two corners) scaled by `scale` about their
+    centres; numpy or TF, any units. The mask ROI of a proposal (model.mask_box_scale)."""
+    if scale == 1.0:
+        return boxes
+    lo, hi = boxes[..., :2], boxes[..., 2:4]
+    centre, half = (lo + hi) * 0.5, (hi - lo) * (0.5 * scale)
+    stack = np.concatenate if isinstance(boxes, np.ndarray) else tf.concat
+    return stack([centre - half, centre + half], axis=-1)
+
+
 def aligned_crop_boxes(boxes_norm, src_size: int, crop_size: int):
     """Turn normalised (y1, x1, y2, x2) canvas boxes into `tf.image.crop_and_resize` boxes whose samples land at
     the centres of the crop_size x crop_size output cells (crop_and_resize maps 0 and 1 to the centres of the
@@ -269,11 +280,12 @@ def aligned_crop_boxes(boxes_norm, src_size: int, crop_size: int):
 
 
 def mask_targets(proposals, num_valid, boxes, labels, masks, input_size: int, iou_thresh: float,
-                 mask_size: int = 28):
+                 mask_size: int = 28, box_scale: float = 1.0):
     """Mask targets for the (stop-gradient) proposals.
 
     A valid proposal (slot < num_valid) is positive iff its best box IoU with a real GT is >= iou_thresh; its
-    target is that GT's mask (R x R over the canvas) cropped by the proposal box to mask_size^2, threshold 0.5.
+    target is that GT's mask (R x R over the canvas) cropped by the proposal box, scaled by `box_scale` about its
+    centre (the mask ROI, model.mask_box_scale; zero outside the canvas), to mask_size^2, threshold 0.5.
 
     Args:
         proposals: [B, P, >=4] x1, y1, x2, y2 normalised to [0, 1] of the canvas.
@@ -294,7 +306,7 @@ def mask_targets(proposals, num_valid, boxes, labels, masks, input_size: int, io
     res = masks.shape[-1]
     images = tf.reshape(tf.cast(masks, tf.float32), [-1, res, res, 1])       # [B*N, R, R, 1]
     box_indices = tf.reshape(tf.range(b)[:, None] * n + target_index, [-1])
-    crop = aligned_crop_boxes(tf.gather(proposals, [1, 0, 3, 2], axis=-1), res, mask_size)
+    crop = aligned_crop_boxes(scale_boxes(tf.gather(proposals, [1, 0, 3, 2], axis=-1), box_scale), res, mask_size)
     crops = tf.image.crop_and_resize(images, tf.reshape(crop, [-1, 4]), box_indices, [mask_size, mask_size])
     crops = tf.reshape(tf.cast(crops[..., 0] >= 0.5, tf.float32), [b, p, mask_size, mask_size])
     positive = tf.cast(positive, tf.float32)
@@ -404,7 +416,8 @@ def compute_losses(cfg, outputs, batch, alb_layer, global_sum=_identity, global_
                               global_batch if global_batch is not None else tf.shape(batch["boxes"])[0])
                  for p, t in zip(outputs["level_preds"], targets)]
     mt, pos = mask_targets(outputs["proposals"], outputs["num_valid"], batch["boxes"], batch["labels"],
-                           batch["masks"], cfg.model.input_size, cfg.model.mask_iou_thresh, cfg.model.mask_size)
+                           batch["masks"], cfg.model.input_size, cfg.model.mask_iou_thresh, cfg.model.mask_size,
+                           cfg.model.mask_box_scale)
     m = mask_loss(outputs["mask_logits"], mt, pos, global_sum)
     terms = loss_terms(per_level, m, cfg.train.alb)
     out = {"total": alb_total(alb_layer, terms, num_replicas), "mask": m, "terms": terms}

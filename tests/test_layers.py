@@ -183,6 +183,30 @@ def test_pyramid_roi_align_hand_computed():
     np.testing.assert_allclose(out[4, :, 0, 1], [12, 12.5, 13, 13.5, 14], atol=1e-6)
 
 
+def test_roi_aligns_scale_the_box_about_its_centre():
+    # PyramidROIAlign with box_scale 2 on the box (0.25, 0.25, 0.75, 0.75) pools the whole map (0..1), and
+    # PixelROIAlign samples the centres of the mask grid's cells over the scaled box.
+    s = 5
+    ramp = np.arange(s, dtype=np.float32)
+    fmap = np.stack([np.broadcast_to(ramp[None, :], (s, s)), np.broadcast_to(ramp[:, None], (s, s))], -1)[None]
+    proposals = np.zeros((1, 2, 6), np.float32)
+    proposals[0, 0, :4] = [0.25, 0.25, 0.75, 0.75]
+    proposals[0, 1, :4] = [0.25, 0.0, 0.75, 0.5]      # scaled: x 0..1, y -0.25..0.75 (a quarter outside)
+    out = np.asarray(layers.PyramidROIAlign(5, box_scale=2.0)([proposals] + [fmap] * 4)[0])
+    np.testing.assert_allclose(out[0], fmap[0], atol=1e-6)
+    # 8 x 8 canvas, value = column + 10 * row (pixel i's centre at i + 0.5). Proposal 0 scaled by 2 spans 0..8 px:
+    # its 4 cells are centred at 1, 3, 5, 7 px, pixel indices 0.5, 2.5, 4.5, 6.5. Proposal 1 spans x 0..8, y -2..6:
+    # cells at y indices -1.5 (off the canvas: 0), 0.5, 2.5, 4.5.
+    cols, rows = np.meshgrid(np.arange(8, dtype=np.float32), np.arange(8, dtype=np.float32))
+    image = (cols + 10 * rows)[None, :, :, None]
+    px = np.asarray(layers.PixelROIAlign(4, box_scale=2.0)([proposals, image]))
+    assert px.shape == (2, 4, 4, 1)
+    np.testing.assert_allclose(px[0, 0, :, 0], [5.5, 7.5, 9.5, 11.5], atol=1e-5)
+    np.testing.assert_allclose(px[0, :, 1, 0], [7.5, 27.5, 47.5, 67.5], atol=1e-5)
+    np.testing.assert_allclose(px[1, :, 1, 0], [0, 7.5, 27.5, 47.5], atol=1e-5)
+    assert layers.PixelROIAlign(4).compute_output_shape(((1, 2, 6), (1, 8, 8, 3))) == (2, 4, 4, 3)
+
+
 def test_unflatten_rois():
     x = np.arange(6 * 2, dtype=np.float32).reshape(6, 2)
     out = np.asarray(layers.UnflattenROIs(3)(x))
@@ -263,6 +287,13 @@ def test_detection_outputs_unletterbox():
     proposals[0, 0, :4] = [0.1, 0.0, 0.2, 90 / size]
     out = layers.DetectionOutputs(size)([proposals, np.array([4], np.int32), logits, np.array([[h, w]], np.int32)])
     np.testing.assert_allclose(np.asarray(out["boxes"])[0, 0], [41.6 / 0.325, 0, 83.2 / 0.325, 0], atol=1e-3)
+    # the mask box is not clipped, and is scaled about the box's centre: y -1 / 0.325 px .. 0 -> 2x as tall
+    out = layers.DetectionOutputs(size, 2.0)([proposals, np.array([4], np.int32), logits,
+                                              np.array([[h, w]], np.int32)])
+    y1, y2 = (0 - 91) / 0.325, (90 - 91) / 0.325
+    np.testing.assert_allclose(np.asarray(out["mask_boxes"])[0, 0],
+                               [20.8 / 0.325, 1.5 * y1 - 0.5 * y2, 104 / 0.325, 1.5 * y2 - 0.5 * y1], atol=1e-3)
+    np.testing.assert_array_equal(np.asarray(out["mask_boxes"])[0, 4], 0)
 
 
 @pytest.mark.parametrize("layer", [
@@ -270,11 +301,14 @@ def test_detection_outputs_unletterbox():
     layers.DecodeLevel([[2.0, 2.0], [4.0, 5.0]], 4, 64, name="d"),
     layers.ProposalLayer(200, 50, 0.3, 5e-4, 1e-3, name="prop"),
     layers.PyramidROIAlign(14, name="roi"),
+    layers.PyramidROIAlign(14, 1.25, name="roi_scaled"),
+    layers.PixelROIAlign(28, 1.25, name="pix"),
     layers.UnflattenROIs(50, name="u"),
     layers.MaskROIGate(10, 0.05, name="gate"),
     layers.MaskROIGate(50, None, name="gate_all"),
     layers.PadMaskLogits(50, name="pad"),
     layers.DetectionOutputs(416, name="o"),
+    layers.DetectionOutputs(416, 1.25, name="o_scaled"),
     utils.AutoLossBalance(13, name="alb"),
 ])
 def test_get_config_round_trip(layer):

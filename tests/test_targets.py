@@ -103,6 +103,30 @@ def test_mask_targets_crop_positive_and_ignore_invalid_slots():
     np.testing.assert_array_equal(tgt2.numpy()[0, 0], np.ones((4, 4)))
 
 
+def test_mask_targets_over_the_scaled_box():
+    # A 32 px square object in the middle of a 64 px canvas (mask pixels 2..5 of R = 8) and a proposal on its box.
+    masks = np.zeros((1, 1, 8, 8), np.uint8)
+    masks[0, 0, 2:6, 2:6] = 1
+    boxes, labels = tf.constant([[[16, 16, 48, 48]]], tf.float32), tf.constant([[1]])
+    props = tf.constant([[[0.25, 0.25, 0.75, 0.75, .9, 1]]], tf.float32)
+    tgt, pos = utils.mask_targets(props, tf.constant([1]), boxes, labels, tf.constant(masks), 64, 0.5, 4)
+    np.testing.assert_array_equal(tgt.numpy()[0, 0], np.ones((4, 4)))
+    # scaled by 2 about its centre, the ROI is the whole canvas: the object fills the middle 2 x 2 cells; the
+    # positive test still uses the proposal box itself (IoU 1, not 0.25)
+    tgt, pos = utils.mask_targets(props, tf.constant([1]), boxes, labels, tf.constant(masks), 64, 0.5, 4, 2.0)
+    assert pos.numpy().tolist() == [[1]]
+    expect = np.zeros((4, 4))
+    expect[1:3, 1:3] = 1
+    np.testing.assert_array_equal(tgt.numpy()[0, 0], expect)
+
+
+def test_scale_boxes_numpy_and_tf():
+    b = np.array([[10.0, 20.0, 30.0, 60.0]], np.float32)
+    np.testing.assert_allclose(utils.scale_boxes(b, 1.5), [[5, 10, 35, 70]])
+    np.testing.assert_allclose(utils.scale_boxes(tf.constant(b), 1.5).numpy(), [[5, 10, 35, 70]])
+    assert utils.scale_boxes(b, 1.0) is b
+
+
 def test_aligned_crop_samples_pixel_centres():
     # A ramp image (value = column index) sampled over the whole canvas at the source resolution returns it as is.
     img = tf.constant(np.tile(np.arange(8, dtype=np.float32), (8, 1))[None, :, :, None])

@@ -380,7 +380,7 @@ def test_validation_map_counts_detections_below_conf_thresh(tmp_path, monkeypatc
         boxes[:, 0] = [16, 8, 48, 24]
         scores = np.zeros((n, 4), np.float32)
         scores[:, 0] = 0.3
-        return {"boxes": boxes, "scores": scores, "classes": np.ones((n, 4), np.int32),
+        return {"boxes": boxes, "mask_boxes": boxes, "scores": scores, "classes": np.ones((n, 4), np.int32),
                 "class_probs": np.ones((n, 4, 1), np.float32), "masks": np.ones((n, 4, 28, 28), np.float32),
                 "num_valid": np.ones((n,), np.int32), "image_hw": np.asarray(inputs["image_hw"])}
 
