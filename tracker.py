@@ -206,7 +206,9 @@ def track_flags(track_cfg) -> list:
              "--min-score", str(track_cfg.min_score)]
     if track_cfg.max_age is not None:
         flags += ["--max-age", str(track_cfg.max_age)]
-    return flags + (["--keep-doubtful"] if track_cfg.keep_doubtful else []) + (["--motion"] if track_cfg.motion else [])
+    flags += ["--keep-doubtful"] if track_cfg.keep_doubtful else []
+    flags += ["--motion"] if track_cfg.motion else []
+    return flags + (["--refind", str(track_cfg.refind)] if track_cfg.refind else [])
 
 
 def main(argv=None):

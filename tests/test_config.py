@@ -59,6 +59,9 @@ def test_overrides_parse_types():
     ("model.input_size=100", "multiple of 32"),
     ("train.alb=sometimes", "train.alb"),
     ("train.lr", "key=value"),
+    ("track.refind=-1", "track.refind must be >= 0"),
+    ("model.mask_box_scale=0.9", "model.mask_box_scale must be in [1, 2]"),
+    ("model.mask_pixels=-8", "model.mask_pixels must be >= 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

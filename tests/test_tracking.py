@@ -140,6 +140,32 @@ def test_crossing_behind_a_gap_keeps_identity_with_motion():
     assert layout(gap_crossing_frames(), motion=True) == [[0, 0, 0, N, N, N, 0, 0, 0], [1, 1, 1, N, N, N, 1, 1, 1]]
 
 
+def comeback_frames(cat_back=1):
+    # A (6x6, category 1) moves right 2 px a frame in frames 0-2 (box centre x 5, 7, 9), is missed in frames 3-4
+    # and comes back in frame 5 at x 20-26 (centre 23): its mask moved at its velocity (3 frames x 2 px: x 12-18)
+    # does not touch it. B (category 2) sits still on the right throughout.
+    frames = []
+    for t in range(8):
+        a = det((2, 2 + 2 * t, 8, 8 + 2 * t), 0.9) if t < 3 else det((2, 20 + t - 5, 8, 26 + t - 5), 0.9, cat_back)
+        frames.append(([a] if t < 3 or t >= 5 else []) + [det((14, 26, 20, 32), 0.8, cat=2)])
+    return frames
+
+
+def test_refind_gives_a_lost_object_back_its_track():
+    # Without refind A's return starts track 2. With refind 2: A's expected centre in frame 5 is x 9 + 3 x 2 = 15,
+    # 8 px from the detection's 23, 1.33 object sizes (sqrt(36) = 6 px): track 0 takes it; B's track (category 2,
+    # and matched by mask) is never a candidate.
+    b = [1, 1, 1, 0, 0, 1, 1, 1]                       # B is detection 0 where A is missed
+    assert layout(comeback_frames(), motion=True) == [[0, 0, 0, N, N, N, N, N], b, [N] * 5 + [0, 0, 0]]
+    assert layout(comeback_frames(), motion=True, refind=2.0) == [[0, 0, 0, N, N, 0, 0, 0], b]
+    # 1.33 sizes is beyond a radius of 1.25; without motion the last centre (9) is 14 px = 2.33 sizes away
+    assert layout(comeback_frames(), motion=True, refind=1.25)[2] == [N] * 5 + [0, 0, 0]
+    assert layout(comeback_frames(), refind=2.0)[2] == [N] * 5 + [0, 0, 0]
+    assert layout(comeback_frames(), refind=2.5) == [[0, 0, 0, N, N, 0, 0, 0], b]
+    # a detection of another category is never given to the track
+    assert layout(comeback_frames(cat_back=3), motion=True, refind=2.0)[2] == [N] * 5 + [0, 0, 0]
+
+
 def test_shift_rle_moves_the_mask_and_crops_at_the_frame_edge():
     from tracking.tracks import shift_rle
     m = dense(2, 3, 10, 9)
@@ -539,10 +565,10 @@ def test_tracker_passes_a_runs_track_section_as_flags():
     import tracker
     from config import get_preset
     tiny = get_preset("tiny").track
-    assert (tiny.score_floor, tiny.min_score, tiny.motion) == (0.3, 0.3, True)
-    assert not TrackConfig().motion                                    # the original tracker (T4) by default
+    assert (tiny.score_floor, tiny.min_score, tiny.motion, tiny.refind) == (0.3, 0.3, True, 2.0)
+    assert not TrackConfig().motion and TrackConfig().refind == 0      # the original tracker (T4) by default
     odd = dataclasses.replace(TrackConfig(), lam=0.25, tau=0.9, gamma=0.05, score_floor=0.45, min_hits=2,
-                              min_score=0.55, max_age=3, keep_doubtful=True, motion=True)
+                              min_score=0.55, max_age=3, keep_doubtful=True, motion=True, refind=1.5)
     for cfg in (TrackConfig(), tiny, odd):
         args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o"] + tracker.track_flags(cfg))
         assert track_cli.resolve_config(args) == cfg

@@ -36,6 +36,9 @@ def build_parser():
     p.add_argument("--motion", action="store_true", default=None,
                    help="compare detections with each track's last mask moved at the track's velocity (not in the "
                         "original tracker)")
+    p.add_argument("--refind", type=float, default=None,
+                   help="give a detection that matched no track to the nearest same-class track unmatched in its "
+                        "frame within this many object sizes (default 0: off; not in the original tracker)")
     return p
 
 
@@ -43,7 +46,7 @@ def resolve_config(args) -> TrackConfig:
     cfg = load_config(args.config).track if args.config else TrackConfig()
     flags = {"lam": args.lam, "tau": args.tau, "gamma": args.gamma, "score_floor": args.score_floor,
              "min_hits": args.min_hits, "min_score": args.min_score, "max_age": args.max_age,
-             "keep_doubtful": args.keep_doubtful, "motion": args.motion}
+             "keep_doubtful": args.keep_doubtful, "motion": args.motion, "refind": args.refind}
     return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
 
 

@@ -2,7 +2,8 @@
 
 Implements decisions.md §4 T3-T8 (fixes H2-H11 of original-tracking-eval.md §5.1): histories indexed by absolute
 frame index, inclusive score floor, optional max_age and keep_doubtful, video-level mode category and mean score;
-and one option that is not in the original: `motion` compares a track with its last mask moved at its velocity.
+and two options that are not in the original: `motion` compares a track with its last mask moved at its velocity,
+and `refind` gives a detection that matched no track to a nearby same-class track that lost its object.
 
     results = track_predictions(read_frame_predictions("valid_frames.json"), TrackConfig())
 """
@@ -55,6 +56,12 @@ class Track:
         dx, dy = np.rint(self.velocity * (t - self.last_hit)).astype(int)
         return shift_rle(self.last_rle, int(dx), int(dy))
 
+    def expected_centre(self, t: int, motion: bool) -> np.ndarray:
+        """The last box centre, moved at the track's velocity to frame t when `motion` is on."""
+        if not motion or self.velocity is None:
+            return self.centre
+        return self.centre + self.velocity * (t - self.last_hit)
+
     def detections(self) -> List[Detection]:
         return [d for d in self.history if d is not None]
 
@@ -86,6 +93,33 @@ def compressed_rle(seg, height, width):
     if isinstance(counts, bytes):
         counts = counts.decode("ascii")
     return {"size": [int(height), int(width)], "counts": counts}
+
+
+def refind(dets: List[Detection], candidates: List[int], tracks: List[Track], taken, t: int, radius: float,
+           motion: bool):
+    """Pairs (detection, track) for detections that matched no track by mask (`candidates`, the gate's new
+    detections): each goes to a track not matched in frame t (`taken` holds the matched ones) of the same category
+    whose expected centre (`Track.expected_centre`) is less than `radius` x the track's last object size (the
+    square root of its last mask's area) from the detection's box centre; nearest pairs first, each detection and
+    track at most once (ties: lower detection index, then lower track index). Not in the original tracker: there
+    an object lost for a few frames that comes back where its last mask no longer overlaps starts a new track,
+    which splits the object in the video AP (track.refind)."""
+    pairs = []
+    for i in candidates:
+        x, y, w, h = mask_utils.toBbox(dets[i].rle)
+        centre = np.array([x + w / 2.0, y + h / 2.0], np.float64)
+        for j, tr in enumerate(tracks):
+            if j in taken or tr.last_category != dets[i].category_id:
+                continue
+            size = max(float(np.sqrt(mask_utils.area(tr.last_rle))), 1.0)
+            distance = float(np.linalg.norm(centre - tr.expected_centre(t, motion))) / size
+            if distance < radius:
+                pairs.append((distance, i, j))
+    used_dets, used_tracks, found = set(), set(), []
+    for _, i, j in sorted(pairs):
+        if i not in used_dets and j not in used_tracks:
+            used_dets.add(i), used_tracks.add(j), found.append((i, j))
+    return found
 
 
 def kept_detections(frame, height, width, score_floor, where="") -> List[Detection]:
@@ -131,6 +165,12 @@ def track_video(video, cfg: TrackConfig, source="<frame predictions>") -> List[T
         matches, new_dets, doubtful = associate(cost, cfg.tau, cfg.gamma)
         for i, j in matches:
             active[j].add(t, dets[i])
+        if cfg.refind > 0:
+            found = refind(dets, new_dets, active, {j for _, j in matches}, t, cfg.refind, cfg.motion)
+            for i, j in found:
+                active[j].add(t, dets[i])
+            refound = {i for i, _ in found}
+            new_dets = [i for i in new_dets if i not in refound]
         starters = sorted(new_dets + doubtful) if cfg.keep_doubtful else new_dets
         for i in starters:
             track = Track(len(tracks), [None] * length, dets[i].rle, dets[i].category_id, t)
@@ -167,6 +207,8 @@ def track_predictions(data, cfg: Optional[TrackConfig] = None, source="<frame pr
     cfg = cfg or TrackConfig()
     if cfg.max_age is not None and cfg.max_age < 0:
         raise ValueError(f"max_age must be >= 0 or None, got {cfg.max_age}")
+    if cfg.refind < 0:
+        raise ValueError(f"refind must be >= 0, got {cfg.refind}")
     if validate:
         validate_frame_predictions(data, source)
     results = []
