@@ -235,9 +235,10 @@ def _preset_tiny() -> Config:
     backbone), Adam with the decoupled decay, a focal objectness loss with the foreground bias started at 0.01,
     class labels on every foreground anchor, a 3x3 conv (64 filters) under each level's class Dense, ALB
     log-variances stepping 10x faster, BN momentum 0.9 (moving statistics must follow a network that changes fast
-    in a few hundred steps), GT masks at the input resolution, two frames a training canvas (data.pack_prob),
+    in a few hundred steps), GT masks at the input resolution, two frames a training canvas (data.pack_prob), a
+    mask ROI 1.25x the box and a pixel branch in the mask subnet (model.mask_box_scale, model.mask_pixels),
     inference on a 224 px canvas (infer.scale 7/6), and in the tracker the score floor and mean-score gate at 0.3
-    (focal-loss scores) and motion."""
+    (focal-loss scores), motion and refind."""
     cfg = Config(preset="tiny")
     # 320x180 demo frames -> 192x108; ~11 img/s a training step on 2 cores. In the demo (1,364 steps) 192 against
     # 160 px: frame mask mAP@.5 on the held-out training videos 0.30 / 0.55 / 0.66 / 0.69 after each pass against
@@ -505,8 +506,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.mask_box_scale must be in [1, 2], got {m.mask_box_scale}")
     if cfg.track.refind < 0:
         raise ConfigError(f"track.refind must be >= 0, got {cfg.track.refind}")
-    if m.mask_pixels < 0:
-        raise ConfigError(f"model.mask_pixels must be >= 0, got {m.mask_pixels}")
+    if m.mask_pixels < 0 or m.mask_pixels % m.gn_groups:
+        raise ConfigError(f"model.mask_pixels must be 0 or a positive multiple of model.gn_groups "
+                          f"({m.gn_groups}), got {m.mask_pixels}")
     if m.mask_size != 2 * m.mask_pool:
         raise ConfigError(f"model.mask_size must be twice model.mask_pool (one 2x deconvolution), "
                           f"got {m.mask_size} and {m.mask_pool}")

@@ -159,12 +159,14 @@ def crop_and_resize_tf(fmap, boxes, crop):
     # the kernel's own float32 order of operations, so a sample on the map's last row stays inside
     ys = boxes[:, 0:1] * hf + i * ((boxes[:, 2:3] - boxes[:, 0:1]) * hf / float(crop - 1))   # [N, c]
     xs = boxes[:, 1:2] * wf + i * ((boxes[:, 3:4] - boxes[:, 1:2]) * wf / float(crop - 1))
-    # TF zeroes samples past the last row/column; a box clipped to exactly 1.0 puts its last sample there give or
-    # take one rounding, which fused multiply-adds (graph mode, XNNPACK) decide differently: 1e-3 px of slack
-    # keeps such samples inside, the only place where this differs from the kernel
+    # TF zeroes samples outside the map. A box clipped to exactly 1.0 puts its last sample on the last row/column
+    # give or take one rounding, which fused multiply-adds (graph mode, XNNPACK) decide differently: 1e-3 px of
+    # slack keeps such samples inside, the only place where this differs from the kernel. The first row/column
+    # needs none (a box at exactly 0 samples exactly 0), and slack there would keep samples of a box that starts
+    # above or left of the map (a mask ROI, model.mask_box_scale) that TF zeroes.
     eps = 1e-3
-    inside = (((ys >= -eps) & (ys <= hf + eps))[:, :, None]
-              & ((xs >= -eps) & (xs <= wf + eps))[:, None, :])                   # [N, c, c]
+    inside = (((ys >= 0.0) & (ys <= hf + eps))[:, :, None]
+              & ((xs >= 0.0) & (xs <= wf + eps))[:, None, :])                    # [N, c, c]
     y0, x0 = tf.floor(ys), tf.floor(xs)
     yl = tf.expand_dims(tf.expand_dims(ys - y0, -1), -1)                          # [N, c, 1, 1]
     xl = tf.expand_dims(tf.expand_dims(xs - x0, 1), -1)                            # [N, 1, c, 1]

@@ -456,10 +456,10 @@ class PadMaskLogits(keras.layers.Layer):
         return {**super().get_config(), "num_rois": self.num_rois}
 
 
-def _mask_conv(x, filters, kernel, name, cfg):
+def _mask_conv(x, filters, kernel, name, cfg, epsilon=1e-5):
     """Conv + real GroupNorm (decisions M3) + ReLU, named mask_<name> / mask_gn_<name>."""
     x = keras.layers.Conv2D(filters, kernel, padding="same", name=f"mask_{name}")(x)
-    x = keras.layers.GroupNormalization(groups=cfg.model.gn_groups, epsilon=1e-5, name=f"mask_gn_{name}")(x)
+    x = keras.layers.GroupNormalization(groups=cfg.model.gn_groups, epsilon=epsilon, name=f"mask_gn_{name}")(x)
     return keras.layers.ReLU(name=f"mask_relu_{name}")(x)
 
 
@@ -471,8 +471,8 @@ def apply_mask_head(rois, cfg, pixels=None):
     tiled to 2 channels. Fusion: concat and a learned 1x1 conv to 2 (faithful, original-model.md §5.2).
 
     With `pixels` ([B*P, 28, 28, 3], `PixelROIAlign`; model.mask_pixels = N > 0, not in the original): two 3x3
-    convs + ReLU of N filters on the pixels, concatenated with the deconvolution's output, and a 3x3 conv + ReLU of
-    N filters before the FCN branch's 1x1: the mask's edges can follow the picture's at the mask's resolution, where e2 has
+    conv + GN + ReLU of N filters on the pixels, concatenated with the deconvolution's output, and a third before
+    the FCN branch's 1x1: the mask's edges can follow the picture's at the mask's resolution, where e2 has
     a quarter of it (a 24 px object at 192 spans 6 cells of e2).
     """
     m = cfg.model
@@ -485,12 +485,12 @@ def apply_mask_head(rois, cfg, pixels=None):
     fcn = keras.layers.Conv2DTranspose(f, 2, strides=2, activation="relu", name="mask_deconv")(fcn)  # [.., 28, 28, f]
     if pixels is not None:
         n = m.mask_pixels
-        # no normalisation here: GroupNorm over a near-uniform crop (a flat wall, the letterbox's gray) divides
-        # by ~0 and turns a grey level of noise into a different mask
-        px = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name="mask_pix_conv1")(pixels)
-        px = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name="mask_pix_conv2")(px)
+        # GroupNorm's epsilon is 1e-3 here, not 1e-5: over a near-uniform crop (a flat wall, the letterbox's gray)
+        # the variance is ~0, and 1e-5 would turn a grey level of noise into a different mask
+        px = _mask_conv(pixels, n, 3, "pix_conv1", cfg, epsilon=1e-3)
+        px = _mask_conv(px, n, 3, "pix_conv2", cfg, epsilon=1e-3)
         fcn = keras.layers.Concatenate(name="mask_pix_cat")([fcn, px])
-        fcn = keras.layers.Conv2D(n, 3, padding="same", activation="relu", name="mask_pix_fuse")(fcn)  # [.., 28, 28, n]
+        fcn = _mask_conv(fcn, n, 3, "pix_fuse", cfg, epsilon=1e-3)                            # [.., 28, 28, n]
     fcn = keras.layers.Conv2D(2, 1, name="mask_fcn_out")(fcn)                                     # [.., 28, 28, 2]
     fc = _mask_conv(x, f, 3, "conv4", cfg)
     fc = _mask_conv(fc, f // 2, 3, "conv5", cfg)

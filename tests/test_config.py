@@ -61,7 +61,8 @@ def test_overrides_parse_types():
     ("train.lr", "key=value"),
     ("track.refind=-1", "track.refind must be >= 0"),
     ("model.mask_box_scale=0.9", "model.mask_box_scale must be in [1, 2]"),
-    ("model.mask_pixels=-8", "model.mask_pixels must be >= 0"),
+    ("model.mask_pixels=-8", "model.mask_pixels must be 0 or a positive multiple of model.gn_groups"),
+    ("model.mask_pixels=12", "model.mask_pixels must be 0 or a positive multiple of model.gn_groups"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
