@@ -252,7 +252,9 @@ def _preset_tiny() -> Config:
     cfg.model.gn_groups = 8
     # Masks (the video AP's IoU is the masks'): boxes from the short run are off by ~11 % in size (median box IoU
     # 0.78 with the object), and e2 is a quarter of the canvas, so the mask subnet saw a clipped, blurred object.
-    # The mask ROI is the box x 1.25 and a pixel branch reads the image crop (model.mask_pixels).
+    # The mask ROI is the box x 1.25 and a pixel branch reads the image crop (model.mask_pixels). Demo runs of
+    # 2026-11-30 on `valid`, before -> with both: median mask IoU of found objects 0.79 -> 0.89, frame mask mAP
+    # 0.355 -> 0.496 / 0.538, video AP (lam 0.5, before refind) 0.254 -> 0.342; ~8 % more time a step.
     cfg.model.mask_box_scale = 1.25
     cfg.model.mask_pixels = 8
     cfg.model.pre_nms_limit = 100
