@@ -473,7 +473,7 @@ def apply_mask_head(rois, cfg, pixels=None):
     With `pixels` ([B*P, 28, 28, 3], `PixelROIAlign`; model.mask_pixels = N > 0, not in the original): two 3x3
     conv + GN + ReLU of N filters on the pixels, concatenated with the deconvolution's output, and a third before
     the FCN branch's 1x1: the mask's edges can follow the picture's at the mask's resolution, where e2 has
-    a quarter of it (a 24 px object at 192 spans 6 cells of e2).
+    a quarter of it (the demo's smallest objects, 14 px on the 192 canvas, span under 4 cells of e2).
     """
     m = cfg.model
     f, ms = m.mask_layers, m.mask_size
