@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import typing
 from dataclasses import dataclass, field
@@ -588,6 +589,9 @@ def save_config(cfg: Config, path: str):
     atomic_write_text(path, text)
 
 
+SECTIONS = ("model", "data", "train", "infer", "track")
+
+
 def load_config(path: str) -> Config:
     """Read a config file (YAML or JSON). A `preset` key picks the base; other keys override it."""
     try:
@@ -610,6 +614,14 @@ def load_config(path: str) -> Config:
         data = dict(data, model=model)
     cfg = apply_dict(base, data, source=path)
     cfg.preset = data.get("preset", cfg.preset)
+    if all(isinstance(data.get(k), dict) for k in SECTIONS):       # a saved run's resolved config
+        missing = [f"{k}.{name}={getattr(getattr(cfg, k), name)!r}" for k in SECTIONS
+                   for name in _field_types(getattr(cfg, k)) if name not in data[k]]
+        if missing:
+            print(f"config file {path}: has no {', '.join(missing)}; these values come from today's "
+                  f"`{cfg.preset}` preset. A run saved before they existed had the original behaviour (the "
+                  f"defaults in config.py): add them to the file with those values where that matters",
+                  file=sys.stderr)
     return cfg
 
 

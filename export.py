@@ -466,6 +466,8 @@ class ExportedFramePredictor:
     def outputs(self, frames_rgb):
         """Stack the per-frame outputs into the infer model's batched dict (classes 1..K, image_hw)."""
         outs = [self.exported(f) for f in frames_rgb]
+        # an export made before `mask_boxes` existed has masks over the boxes themselves (mask_box_scale 1)
+        outs = [o if "mask_boxes" in o else dict(o, mask_boxes=o["boxes"]) for o in outs]
         batch = {k: np.stack([o[k] for o in outs])
                  for k in ("boxes", "scores", "class_probs", "masks", "mask_boxes", "num_valid")}
         cats = np.stack([o["category_ids"] for o in outs])

@@ -303,6 +303,9 @@ def test_mixed_precision_outputs_float32():
     """decisions M13: under mixed_float16 the tf.* layers compute in float32 and every output is float32/int32."""
     import keras
     cfg = config.get_preset("tiny")
+    # seeded: with some random He-initialised weights float16 activations overflow and no candidate survives
+    # (num_valid 0, seen once in a full run); the dtypes, not those weights, are under test here
+    keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         infer = M.build_model(cfg, "infer")
