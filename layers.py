@@ -363,7 +363,8 @@ class UnflattenROIs(keras.layers.Layer):
     """[B*P, ...] -> [B, P, ...] after the per-ROI mask subnet.
 
     Args:
-        num_rois: P, the static number of proposals per image.
+        num_rois: P, the static number of proposals per image; None: the input is [x, proposals] and the ROIs per
+            image are however many `proposals` [B, n, ...] has (a `MaskPositiveGate`d head).
 
     Example:
         mask_logits = UnflattenROIs(50)(x)    # [B*50, 28, 28, 2] -> [B, 50, 28, 28, 2]
@@ -372,12 +373,17 @@ class UnflattenROIs(keras.layers.Layer):
     def __init__(self, num_rois, **kwargs):
         kwargs.setdefault("dtype", "float32")   # float32 math and outputs under mixed precision (M13)
         super().__init__(**kwargs)
-        self.num_rois = int(num_rois)
+        self.num_rois = None if num_rois is None else int(num_rois)
 
     def call(self, x):
+        if self.num_rois is None:
+            x, proposals = x
+            return tf.reshape(x, tf.concat([[tf.shape(proposals)[0], -1], tf.shape(x)[1:]], axis=0))
         return tf.reshape(x, tf.concat([[-1, self.num_rois], tf.shape(x)[1:]], axis=0))
 
     def compute_output_shape(self, input_shape):
+        if self.num_rois is None:
+            return (input_shape[1][0], None) + tuple(input_shape[0][1:])
         return (None, self.num_rois) + tuple(input_shape[1:])
 
     def get_config(self):
@@ -421,6 +427,47 @@ class MaskROIGate(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "max_rois": self.max_rois, "score_floor": self.score_floor}
+
+
+class MaskPositiveGate(keras.layers.Layer):
+    """Training only: the proposals that get a mask target (`utils.positive_proposals`), moved to the front of each
+    image's slots in their order, so the mask head runs on n = the largest per-image count (at least 1) instead of
+    P ROIs an image. Only positives enter the mask loss, and the mask head treats every ROI on its own (convs,
+    GroupNorm, Dense per ROI), so the loss and its gradients are those of the full head; the demo's runs have ~5
+    positives of 16 slots an image late in training and fewer early.
+
+    Args:
+        input_size: canvas side in pixels (GT boxes are in canvas pixels).
+        iou_thresh: model.mask_iou_thresh.
+
+    Returns:
+        (proposals [B, n, 6], num [B] int32: positives of each image, the slots < num)
+
+    Example:
+        mask_props, mask_num = MaskPositiveGate(416, 0.5)([proposals, num_valid, gt_boxes, gt_labels])
+    """
+
+    def __init__(self, input_size, iou_thresh, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.input_size = int(input_size)
+        self.iou_thresh = float(iou_thresh)
+
+    def call(self, inputs):
+        proposals, num_valid, boxes, labels = inputs
+        positive, _ = utils.positive_proposals(proposals, num_valid, boxes, labels, self.input_size, self.iou_thresh)
+        p = tf.shape(proposals)[1]
+        slots = tf.range(p)[None, :]
+        order = tf.argsort(tf.where(positive, slots, slots + p), axis=1, stable=True)   # positives first, in order
+        num = tf.reduce_sum(tf.cast(positive, tf.int32), axis=1)
+        n = tf.maximum(tf.reduce_max(num), 1)     # one ROI at least: TF's convs reject an empty batch here
+        return tf.gather(proposals, order[:, :n], batch_dims=1), num
+
+    def compute_output_shape(self, input_shapes):
+        return [(input_shapes[0][0], None, input_shapes[0][2]), (input_shapes[0][0],)]
+
+    def get_config(self):
+        return {**super().get_config(), "input_size": self.input_size, "iou_thresh": self.iou_thresh}
 
 
 class PadMaskLogits(keras.layers.Layer):

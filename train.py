@@ -204,6 +204,7 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
     gradient global norm. Rebuilt whenever the set of trainable variables changes."""
     import keras
     import tensorflow as tf
+    import model as model_lib
     import utils
 
     n_rep = strategy.num_replicas_in_sync
@@ -218,7 +219,7 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
 
         global_batch = global_sum(tf.cast(tf.shape(batch["image"])[0], tf.float32))
         with tf.GradientTape() as tape:
-            outputs = model(batch["image"], training=True)
+            outputs = model(model_lib.train_inputs(model, batch), training=True)
             # targets and losses in float32 whatever the compute dtype (decisions M13)
             outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs)
             losses = utils.compute_losses(cfg, outputs, batch, model.alb, global_sum, global_batch, n_rep)
@@ -429,9 +430,17 @@ def validate(cfg, train_model, infer_model, val_source, out_png, log=print, call
 
 # ---- loading a run --------------------------------------------------------------------------------------------
 
+LEGACY_MODEL_KEY = "model/_operations/"   # checkpoints before 2026-12-01: layers by position in the graph
+
+
 def make_checkpoint(model, optimizer=None):
+    """tf.train.Checkpoint of a model (its layers with weights keyed by layer name, `layers/<name>/...`), its ALB
+    layer, the step and epoch counters and, given, the optimizer; returns (checkpoint, parts). Keyed by name, a
+    checkpoint restores into any model `build_model` makes from the same config: the training model (GT inputs,
+    mask gate) and the plain one have the same named layers in a different graph order."""
     import tensorflow as tf
-    parts = {"model": model, "alb": model.alb,
+    layers = tf.train.Checkpoint(**{layer.name: layer for layer in model.layers if layer.weights})
+    parts = {"layers": layers, "alb": model.alb,
              "step": tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step"),
              "epoch": tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")}
     if optimizer is not None:
@@ -451,19 +460,46 @@ def load_run(run_dir: str, checkpoint: str | None = None, mode: str = "infer"):
     if not os.path.exists(cfg_path):
         raise TrainError(f"{run_dir}: no config.yaml (is this a run directory written by train.py?)")
     cfg = config_lib.load_config(cfg_path)
-    train_model = model_lib.build_model(cfg, "train")
+    train_model = model_lib.build_model(cfg, "train", mask_positives=True)
     ensure_alb_built(train_model)
-    ckpt, _ = make_checkpoint(train_model)
     path = checkpoint or latest_checkpoint(run_dir)
     if path is None:
         raise TrainError(f"{run_dir}: no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    ckpt.restore(path).expect_partial()
+    restore_weights(train_model, path, cfg)
     if mode == "train":
         return cfg, train_model
     cfg = cfg.for_inference()      # the inference canvas (Config.infer_size) in model.input_size
     infer_model = model_lib.build_model(cfg, "infer")
     model_lib.copy_weights_by_name(train_model, infer_model)
     return cfg, infer_model
+
+
+def is_legacy_checkpoint(path: str) -> bool:
+    import tensorflow as tf
+    return any(name.startswith(LEGACY_MODEL_KEY) for name, _ in tf.train.list_variables(path))
+
+
+def restore_weights(model, path: str, cfg):
+    """The weights and ALB of checkpoint `path` into `model` (built from `cfg`), every layer with weights matched
+    by name (an error names what is missing). A checkpoint written before layers were keyed by name is read
+    through the plain training model it was written from and copied over by name."""
+    import tensorflow as tf
+    import model as model_lib
+    source = model
+    if is_legacy_checkpoint(path):
+        source = model_lib.build_model(cfg, "train")
+        ensure_alb_built(source)
+        tf.train.Checkpoint(model=source, alb=source.alb).restore(path).expect_partial()
+    else:
+        saved = {name.split("/")[1] for name, _ in tf.train.list_variables(path) if name.startswith("layers/")}
+        missing = [layer.name for layer in model.layers if layer.weights and layer.name not in saved]
+        if missing:
+            raise TrainError(f"checkpoint {path}: no weights for {len(missing)} layer(s) of the model, e.g. "
+                             f"{missing[:3]} (a checkpoint of another configuration?)")
+        ckpt, _ = make_checkpoint(model)
+        ckpt.restore(path).expect_partial()
+    if source is not model:
+        model_lib.copy_weights_by_name(source, model)          # the ALB too
 
 
 def latest_checkpoint(run_dir: str):
@@ -492,7 +528,7 @@ def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
         if cfg.model.mixed_precision:      # decisions M13: float16 compute, float32 variables, heads' math float32
             keras.config.set_dtype_policy("mixed_float16")
         try:
-            model = model_lib.build_model(cfg, "train")
+            model = model_lib.build_model(cfg, "train", mask_positives=True)   # mask head on positives only
         finally:
             keras.config.set_dtype_policy(previous)
         ensure_alb_built(model)
@@ -574,6 +610,9 @@ def train(args):
 
     model, optimizer, schedule, ckpt, parts = build_state(cfg, strategy, total_steps, args.weights)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"), max_to_keep=cfg.train.keep_ckpts)
+    if args.resume and manager.latest_checkpoint and is_legacy_checkpoint(manager.latest_checkpoint):
+        raise TrainError(f"--resume: {manager.latest_checkpoint} was written before checkpoints keyed layers by "
+                         f"name (2026-12-01); it loads for inference (tracker.py, export.py) but cannot resume")
     if args.resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resumed from {manager.latest_checkpoint} (step {int(parts['step'].numpy())}, epoch {int(parts['epoch'].numpy())})")

@@ -279,6 +279,19 @@ def aligned_crop_boxes(boxes_norm, src_size: int, crop_size: int):
     return tf.stack([ny1, nx1, ny2, nx2], axis=-1)
 
 
+def positive_proposals(proposals, num_valid, boxes, labels, input_size: int, iou_thresh: float):
+    """The proposals that get a mask target: a valid slot (< num_valid) whose best box IoU with a real GT
+    (label > 0) is >= iou_thresh. proposals [B, P, >=4] normalised xyxy; boxes [B, N, 4] canvas px.
+    Returns (positive [B, P] bool, target_index [B, P] int32: the best GT's slot)."""
+    proposals = tf.stop_gradient(tf.cast(proposals[..., :4], tf.float32))
+    gt = tf.cast(boxes, tf.float32) / float(input_size)
+    iou = box_iou(proposals, gt)                                               # [B, P, N]
+    iou = tf.where((tf.cast(labels, tf.int32) > 0)[:, None, :], iou, -1.0)
+    target_index = tf.argmax(iou, axis=-1, output_type=tf.int32)
+    slot_valid = tf.range(tf.shape(proposals)[1])[None, :] < tf.cast(num_valid, tf.int32)[:, None]
+    return (tf.reduce_max(iou, axis=-1) >= iou_thresh) & slot_valid, target_index
+
+
 def mask_targets(proposals, num_valid, boxes, labels, masks, input_size: int, iou_thresh: float,
                  mask_size: int = 28, box_scale: float = 1.0):
     """Mask targets for the (stop-gradient) proposals.
@@ -296,12 +309,7 @@ def mask_targets(proposals, num_valid, boxes, labels, masks, input_size: int, io
     proposals = tf.stop_gradient(tf.cast(proposals[..., :4], tf.float32))
     b, p = tf.shape(proposals)[0], tf.shape(proposals)[1]
     n = tf.shape(boxes)[1]
-    gt = tf.cast(boxes, tf.float32) / float(input_size)
-    iou = box_iou(proposals, gt)                                               # [B, P, N]
-    iou = tf.where((tf.cast(labels, tf.int32) > 0)[:, None, :], iou, -1.0)
-    target_index = tf.argmax(iou, axis=-1, output_type=tf.int32)               # [B, P]
-    slot_valid = tf.range(p)[None, :] < tf.cast(num_valid, tf.int32)[:, None]
-    positive = (tf.reduce_max(iou, axis=-1) >= iou_thresh) & slot_valid
+    positive, target_index = positive_proposals(proposals, num_valid, boxes, labels, input_size, iou_thresh)
 
     res = masks.shape[-1]
     images = tf.reshape(tf.cast(masks, tf.float32), [-1, res, res, 1])       # [B*N, R, R, 1]
@@ -415,7 +423,10 @@ def compute_losses(cfg, outputs, batch, alb_layer, global_sum=_identity, global_
     per_level = [level_losses(p, t, cfg.train.loss_norm, global_sum,
                               global_batch if global_batch is not None else tf.shape(batch["boxes"])[0])
                  for p, t in zip(outputs["level_preds"], targets)]
-    mt, pos = mask_targets(outputs["proposals"], outputs["num_valid"], batch["boxes"], batch["labels"],
+    # A model built with mask_positives=True computed masks for its positive proposals only (`mask_proposals`,
+    # the first `mask_num` slots of each image); the targets and the loss over them are the same.
+    props = outputs.get("mask_proposals", outputs["proposals"])
+    mt, pos = mask_targets(props, outputs.get("mask_num", outputs["num_valid"]), batch["boxes"], batch["labels"],
                            batch["masks"], cfg.model.input_size, cfg.model.mask_iou_thresh, cfg.model.mask_size,
                            cfg.model.mask_box_scale)
     m = mask_loss(outputs["mask_logits"], mt, pos, global_sum)

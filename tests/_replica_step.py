@@ -44,12 +44,12 @@ batch = {"image": rng.uniform(0, 1, (B, 64, 64, 3)).astype(np.float32), "boxes":
 ds = tf.data.Dataset.from_tensors(batch)
 
 tf.keras.utils.set_random_seed(0)
-init = model_lib.build_model(cfg, "train").get_weights()
+init = model_lib.build_model(cfg, "train", mask_positives=True).get_weights()   # as train.build_state
 
 
 def one_step(strategy):
     with strategy.scope():
-        model = model_lib.build_model(cfg, "train")
+        model = model_lib.build_model(cfg, "train", mask_positives=True)
         model.set_weights(init)
         if FREEZE_BN:
             for layer in model.layers:

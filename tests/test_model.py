@@ -279,6 +279,65 @@ def test_summary_cli():
     assert sum(int(v) for k, v in lines.items() if k != "total") == int(lines["total"])
 
 
+def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
+    """build_model(mask_positives=True), what train.py trains: the mask head runs on the positive proposals only
+    (moved to the front in their order, n = the most an image has), and the mask loss and every gradient of it are
+    those of the published graph's head over all P proposals (float32 rounding apart), with the same weights."""
+    import keras
+    import train as train_lib
+    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "data.mask_res=32",
+                                                              "model.mask_iou_thresh=0.05"])
+    keras.utils.set_random_seed(3)
+    full = M.build_model(cfg, "train")
+    gated = M.build_model(cfg, "train", mask_positives=True)
+    for m in (full, gated):
+        train_lib.ensure_alb_built(m)
+    assert M.copy_weights_by_name(full, gated) == sum(1 for layer in full.layers if layer.weights) + 1   # + ALB
+    rng = np.random.default_rng(0)
+    b, n, r = 4, 6, 32
+    boxes = np.zeros((b, n, 4), np.float32)
+    labels = np.zeros((b, n), np.int32)
+    masks = np.zeros((b, n, r, r), np.uint8)
+    for i in range(b):
+        for j in range(1 + i % 4):                               # 1..4 objects, some padding slots
+            w, h = rng.uniform(12, 40, 2)
+            x1, y1 = rng.uniform(0, 64 - w), rng.uniform(0, 64 - h)
+            boxes[i, j] = [x1, y1, x1 + w, y1 + h]
+            labels[i, j] = 1 + j
+            masks[i, j, int(y1 / 2):int((y1 + h) / 2), int(x1 / 2):int((x1 + w) / 2)] = 1
+    batch = {"image": tf.constant(rng.uniform(0, 1, (b, 64, 64, 3)).astype(np.float32)), "boxes": tf.constant(boxes),
+             "labels": tf.constant(labels), "masks": tf.constant(masks)}
+    results = []
+    for m in (full, gated):
+        with tf.GradientTape() as tape:
+            out = m(M.train_inputs(m, batch), training=True)
+            loss = utils.compute_losses(cfg, out, batch, m.alb)["mask"]
+        results.append((out, loss, tape.gradient(loss, m.trainable_variables)))
+    (out_f, loss_f, grads_f), (out_g, loss_g, grads_g) = results
+    positive, _ = utils.positive_proposals(out_f["proposals"], out_f["num_valid"], boxes, labels, 64, 0.05)
+    positive = positive.numpy()
+    np.testing.assert_array_equal(out_g["mask_num"].numpy(), positive.sum(1))
+    assert 0 < positive.sum() < positive.size and out_g["mask_logits"].shape[1] == positive.sum(1).max()
+    for i in range(b):                                           # the positives, first and in order
+        k = int(positive[i].sum())
+        np.testing.assert_array_equal(out_g["mask_proposals"][i, :k].numpy(), out_f["proposals"][i][positive[i]].numpy())
+        np.testing.assert_allclose(out_g["mask_logits"][i, :k].numpy(), out_f["mask_logits"][i][positive[i]].numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    assert float(loss_f) > 0 and abs(float(loss_f) - float(loss_g)) <= 1e-6 * float(loss_f)
+    assert [v.path for v in full.trainable_variables] == [v.path for v in gated.trainable_variables]
+    checked = 0
+    for v, gf, gg in zip(full.trainable_variables, grads_f, grads_g):
+        if gf is None:
+            assert gg is None, v.path
+            continue
+        scale = float(tf.reduce_max(tf.abs(gf)))
+        np.testing.assert_allclose(gg.numpy(), gf.numpy(), atol=1e-4 * scale + 1e-12, err_msg=v.path)
+        checked += scale > 0
+    assert checked > 100                                         # the mask loss reaches the backbone
+    with pytest.raises(ValueError, match="mask_positives needs the GT"):
+        M.build_model(cfg, "infer", mask_positives=True)
+
+
 def test_training_gradients(tiny):
     """Losses on level_preds and mask_logits reach every part; proposals are stop-gradient (original §4.3)."""
     cfg, train, _ = tiny
