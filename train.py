@@ -490,7 +490,8 @@ def restore_weights(model, path: str, cfg):
     if is_legacy_checkpoint(path):
         source = model_lib.build_model(cfg, "train")
         ensure_alb_built(source)
-        tf.train.Checkpoint(model=source, alb=source.alb).restore(path).expect_partial()
+        # read (not restore): no save_counter to match; every object of the model must be in the file
+        tf.train.Checkpoint(model=source, alb=source.alb).read(path).assert_existing_objects_matched().expect_partial()
     else:
         saved = {name.split("/")[1] for name, _ in tf.train.list_variables(path) if name.startswith("layers/")}
         missing = [layer.name for layer in model.layers if layer.weights and layer.name not in saved]
@@ -498,7 +499,7 @@ def restore_weights(model, path: str, cfg):
             raise TrainError(f"checkpoint {path}: no weights for {len(missing)} layer(s) of the model, e.g. "
                              f"{missing[:3]} (a checkpoint of another configuration?)")
         ckpt, _ = make_checkpoint(model)
-        ckpt.restore(path).expect_partial()
+        ckpt.read(path).assert_existing_objects_matched().expect_partial()   # every weight, BN statistic, ALB
     if source is not model:
         model_lib.copy_weights_by_name(source, model)          # the ALB too
 
@@ -518,9 +519,10 @@ def ensure_alb_built(model):
 
 # ---- main loop --------------------------------------------------------------------------------------------
 
-def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
+def build_state(cfg, strategy, total_steps: int, weights: str | None = None, mask_positives: bool = True):
     """Model, optimizer (built over every variable that can ever train, so unfreezing needs no new slots), LR
-    schedule and checkpoint, all created inside the strategy scope before the first step (decisions §3)."""
+    schedule and checkpoint, all created inside the strategy scope before the first step (decisions §3). The model
+    runs the mask head on the positive proposals only unless `mask_positives` is False (`model.build_model`)."""
     import backbone
     import model as model_lib
     import keras
@@ -529,7 +531,7 @@ def build_state(cfg, strategy, total_steps: int, weights: str | None = None):
         if cfg.model.mixed_precision:      # decisions M13: float16 compute, float32 variables, heads' math float32
             keras.config.set_dtype_policy("mixed_float16")
         try:
-            model = model_lib.build_model(cfg, "train", mask_positives=True)   # mask head on positives only
+            model = model_lib.build_model(cfg, "train", mask_positives=mask_positives)
         finally:
             keras.config.set_dtype_policy(previous)
         ensure_alb_built(model)
@@ -613,7 +615,9 @@ def train(args):
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"), max_to_keep=cfg.train.keep_ckpts)
     if args.resume and manager.latest_checkpoint and is_legacy_checkpoint(manager.latest_checkpoint):
         raise TrainError(f"--resume: {manager.latest_checkpoint} was written before checkpoints keyed layers by "
-                         f"name (2026-12-01); it loads for inference (tracker.py, export.py) but cannot resume")
+                         f"name (2026-12-01); it loads for inference (tracker.py, export.py) but cannot resume: "
+                         f"start over without --resume in a new run directory, or remove {manager.directory} "
+                         f"(the demo: FRESH=1 make demo)")
     if args.resume and manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"resumed from {manager.latest_checkpoint} (step {int(parts['step'].numpy())}, epoch {int(parts['epoch'].numpy())})")

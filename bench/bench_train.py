@@ -1,11 +1,10 @@
 """Training-step cost of YOLOV4+1 on this machine: seconds per step and images/s of the distributed train step
 (forward, targets, losses, backward, all-reduce, clip, SGDW) for the tiny preset at its size and the full preset
-at 416 (batch 2), on synthetic batches; peak RSS. The training model runs the mask head on the positive
-proposals only, and random weights put few proposals on these batches' objects: the step measured is close to the
-detector's alone (each configuration prints how many ROIs the mask head ran on). Then, side by side for the same
-configurations, the frames/s the augmented data pipeline (loader_ytvos.build_dataset on the built-in synthetic
-dataset) delivers against the images/s the step consumes: a ratio above 1 means the step, not the data, bounds
-training.
+at 416 (batch 2), on synthetic batches; peak RSS. The mask head runs on every proposal here, the most a step can
+cost: train.py runs it on the positive proposals only, which random weights would all but skip (`--run-dir` times
+both with a trained run's weights). Then, side by side for the same configurations, the frames/s the augmented
+data pipeline (loader_ytvos.build_dataset on the built-in synthetic dataset) delivers against the images/s the step
+consumes: a ratio above 1 means the step, not the data, bounds training.
 
     python bench/bench_train.py [--steps 5] [--configs tiny:192:8,yolov4p1:416:2] [--pipeline-frames 96]
     python bench/bench_train.py --run-dir runs/demo --data data/shapes/train     # the mask gate, trained weights
@@ -54,7 +53,7 @@ def bench_one(preset: str, size: int, batch: int, steps: int):
     cfg = config.apply_overrides(config.get_preset(preset), [f"model.input_size={size}", f"train.batch_size={batch}"])
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     t0 = time.perf_counter()
-    model, opt, _, _, _ = train.build_state(cfg, strategy, 1000)
+    model, opt, _, _, _ = train.build_state(cfg, strategy, 1000, mask_positives=False)   # every proposal's mask
     build = time.perf_counter() - t0
     step = train.make_train_step(model, opt, cfg, strategy, train.trainable_vars(model))
     data = tf.data.Dataset.from_tensors(synthetic_batch(cfg, batch)).repeat()
@@ -68,11 +67,6 @@ def bench_one(preset: str, size: int, batch: int, steps: int):
         float(step(next(it), tf.constant(0.0))["total"])
         times.append(time.perf_counter() - t0)
         print(f"  {preset}@{size} b{batch}: step {i + 1}/{steps} {times[-1]:.2f} s", file=sys.stderr, flush=True)
-    import model as model_lib
-    rois = model(model_lib.train_inputs(model, synthetic_batch(cfg, batch)), training=True)["mask_logits"].shape[1]
-    print(f"  {preset}@{size}: the mask head ran on {rois} ROI(s) an image (the positive proposals; with these "
-          f"random weights few proposals land on the objects, so the step is the detector's cost plus a little: "
-          f"a trained tiny model has ~5 of {cfg.model.max_prop})", flush=True)
     t = np.asarray(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     line = (f"{preset:<9} {size:>5} {batch:>5} {model.count_params():>12,} {build:>8.1f} {first:>9.1f} "
@@ -114,6 +108,8 @@ def bench_mask_gate(run_dir: str, split_root: str, batches: int = 6, rounds: int
     data = [b for b in ds.take(batches)]
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     path = train.latest_checkpoint(run_dir)
+    if path is None:
+        sys.exit(f"bench_train: no checkpoint in {run_dir}/checkpoints (train a run first, e.g. make demo)")
     steps, rois = {}, {}
     for gated in (True, False):
         with strategy.scope():

@@ -49,11 +49,31 @@ class Demo:
                          f"`make demo` again (finished stages are reused)")
         self.timings.append((name, time.time() - t0, "ran"))
 
+    def check_dataset_size(self, train_root, valid_root):
+        """A dataset written with other video counts (an earlier demo's 12 `valid` videos) is written again, and
+        the run directory trained or evaluated on it is redone."""
+        a = self.args
+        for root, want in ((train_root, a.train_videos), (valid_root, a.valid_videos)):
+            path = os.path.join(root, "instances.json")
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                have = len(json.load(f)["videos"])
+            if have != want:
+                print(f"demo: {os.path.relpath(path, ROOT)} has {have} videos, this demo asks for {want}: writing the "
+                      f"dataset again and redoing every stage", flush=True)
+                for p in (self.data, self.run):
+                    if os.path.exists(p):
+                        shutil.rmtree(p)
+                os.makedirs(self.run, exist_ok=True)
+                return
+
     def run_all(self):
         a = self.args
         os.makedirs(self.run, exist_ok=True)
         train_root, valid_root = os.path.join(self.data, "train"), os.path.join(self.data, "valid")
         gt = os.path.join(valid_root, "instances.json")
+        self.check_dataset_size(train_root, valid_root)
         self.stage("dataset", [os.path.join(train_root, "instances.json"), gt],
                    [[self.py, "scripts/make_synthetic_ytvis.py", "--out", self.data, "--seed", str(a.seed),
                      "--train-videos", str(a.train_videos), "--valid-videos", str(a.valid_videos)]])

@@ -294,12 +294,12 @@ def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
         train_lib.ensure_alb_built(m)
     assert M.copy_weights_by_name(full, gated) == sum(1 for layer in full.layers if layer.weights) + 1   # + ALB
     rng = np.random.default_rng(0)
-    b, n, r = 4, 6, 32
+    b, n, r = 5, 6, 32
     boxes = np.zeros((b, n, 4), np.float32)
     labels = np.zeros((b, n), np.int32)
     masks = np.zeros((b, n, r, r), np.uint8)
     for i in range(b):
-        for j in range(1 + i % 4):                               # 1..4 objects, some padding slots
+        for j in range(i % 4 if i < 4 else 1):                   # 0..3 objects (image 0: padding only)
             w, h = rng.uniform(12, 40, 2)
             x1, y1 = rng.uniform(0, 64 - w), rng.uniform(0, 64 - h)
             boxes[i, j] = [x1, y1, x1 + w, y1 + h]

@@ -106,6 +106,8 @@ def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path):
     keras.utils.set_random_seed(1)
     plain = model_lib.build_model(cfg, "train")
     train.ensure_alb_built(plain)
+    rng = np.random.default_rng(0)      # no weight at a value a fresh build would have (BN statistics, biases, GN)
+    plain.set_weights([w + rng.uniform(0.5, 1.0, w.shape).astype(w.dtype) for w in plain.get_weights()])
     plain.alb.alb_log_vars.assign(np.arange(13, dtype=np.float32) / 7)
     run = tmp_path / "run"
     os.makedirs(run / "checkpoints")
@@ -132,6 +134,11 @@ def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path):
     train.restore_weights(back, train.make_checkpoint(gated)[0].write(str(tmp_path / "from_gated")), cfg)
     for a, b in zip(plain.get_weights(), back.get_weights()):
         np.testing.assert_array_equal(a, b)
+    # a checkpoint of another configuration (no pixel branch) names the layers it lacks
+    other = model_lib.build_model(config.apply_overrides(cfg, ["model.mask_pixels=0"]), "train")
+    train.ensure_alb_built(other)
+    with pytest.raises(train.TrainError, match=r"no weights for 6 layer\(s\) of the model, e.g. \['mask_pix_conv1'"):
+        train.restore_weights(back, train.make_checkpoint(other)[0].write(str(tmp_path / "other")), cfg)
 
 
 def test_backbone_phases_and_alb_in_checkpoint(tmp_path):
@@ -179,7 +186,7 @@ def test_one_step_is_replica_invariant():
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["update_norm"] > 1e-4
+    assert out["update_norm"] > 1e-4 and out["logs_one"]["mask"] > 0     # the mask head has positives
     assert out["diff_norm"] <= 1e-4 * out["update_norm"], out
     for k, v in out["logs_one"].items():
         assert out["logs_two"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
