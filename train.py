@@ -452,9 +452,9 @@ def load_run(run_dir: str, checkpoint: str | None = None, mode: str = "infer"):
     """(cfg, model) of a run directory: its saved config and the latest (or the given) checkpoint.
 
     mode="train" returns the train model itself (as train.py builds it: inputs {image, boxes, labels}, the mask head
-    on the positive proposals; `model.train_inputs` picks them from a batch); mode="infer" builds the inference model at the inference canvas
-    (`Config.for_inference`: the returned cfg's model.input_size is `Config.infer_size`) and copies
-    the trained weights into it by layer name.
+    on the positive proposals; `model.train_inputs` picks them from a batch); mode="infer" builds the inference
+    model at the inference canvas (`Config.for_inference`: the returned cfg's model.input_size is
+    `Config.infer_size`) and copies the trained weights into it by layer name.
     """
     import model as model_lib
     cfg_path = os.path.join(run_dir, "config.yaml")
