@@ -549,6 +549,44 @@ def build_state(cfg, strategy, total_steps: int, weights: str | None = None, mas
     return model, optimizer, schedule, ckpt, parts
 
 
+def resume(ckpt, parts, run_dir: str, strategy, worker_index: int = 0):
+    """--resume: restore the latest checkpoint of `run_dir` into `ckpt` (weights, optimizer slots, ALB, step, epoch).
+
+    Every worker reads the chief's checkpoints (only worker 0 keeps them), so with several workers `run_dir` must
+    be a folder they all see (a shared filesystem, or a copy of its `checkpoints/` at each worker's --run-dir). The
+    workers then check, with one all-gather, that they restored the same step: a worker that starts over while the
+    others resume would run a different number of steps and hang the collectives at the end.
+    """
+    import tensorflow as tf
+    folder = os.path.join(run_dir, "checkpoints")
+    path = tf.train.latest_checkpoint(folder)
+    if path and is_legacy_checkpoint(path):
+        raise TrainError(f"--resume: {path} was written before checkpoints keyed layers by name (2026-12-01); it "
+                         f"loads for inference (tracker.py, export.py) but cannot resume: start over without "
+                         f"--resume in a new run directory, or remove {folder} (the demo: FRESH=1 make demo)")
+    if path:
+        ckpt.restore(path).assert_existing_objects_matched()
+    step = int(parts["step"].numpy())
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        low, high = worker_steps(strategy, step)
+        if low != high:
+            raise TrainError(f"--resume: worker {worker_index} found step {step} in {folder} ("
+                             f"{'latest ' + os.path.basename(path) if path else 'no checkpoint'}), but the workers "
+                             f"found steps {low} to {high}: every worker must see the chief's checkpoints, so give "
+                             f"them a --run-dir on a shared filesystem, or copy worker 0's checkpoints/ there")
+    if path:
+        print(f"resumed from {path} (step {step}, epoch {int(parts['epoch'].numpy())})")
+    else:
+        print(f"--resume: no checkpoint in {folder}, starting fresh")
+
+
+def worker_steps(strategy, step: int):
+    """(lowest, highest) of `step` over every replica of `strategy` (one all-gather)."""
+    import tensorflow as tf
+    steps = strategy.gather(strategy.run(lambda: tf.constant([step], tf.int64)), axis=0).numpy()
+    return int(steps.min()), int(steps.max())
+
+
 def next_batch(iterator, locate):
     """next(iterator), where a frame TensorFlow cannot decode (its header passed the loader's checks, so the
     error names no file) becomes a TrainError naming it: `locate()` decodes every frame to find it."""
@@ -613,16 +651,8 @@ def train(args):
 
     model, optimizer, schedule, ckpt, parts = build_state(cfg, strategy, total_steps, args.weights)
     manager = tf.train.CheckpointManager(ckpt, os.path.join(out_dir, "checkpoints"), max_to_keep=cfg.train.keep_ckpts)
-    if args.resume and manager.latest_checkpoint and is_legacy_checkpoint(manager.latest_checkpoint):
-        raise TrainError(f"--resume: {manager.latest_checkpoint} was written before checkpoints keyed layers by "
-                         f"name (2026-12-01); it loads for inference (tracker.py, export.py) but cannot resume: "
-                         f"start over without --resume in a new run directory, or remove {manager.directory} "
-                         f"(the demo: FRESH=1 make demo)")
-    if args.resume and manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"resumed from {manager.latest_checkpoint} (step {int(parts['step'].numpy())}, epoch {int(parts['epoch'].numpy())})")
-    elif args.resume:
-        print(f"--resume: no checkpoint in {manager.directory}, starting fresh")
+    if args.resume:
+        resume(ckpt, parts, args.run_dir, strategy, worker_index)
     step_var, epoch_var = parts["step"], parts["epoch"]
 
     # The data stream continues where the saved step left it: loader pass and batch within it.

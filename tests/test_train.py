@@ -139,6 +139,14 @@ def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path):
     train.ensure_alb_built(other)
     with pytest.raises(train.TrainError, match=r"no weights for 6 layer\(s\) of the model, e.g. \['mask_pix_conv1'"):
         train.restore_weights(back, train.make_checkpoint(other)[0].write(str(tmp_path / "other")), cfg)
+    # --resume refuses a checkpoint of the earlier format, naming it and what to do
+    old_run = tmp_path / "old_run"
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=plain, alb=plain.alb), str(old_run / "checkpoints"),
+                               max_to_keep=1).save()
+    ckpt, parts = train.make_checkpoint(back)
+    with pytest.raises(train.TrainError, match=r"--resume: .*old_run/checkpoints/ckpt-1 was written before "
+                                               r"checkpoints keyed layers by name .* cannot resume"):
+        train.resume(ckpt, parts, str(old_run), tf.distribute.get_strategy())
 
 
 def test_backbone_phases_and_alb_in_checkpoint(tmp_path):
@@ -202,35 +210,64 @@ def _free_ports(n):
     return ports
 
 
-def test_two_workers_end_with_identical_weights_and_only_worker0_writes(shapes, tmp_path):
-    # sync_bn on (decisions M14): with per-worker statistics the BN moving averages would differ per worker.
+def _two_workers(tmp_path, data, run_dirs, extra, dumps=True):
+    """Runs train.py as the 2 workers of a MultiWorkerMirroredStrategy on localhost; [(returncode, out, err)]."""
     hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
     procs = []
-    for i in range(2):
-        args = SMALL + ["--data", shapes, "--run-dir", str(tmp_path / f"run{i}"), "--epochs", "1",
-                        "--set", "train.val_fraction=0", "--set", "model.sync_bn=true",
-                        "--strategy", "multi_worker", "--worker", hosts,
-                        "--worker-index", str(i), "--dump-weights", str(tmp_path / f"w{i}.npz")]
+    for i, run_dir in enumerate(run_dirs):
+        # sync_bn on (decisions M14): with per-worker statistics the BN moving averages would differ per worker.
+        args = SMALL + ["--data", data, "--run-dir", str(run_dir), "--set", "train.val_fraction=0",
+                        "--set", "model.sync_bn=true", "--strategy", "multi_worker", "--worker", hosts,
+                        "--worker-index", str(i)] + extra
+        if dumps:
+            args += ["--dump-weights", str(tmp_path / f"w{i}.npz")]
         procs.append(subprocess.Popen([PY, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=_env(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     try:
         for p in procs:
-            outs.append(p.communicate(timeout=300))
+            outs.append((*p.communicate(timeout=300),))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
-    assert "(global 3)" in outs[0][0] and "(global 3)" in outs[1][0]
+    return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+
+
+def _same_dumps(tmp_path):
     w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     assert sorted(w0.files) == sorted(w1.files)
     for k in w0.files:
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
-    assert os.path.exists(tmp_path / "run0" / "checkpoints" / "checkpoint")
-    assert os.path.exists(tmp_path / "run0" / "metrics.jsonl")
-    assert not os.path.exists(tmp_path / "run1")
+
+
+def test_two_workers_end_with_identical_weights_only_worker0_writes_and_resume_together(shapes, tmp_path):
+    run0, run1 = tmp_path / "run0", tmp_path / "run1"
+    (rc0, out0, err0), (rc1, out1, err1) = _two_workers(tmp_path, shapes, [run0, run1], ["--epochs", "1"])
+    assert rc0 == 0, err0[-3000:]
+    assert rc1 == 0, err1[-3000:]
+    assert "(global 3)" in out0 and "(global 3)" in out1
+    _same_dumps(tmp_path)
+    assert os.path.exists(run0 / "checkpoints" / "checkpoint")
+    assert os.path.exists(run0 / "metrics.jsonl")
+    assert not os.path.exists(run1)
+    # --resume: a worker that cannot see the chief's checkpoints (its --run-dir has none) would start over while
+    # the chief resumes; both stop at once instead, with a message naming the steps found.
+    res = _two_workers(tmp_path, shapes, [run0, run1], ["--epochs", "2", "--resume"], dumps=False)
+    for i, (rc, out, err) in enumerate(res):
+        assert rc != 0
+        assert f"--resume: worker {i} found step {3 if i == 0 else 0}" in err, err[-3000:]
+        assert "the workers found steps 0 to 3" in err
+    # Given the chief's run directory (a shared filesystem), every worker resumes at its step and they go on in step.
+    (rc0, out0, err0), (rc1, out1, err1) = _two_workers(tmp_path, shapes, [run0, run0], ["--epochs", "2", "--resume"])
+    assert rc0 == 0, err0[-3000:]
+    assert rc1 == 0, err1[-3000:]
+    for out in (out0, out1):
+        assert f"resumed from {run0 / 'checkpoints' / 'ckpt-3'} (step 3, epoch 1)" in out
+        assert "(global 4)" in out and "(global 6)" in out and "(global 1)" not in out
+    _same_dumps(tmp_path)
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(str(run0 / "checkpoints")).endswith("ckpt-6")
 
 
 def test_nan_guard_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
