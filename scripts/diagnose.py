@@ -160,20 +160,30 @@ def identity_report(gt: dict, results: list, covering=None):
 
     Also counted, as in MOT's IDSW: `switches`, the times a crossing GT track's covering predicted track changes
     from one covered frame to the next covered one (missed frames in between do not count as a switch), the
-    crossing GT tracks with no switch, and the fraction of their visible frames that are covered. None without
-    crossings."""
+    crossing GT tracks with no switch, and the fraction of their visible frames that are covered.
+
+    Identity *through* each crossing (`encounters`: each object of each crossing pair): `through` if the predicted
+    track covering the object in most of its covered frames before the pair's boxes first overlap is the one
+    covering it most after they last overlap; `changed` if they differ; `uncovered` if either side has no covered
+    frame. A track that takes the other object's mask for a frame while the two overlap is two switches but still
+    `through`. None without crossings."""
     covering = covering if covering is not None else covering_tracks(gt, results)
     by_video = collections.defaultdict(list)
     for a in gt["annotations"]:
         by_video[a["video_id"]].append(a)
     kept = total = switches = clean = covered = visible = 0
+    ends = collections.Counter()
     for group in by_video.values():
         crossing = set()
         for i, a in enumerate(group):
             for b in group[i + 1:]:
-                if a["category_id"] == b["category_id"] and any(
-                        _boxes_overlap(x, y) for x, y in zip(a["bboxes"], b["bboxes"])):
+                if a["category_id"] != b["category_id"]:
+                    continue
+                overlap = [t for t, (x, y) in enumerate(zip(a["bboxes"], b["bboxes"])) if _boxes_overlap(x, y)]
+                if overlap:
                     crossing.update([a["id"], b["id"]])
+                    for o in (a, b):
+                        ends[_through(o, covering[o["id"]], overlap[0], overlap[-1])] += 1
         for a in group:
             if a["id"] not in crossing:
                 continue
@@ -189,7 +199,20 @@ def identity_report(gt: dict, results: list, covering=None):
     if not total:
         return None
     return {"kept": kept, "total": total, "switches": switches, "no_switch": clean,
-            "covered": covered / visible if visible else 0.0}
+            "covered": covered / visible if visible else 0.0, "encounters": sum(ends.values()),
+            "through": ends["through"], "changed": ends["changed"], "uncovered": ends["uncovered"]}
+
+
+def _through(annotation, ids, first: int, last: int) -> str:
+    """'through', 'changed' or 'uncovered' (identity_report) for one object of a crossing pair whose boxes overlap
+    from frame `first` to `last`; `ids` are its covering tracks in its visible frames."""
+    frames = [t for t, seg in enumerate(annotation["segmentations"]) if seg is not None]
+    before = [k for t, k in zip(frames, ids) if t < first and k is not None]
+    after = [k for t, k in zip(frames, ids) if t > last and k is not None]
+    if not before or not after:
+        return "uncovered"
+    most = lambda ks: collections.Counter(ks).most_common(1)[0][0]   # noqa: E731
+    return "through" if most(before) == most(after) else "changed"
 
 
 def track_coverage(gt: dict, results: list) -> dict:
@@ -223,9 +246,11 @@ def report(d: dict) -> str:
                      f"are split over several")
         c = t["crossings"]
         if c:
-            lines.append(f"same-class crossings: {c['no_switch']} of {c['total']} objects never change track where "
-                         f"covered ({c['switches']} identity switches), {c['kept']} followed by one track in every "
-                         f"visible frame; {100 * c['covered']:.0f} % of their frames covered")
+            lines.append(f"same-class crossings: {c['through']} of {c['encounters']} crossing objects keep their "
+                         f"track through the crossing ({c['changed']} change it, {c['uncovered']} not covered on "
+                         f"one side); {c['no_switch']} of {c['total']} objects never change track where covered "
+                         f"({c['switches']} identity switches), {c['kept']} followed by one track in every visible "
+                         f"frame; {100 * c['covered']:.0f} % of their frames covered")
     return "\n".join(lines)
 
 

@@ -50,7 +50,9 @@ def write(tmp_path, tracks):
 
 def test_identity_report_perfect_tracks(tmp_path):
     r = identity(*write(tmp_path, [["A"] * T, ["B"] * T]))
-    assert r == {"kept": 2, "total": 2, "switches": 0, "no_switch": 2, "covered": 1.0}
+    # A's and B's boxes overlap in frames 2 and 3: one crossing, two objects through it
+    assert r == {"kept": 2, "total": 2, "switches": 0, "no_switch": 2, "covered": 1.0,
+                 "encounters": 2, "through": 2, "changed": 0, "uncovered": 0}
 
 
 def test_identity_report_swap_and_gap(tmp_path):
@@ -62,12 +64,24 @@ def test_identity_report_swap_and_gap(tmp_path):
     assert r["total"] == 2 and r["kept"] == 0
     assert r["switches"] == 2 and r["no_switch"] == 0
     assert r["covered"] == 10 / 12
+    assert (r["encounters"], r["through"], r["changed"], r["uncovered"]) == (2, 0, 2, 0)
+
+
+def test_identity_through_a_crossing_survives_a_swap_while_the_boxes_overlap(tmp_path):
+    # Track 1 takes B's mask in frame 3 (the boxes overlap in frames 2-3) and A's again after: two switches for A
+    # and for B, but each leaves the crossing on the track it came in with. A track only after the crossing
+    # (B's second) leaves B uncovered before it.
+    r = identity(*write(tmp_path, [["A", "A", "A", "B", "A", "A"], ["B", "B", "B", None, "B", "B"]]))
+    assert r["switches"] == 2 and (r["through"], r["changed"], r["uncovered"]) == (2, 0, 0)
+    r = identity(*write(tmp_path, [["A"] * T, [None, None, None, None, "B", "B"]]))
+    assert (r["encounters"], r["through"], r["changed"], r["uncovered"]) == (2, 1, 0, 1)
 
 
 def test_identity_report_gap_is_not_a_switch(tmp_path):
     tracks = [["A", None, "A", "A", "A", "A"], ["B"] * T]
     r = identity(*write(tmp_path, tracks))
-    assert r == {"kept": 1, "total": 2, "switches": 0, "no_switch": 2, "covered": 11 / 12}
+    assert r == {"kept": 1, "total": 2, "switches": 0, "no_switch": 2, "covered": 11 / 12,
+                 "encounters": 2, "through": 2, "changed": 0, "uncovered": 0}
 
 
 def frame_predictions(tmp_path, missing):
@@ -107,7 +121,8 @@ def test_diagnose_counts_and_oracle_association(tmp_path):
     # The results hold A and B only: C's 3 found frames are covered by no track.
     t = d["tracks"]
     assert (t["covered"], t["object_frames"], t["objects_without_track"], t["objects_split"]) == (12, 18, 1, 0)
-    assert t["crossings"] == {"kept": 2, "total": 2, "switches": 0, "no_switch": 2, "covered": 1.0}
+    assert t["crossings"] == {"kept": 2, "total": 2, "switches": 0, "no_switch": 2, "covered": 1.0,
+                              "encounters": 2, "through": 2, "changed": 0, "uncovered": 0}
 
 
 def test_diagnose_floor_and_bad_input(tmp_path):
