@@ -431,8 +431,9 @@ class MaskROIGate(keras.layers.Layer):
 
 class MaskPositiveGate(keras.layers.Layer):
     """Training only: the proposals that get a mask target (`utils.positive_proposals`), moved to the front of each
-    image's slots in their order, so the mask head runs on n = the largest per-image count (at least 1) instead of
-    P ROIs an image. Only positives enter the mask loss, and the mask head treats every ROI on its own (convs,
+    image's slots in their order: n = the largest per-image count (at least 1) slots an image instead of P, and
+    `GatherPositiveROIs` sends only the positive slots among those through the mask subnet. Only positives enter
+    the mask loss, and the mask head treats every ROI on its own (convs,
     GroupNorm, Dense per ROI), so the loss and its gradients are those of the full head; the demo's runs have ~5
     positives of 16 slots an image late in training and fewer early.
 
@@ -468,6 +469,55 @@ class MaskPositiveGate(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "input_size": self.input_size, "iou_thresh": self.iou_thresh}
+
+
+def _positive_rows(mask_props, mask_num):
+    """Row indices [N] (int32) of the positive slots of a `MaskPositiveGate`d [B, n] in the flat [B*n] order: slot
+    j < mask_num[b] of image b is row b*n + j. At least one row (row 0 when there is no positive at all: TF's convs
+    reject an empty batch); the losses read the positive slots only."""
+    n = tf.shape(mask_props)[1]
+    rows = tf.cast(tf.where(tf.reshape(tf.range(n)[None, :] < mask_num[:, None], [-1]))[:, 0], tf.int32)
+    return tf.cond(tf.size(rows) > 0, lambda: rows, lambda: tf.zeros([1], tf.int32))
+
+
+class GatherPositiveROIs(keras.layers.Layer):
+    """Training only: the rows of a `MaskPositiveGate`d head's flat ROIs [B*n, ...] that are positives, [N, ...].
+
+    The gate pads every image to n = the batch's largest count of positives; gathering the positives alone sends
+    N = their total (at least 1) through the mask subnet instead of B*n: ~5 of the ~9 ROIs an image late in the
+    demo's training. `ScatterPositiveROIs` puts the subnet's output back at [B*n, ...] (zeros elsewhere).
+
+    Example:
+        rois = GatherPositiveROIs()([roi, mask_props, mask_num])     # [B*n, 14, 14, E] -> [N, 14, 14, E]
+    """
+
+    def call(self, inputs):
+        x, mask_props, mask_num = inputs
+        return tf.gather(x, _positive_rows(mask_props, mask_num))
+
+    def compute_output_shape(self, input_shapes):
+        return (None,) + tuple(input_shapes[0][1:])
+
+
+class ScatterPositiveROIs(keras.layers.Layer):
+    """The inverse of `GatherPositiveROIs`: [N, ...] -> [B*n, ...], zeros at the slots that are not positives.
+
+    Example:
+        mask_flat = ScatterPositiveROIs()([x, mask_props, mask_num])   # [N, 28, 28, 2] -> [B*n, 28, 28, 2]
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        x, mask_props, mask_num = inputs
+        total = tf.shape(mask_props)[0] * tf.shape(mask_props)[1]
+        return tf.scatter_nd(_positive_rows(mask_props, mask_num)[:, None], tf.cast(x, self.compute_dtype),
+                             tf.concat([[total], tf.shape(x)[1:]], axis=0))
+
+    def compute_output_shape(self, input_shapes):
+        return (None,) + tuple(input_shapes[0][1:])
 
 
 class PadMaskLogits(keras.layers.Layer):

@@ -23,9 +23,9 @@ def build_model(cfg, mode="train", mask_rois=None, mask_floor=None, mask_positiv
     mode "infer": {image, image_hw} -> {boxes, scores, classes, class_probs, masks, num_valid} (decisions M12).
 
     Training only, what train.py builds: `mask_positives` takes {image, boxes, labels} (the batch's GT, canvas px)
-    and runs the mask head on the proposals that get a mask target only (`layers.MaskPositiveGate`): outputs
-    mask_proposals [B, n, 6], mask_num [B] and mask_logits [B, n, 28, 28, 2] for them. The losses and gradients
-    are those of the full graph (tests/test_model.py); in the demo (~5 positives of 16) a step is ~10 % shorter.
+    and runs the mask head on the proposals that get a mask target only (`layers.MaskPositiveGate`,
+    `layers.GatherPositiveROIs`): outputs mask_proposals [B, n, 6], mask_num [B] and mask_logits [B, n, 28, 28, 2]
+    (slots j >= mask_num zero). The losses and gradients are those of the full graph (tests/test_model.py).
 
     Both modes build the same named layers and own the ALB layer (`model.alb`), so weights move between them by
     name (`copy_weights_by_name`) or through `save_weights` / `load_weights`.
@@ -69,7 +69,14 @@ def build_model(cfg, mode="train", mask_rois=None, mask_floor=None, mask_positiv
     if m.mask_pixels:
         pixels = layers.PixelROIAlign(m.mask_size, m.mask_box_scale,
                                       name="mask_pixel_align")([mask_props, image])   # [B*P, 28, 28, 3]
+    if mask_positives:      # the subnet sees the positive slots alone, not the gate's padding
+        rois = [layers.GatherPositiveROIs(name=f"mask_pos_rois_{lvl}")([r, mask_props, mask_num])
+                for lvl, r in zip(layers.LEVELS, rois)]                           # 4 x [N, 14, 14, E]
+        if pixels is not None:
+            pixels = layers.GatherPositiveROIs(name="mask_pos_pixels")([pixels, mask_props, mask_num])
     mask_flat = layers.apply_mask_head(rois, cfg, pixels)                         # [B*P, 28, 28, 2]
+    if mask_positives:
+        mask_flat = layers.ScatterPositiveROIs(name="mask_pos_scatter")([mask_flat, mask_props, mask_num])
     if gated:
         mask_logits = layers.PadMaskLogits(m.max_prop, name="mask_pad")([mask_flat, proposals])
     elif mask_positives:

@@ -119,8 +119,10 @@ def bench_mask_gate(run_dir: str, split_root: str, batches: int = 6, rounds: int
             opt = train.make_optimizer(cfg, train.make_schedule(cfg, 1000))
             opt.build(train.trainable_vars(model))
         steps[gated] = train.make_train_step(model, opt, cfg, strategy, train.trainable_vars(model))
-        rois[gated] = np.mean([model(model_lib.train_inputs(model, b), training=True)["mask_logits"].shape[1]
-                               for b in data])
+        outs = [model(model_lib.train_inputs(model, b), training=True) for b in data]
+        # ROIs through the mask subnet: the positives (at least one a batch), or every proposal slot
+        rois[gated] = np.mean([max(1, int(tf.reduce_sum(o["mask_num"]))) / int(o["mask_num"].shape[0]) if gated
+                               else o["mask_logits"].shape[1] for o in outs])
     dist = [next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(b)))) for b in data]
     times = {True: [], False: []}
     for gated in (True, False):

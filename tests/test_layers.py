@@ -239,6 +239,22 @@ def test_pad_mask_logits_zero_foreground():
     assert not fg[:, 3:].any()                      # exactly 0, as DetectionOutputs gives padded slots
 
 
+def test_positive_rois_gather_and_scatter_back():
+    """GatherPositiveROIs keeps the rows b*n + j, j < mask_num[b], of a gated [B*n, ...]; ScatterPositiveROIs puts
+    them back with zeros elsewhere; with no positive at all one row (row 0) still goes through."""
+    props = tf.zeros([3, 2, 6])
+    x = tf.reshape(tf.range(6 * 4, dtype=tf.float32), [6, 2, 2])
+    num = tf.constant([0, 2, 1])
+    rows = layers.GatherPositiveROIs()([x, props, num])
+    np.testing.assert_array_equal(rows.numpy(), x.numpy()[[2, 3, 4]])
+    back = layers.ScatterPositiveROIs()([rows * 2, props, num]).numpy()
+    np.testing.assert_array_equal(back[[2, 3, 4]], x.numpy()[[2, 3, 4]] * 2)
+    np.testing.assert_array_equal(back[[0, 1, 5]], 0.0)
+    none = tf.zeros([3], tf.int32)
+    np.testing.assert_array_equal(layers.GatherPositiveROIs()([x, props, none]).numpy(), x.numpy()[:1])
+    assert layers.ScatterPositiveROIs()([x[:1], props, none]).shape == (6, 2, 2)
+
+
 def test_mask_head_count_shapes_and_group_norm():
     cfg = _cfg()
     rois = [keras.Input((14, 14, 208)) for _ in range(4)]

@@ -281,7 +281,8 @@ def test_summary_cli():
 
 def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
     """build_model(mask_positives=True), what train.py trains: the mask head runs on the positive proposals only
-    (moved to the front in their order, n = the most an image has), and the mask loss and every gradient of it are
+    (moved to the front in their order, n = the most an image has, and only the positive slots of the [B, n]
+    enter the subnet), and the mask loss and every gradient of it are
     those of the published graph's head over all P proposals (float32 rounding apart), with the same weights."""
     import keras
     import train as train_lib
@@ -307,12 +308,20 @@ def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
             masks[i, j, int(y1 / 2):int((y1 + h) / 2), int(x1 / 2):int((x1 + w) / 2)] = 1
     batch = {"image": tf.constant(rng.uniform(0, 1, (b, 64, 64, 3)).astype(np.float32)), "boxes": tf.constant(boxes),
              "labels": tf.constant(labels), "masks": tf.constant(masks)}
+    # TensorFlow's CPU gradient of crop_and_resize w.r.t. the image (the ROI align's) races between threads unless op
+    # determinism is on (tensorflow/tensorflow#42033): now and then a run loses a few % of an embedding conv's
+    # gradient, which the backbone's batch-statistics BN then spreads. The comparison runs deterministically.
+    from tensorflow.python.framework import config as tf_config
     results = []
-    for m in (full, gated):
-        with tf.GradientTape() as tape:
-            out = m(M.train_inputs(m, batch), training=True)
-            loss = utils.compute_losses(cfg, out, batch, m.alb)["mask"]
-        results.append((out, loss, tape.gradient(loss, m.trainable_variables)))
+    tf_config.enable_op_determinism()
+    try:
+        for m in (full, gated):
+            with tf.GradientTape() as tape:
+                out = m(M.train_inputs(m, batch), training=True)
+                loss = utils.compute_losses(cfg, out, batch, m.alb)["mask"]
+            results.append((out, loss, tape.gradient(loss, m.trainable_variables)))
+    finally:
+        tf_config.disable_op_determinism()
     (out_f, loss_f, grads_f), (out_g, loss_g, grads_g) = results
     positive, _ = utils.positive_proposals(out_f["proposals"], out_f["num_valid"], boxes, labels, 64, 0.05)
     positive = positive.numpy()
@@ -323,15 +332,19 @@ def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
         np.testing.assert_array_equal(out_g["mask_proposals"][i, :k].numpy(), out_f["proposals"][i][positive[i]].numpy())
         np.testing.assert_allclose(out_g["mask_logits"][i, :k].numpy(), out_f["mask_logits"][i][positive[i]].numpy(),
                                    rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(out_g["mask_logits"][i, k:].numpy(), 0.0)   # the gate's padding: not computed
     assert float(loss_f) > 0 and abs(float(loss_f) - float(loss_g)) <= 1e-6 * float(loss_f)
     assert [v.path for v in full.trainable_variables] == [v.path for v in gated.trainable_variables]
     checked = 0
+    # A conv bias under GroupNorm has an analytically zero gradient: what it gets is rounding, ~1e-8 here, and it
+    # moves with the order of the sums. Such gradients are compared at 1e-6 of the largest gradient of all.
+    floor = 1e-6 * max(float(tf.reduce_max(tf.abs(g))) for g in grads_f if g is not None)
     for v, gf, gg in zip(full.trainable_variables, grads_f, grads_g):
         if gf is None:
             assert gg is None, v.path
             continue
         scale = float(tf.reduce_max(tf.abs(gf)))
-        np.testing.assert_allclose(gg.numpy(), gf.numpy(), atol=1e-4 * scale + 1e-12, err_msg=v.path)
+        np.testing.assert_allclose(gg.numpy(), gf.numpy(), atol=1e-4 * scale + floor, err_msg=v.path)
         checked += scale > 0
     assert checked > 100                                         # the mask loss reaches the backbone
     with pytest.raises(ValueError, match="mask_positives needs the GT"):
