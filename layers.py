@@ -472,38 +472,45 @@ class MaskPositiveGate(keras.layers.Layer):
 
 
 def _positive_rows(mask_props, mask_num):
-    """Row indices [N] (int32) of the positive slots of a `MaskPositiveGate`d [B, n] in the flat [B*n] order: slot
-    j < mask_num[b] of image b is row b*n + j. At least one row (row 0 when there is no positive at all: TF's convs
-    reject an empty batch); the losses read the positive slots only."""
-    n = tf.shape(mask_props)[1]
+    """Row indices (int32) of the positive slots of a `MaskPositiveGate`d [B, n] in the flat [B*n] order (slot j <
+    mask_num[b] of image b is row b*n + j), padded by repeating the first row to B * ceil(N / B) rows, at least B:
+    the subnet's batch then takes at most P sizes a run, as the gate's B*n does. oneDNN builds its conv primitives
+    for each new batch size, and the ~100 sizes of N thrash its cache (the demo's training ran ~15 % slower).
+    Returns (rows [M], N)."""
+    b, n = tf.shape(mask_props)[0], tf.shape(mask_props)[1]
     rows = tf.cast(tf.where(tf.reshape(tf.range(n)[None, :] < mask_num[:, None], [-1]))[:, 0], tf.int32)
-    return tf.cond(tf.size(rows) > 0, lambda: rows, lambda: tf.zeros([1], tf.int32))
+    count = tf.size(rows)
+    padded = tf.maximum(-(-count // b), 1) * b
+    first = tf.cond(count > 0, lambda: rows[:1], lambda: tf.zeros([1], tf.int32))
+    return tf.concat([rows, tf.repeat(first, padded - count)], axis=0), count
 
 
 class GatherPositiveROIs(keras.layers.Layer):
-    """Training only: the rows of a `MaskPositiveGate`d head's flat ROIs [B*n, ...] that are positives, [N, ...].
+    """Training only: the rows of a `MaskPositiveGate`d head's flat ROIs [B*n, ...] that are positives, [M, ...]
+    (the N positives, then copies of the first to a multiple of B; `_positive_rows`).
 
-    The gate pads every image to n = the batch's largest count of positives; gathering the positives alone sends
-    N = their total (at least 1) through the mask subnet instead of B*n: ~5 of the ~9 ROIs an image late in the
-    demo's training. `ScatterPositiveROIs` puts the subnet's output back at [B*n, ...] (zeros elsewhere).
+    The gate pads every image to n = the batch's largest count of positives; gathering the positives sends about
+    their total through the mask subnet instead of B*n: ~5 of the ~9 ROIs an image late in the demo's training.
+    `ScatterPositiveROIs` puts the N positives' outputs back at [B*n, ...] (zeros elsewhere).
 
     Example:
-        rois = GatherPositiveROIs()([roi, mask_props, mask_num])     # [B*n, 14, 14, E] -> [N, 14, 14, E]
+        rois = GatherPositiveROIs()([roi, mask_props, mask_num])     # [B*n, 14, 14, E] -> [M, 14, 14, E]
     """
 
     def call(self, inputs):
         x, mask_props, mask_num = inputs
-        return tf.gather(x, _positive_rows(mask_props, mask_num))
+        return tf.gather(x, _positive_rows(mask_props, mask_num)[0])
 
     def compute_output_shape(self, input_shapes):
         return (None,) + tuple(input_shapes[0][1:])
 
 
 class ScatterPositiveROIs(keras.layers.Layer):
-    """The inverse of `GatherPositiveROIs`: [N, ...] -> [B*n, ...], zeros at the slots that are not positives.
+    """The inverse of `GatherPositiveROIs`: [M, ...] -> [B*n, ...], the N positives' rows in their slots, zeros in
+    the others (the padding copies are dropped).
 
     Example:
-        mask_flat = ScatterPositiveROIs()([x, mask_props, mask_num])   # [N, 28, 28, 2] -> [B*n, 28, 28, 2]
+        mask_flat = ScatterPositiveROIs()([x, mask_props, mask_num])   # [M, 28, 28, 2] -> [B*n, 28, 28, 2]
     """
 
     def __init__(self, **kwargs):
@@ -512,8 +519,9 @@ class ScatterPositiveROIs(keras.layers.Layer):
 
     def call(self, inputs):
         x, mask_props, mask_num = inputs
+        rows, count = _positive_rows(mask_props, mask_num)
         total = tf.shape(mask_props)[0] * tf.shape(mask_props)[1]
-        return tf.scatter_nd(_positive_rows(mask_props, mask_num)[:, None], tf.cast(x, self.compute_dtype),
+        return tf.scatter_nd(rows[:count, None], tf.cast(x[:count], self.compute_dtype),
                              tf.concat([[total], tf.shape(x)[1:]], axis=0))
 
     def compute_output_shape(self, input_shapes):

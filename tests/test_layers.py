@@ -240,19 +240,22 @@ def test_pad_mask_logits_zero_foreground():
 
 
 def test_positive_rois_gather_and_scatter_back():
-    """GatherPositiveROIs keeps the rows b*n + j, j < mask_num[b], of a gated [B*n, ...]; ScatterPositiveROIs puts
-    them back with zeros elsewhere; with no positive at all one row (row 0) still goes through."""
+    """GatherPositiveROIs keeps the rows b*n + j, j < mask_num[b], of a gated [B*n, ...], then copies of the first to
+    a multiple of B (at least B rows, also with no positive at all); ScatterPositiveROIs puts the positives' rows
+    back and zeros elsewhere, dropping the copies."""
     props = tf.zeros([3, 2, 6])
     x = tf.reshape(tf.range(6 * 4, dtype=tf.float32), [6, 2, 2])
-    num = tf.constant([0, 2, 1])
+    num = tf.constant([0, 2, 2])
     rows = layers.GatherPositiveROIs()([x, props, num])
-    np.testing.assert_array_equal(rows.numpy(), x.numpy()[[2, 3, 4]])
+    np.testing.assert_array_equal(rows.numpy(), x.numpy()[[2, 3, 4, 5, 2, 2]])     # 4 positives -> 6 rows
     back = layers.ScatterPositiveROIs()([rows * 2, props, num]).numpy()
-    np.testing.assert_array_equal(back[[2, 3, 4]], x.numpy()[[2, 3, 4]] * 2)
-    np.testing.assert_array_equal(back[[0, 1, 5]], 0.0)
+    np.testing.assert_array_equal(back[2:], x.numpy()[2:] * 2)
+    np.testing.assert_array_equal(back[:2], 0.0)
+    num = tf.constant([0, 1, 2])
+    np.testing.assert_array_equal(layers.GatherPositiveROIs()([x, props, num]).numpy(), x.numpy()[[2, 4, 5]])
     none = tf.zeros([3], tf.int32)
-    np.testing.assert_array_equal(layers.GatherPositiveROIs()([x, props, none]).numpy(), x.numpy()[:1])
-    assert layers.ScatterPositiveROIs()([x[:1], props, none]).shape == (6, 2, 2)
+    np.testing.assert_array_equal(layers.GatherPositiveROIs()([x, props, none]).numpy(), x.numpy()[[0, 0, 0]])
+    np.testing.assert_array_equal(layers.ScatterPositiveROIs()([x[:3], props, none]).numpy(), 0.0)
 
 
 def test_mask_head_count_shapes_and_group_norm():
