@@ -474,9 +474,8 @@ class MaskPositiveGate(keras.layers.Layer):
 def _positive_rows(mask_props, mask_num):
     """Row indices (int32) of the positive slots of a `MaskPositiveGate`d [B, n] in the flat [B*n] order (slot j <
     mask_num[b] of image b is row b*n + j), padded by repeating the first row to B * ceil(N / B) rows, at least B:
-    the subnet's batch then takes at most P sizes a run, as the gate's B*n does. oneDNN builds its conv primitives
-    for each new batch size, and the ~100 sizes of N thrash its cache (the demo's training ran ~15 % slower).
-    Returns (rows [M], N)."""
+    the subnet's batch then takes the sizes the gate's B*n takes (at most P a run) instead of any of ~100, as oneDNN
+    builds its primitives for each new batch size. The copies cost ~2 % of a demo step. Returns (rows [M], N)."""
     b, n = tf.shape(mask_props)[0], tf.shape(mask_props)[1]
     rows = tf.cast(tf.where(tf.reshape(tf.range(n)[None, :] < mask_num[:, None], [-1]))[:, 0], tf.int32)
     count = tf.size(rows)

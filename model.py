@@ -71,7 +71,7 @@ def build_model(cfg, mode="train", mask_rois=None, mask_floor=None, mask_positiv
                                       name="mask_pixel_align")([mask_props, image])   # [B*P, 28, 28, 3]
     if mask_positives:      # the subnet sees the positive slots alone, not the gate's padding
         rois = [layers.GatherPositiveROIs(name=f"mask_pos_rois_{lvl}")([r, mask_props, mask_num])
-                for lvl, r in zip(layers.LEVELS, rois)]                           # 4 x [N, 14, 14, E]
+                for lvl, r in zip(layers.LEVELS, rois)]                           # 4 x [M, 14, 14, E]
         if pixels is not None:
             pixels = layers.GatherPositiveROIs(name="mask_pos_pixels")([pixels, mask_props, mask_num])
     mask_flat = layers.apply_mask_head(rois, cfg, pixels)                         # [B*P, 28, 28, 2]
