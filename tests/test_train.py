@@ -313,13 +313,13 @@ def _tiny_two_frames(shapes, overrides):
     video, unaugmented: (cfg, batch dict)."""
     import config
     import loader_ytvos
-    import train
+    import rundir
     cfg = config.apply_overrides(config.get_preset("tiny"), [
         "model.input_size=64", "data.mask_res=32", "data.max_instances=4", "data.augment=false",
         "train.batch_size=2", "train.warmup_steps=0", "train.lr_schedule=constant"] + list(overrides))
     ann = os.path.join(shapes, "instances.json")
     ytvis = loader_ytvos.load_annotations(ann)
-    cfg = train.add_dataset_classes(cfg, ytvis, ann)
+    cfg = rundir.add_dataset_classes(cfg, ytvis, ann)
     ds = loader_ytvos.build_dataset(cfg, ann, os.path.join(shapes, "JPEGImages"),
                                     video_ids=[ytvis["videos"][0]["id"]], training=False, batch_size=2)
     return cfg, {k: v for k, v in next(iter(ds)).items()}
