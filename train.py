@@ -316,11 +316,6 @@ def resume_position(step: int, batches_per_pass: int):
     return step // batches_per_pass, step % batches_per_pass
 
 
-def count_train_frames(ytvis, video_ids, frame_stride):
-    lengths = {v["id"]: int(v["length"]) for v in ytvis["videos"]}
-    return sum((lengths[v] + frame_stride - 1) // frame_stride for v in video_ids)
-
-
 # ---- the loop -----------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -390,7 +385,7 @@ def setup(args) -> Run:
     n_rep, gb = strategy.num_replicas_in_sync, cfg.train.batch_size
     if gb % n_rep:
         raise TrainError(f"train.batch_size {gb} is not divisible by the {n_rep} replicas")
-    n_frames = count_train_frames(ytvis, train_ids, cfg.data.frame_stride)
+    n_frames = len(ytvis.samples(train_ids, cfg.data.frame_stride))
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, n_frames // gb)
     total_steps = steps_per_epoch * cfg.train.epochs
     model, optimizer, schedule, ckpt, parts = build_state(cfg, strategy, total_steps, args.weights)
