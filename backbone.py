@@ -1,4 +1,4 @@
-"""CSPDarknet53 + SPP backbone of YOLOV4+1 (original-model.md §2) and the Darknet weight reader (decisions M1, M2).
+"""CSPDarknet53 + SPP backbone (info/DESIGN.md#backbone) and the Darknet reader (info/DESIGN.md#m2-darknet-weights).
 
 The 78 conv+BN layers are named `bb_conv_{i}` / `bb_bn_{i}` in Darknet order, so weight loading and freezing go by
 name. The backbone returns b2..b5 at strides 4/8/16/32.
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 NUM_BACKBONE_CONVS = 78
-# conv indices whose outputs are b2, b3, b4, b5 (the four convs the faithful schedule unfreezes, §2.4)
+# conv indices whose outputs are b2, b3, b4, b5 (unfrozen by the faithful schedule, info/DESIGN.md#backbone)
 OUTPUT_CONVS = (16, 37, 58, 77)
 
 
@@ -36,7 +36,7 @@ def bn_conv_initializer(cfg):
 
 
 def batch_norm(cfg, name):
-    """BN with the config's epsilon, momentum and cross-replica synchronisation (decisions M2, M14)."""
+    """BN with the config's epsilon, momentum and cross-replica synchronisation (info/DESIGN.md#m14-synchronised-bn)."""
     return keras.layers.BatchNormalization(epsilon=cfg.model.bn_epsilon, momentum=cfg.model.bn_momentum,
                                            synchronized=cfg.model.sync_bn, name=name)
 

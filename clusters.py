@@ -1,4 +1,4 @@
-"""Anchor k-means with the 1 - IoU distance (original-model.md §9.1, with the fixes its §10 asks for).
+"""Anchor k-means with the 1 - IoU distance (info/DESIGN.md#anchor-k-means).
 
 Every non-null box is letterboxed into the input size with its VIDEO's width and height, clustered on
 corner-aligned (w, h) with seeded k-means++, sorted by area and split evenly over the levels in true pixels.

@@ -1,6 +1,6 @@
 """Mask metrics: the YouTube-VIS video AP with the official youtubevos/cocoapi semantics, and frame-level mask mAP.
 
-Video AP follows original-tracking-eval.md §3 (every quirk of §3.6 reproduced) and decisions.md §5; the
+Video AP follows info/DESIGN.md#video-ap (each quirk of the official code) and info/DESIGN.md#evaluation-inputs; the
 frame mAP used during training drives pycocotools' COCOeval on frame-level "images". numpy + pycocotools only.
 
     gt = load_gt("instances.json"); res = load_results("results.json", gt)
@@ -25,7 +25,7 @@ REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=
 MAX_DETS = [1, 10, 100]
 AREA_RNG = [[0 ** 2, 1e5 ** 2], [0 ** 2, 128 ** 2], [128 ** 2, 256 ** 2], [256 ** 2, 1e5 ** 2]]
 AREA_LBL = ["all", "small", "medium", "large"]
-# (name in metrics.json, ap?, iouThr, area, maxDets): the order of the official `stats` array (§3.5).
+# (name in metrics.json, ap?, iouThr, area, maxDets): the order of the official `stats` array (info/DESIGN.md#video-ap).
 STAT_SPECS = [("AP", 1, None, "all", 100), ("AP50", 1, .5, "all", 100), ("AP75", 1, .75, "all", 100),
               ("APs", 1, None, "small", 100), ("APm", 1, None, "medium", 100), ("APl", 1, None, "large", 100),
               ("AR1", 0, None, "all", 1), ("AR10", 0, None, "all", 10), ("AR100", 0, None, "all", 100),
@@ -152,7 +152,7 @@ def to_rle(seg, height, width, where: str, allow_polygon: bool = True, check: bo
 
 
 def _avg_area(areas) -> float:
-    """The official avg_area: mean over truthy per-frame areas (null and 0 excluded), 0 if none (§3.3)."""
+    """The official avg_area: mean of the truthy per-frame areas (null, 0 left out), or 0 (info/DESIGN.md#video-ap)."""
     kept = [a for a in areas if a]
     return np.array(kept).mean() if kept else 0
 
@@ -267,7 +267,7 @@ def load_results(src, gt: dict) -> list:
 # Video IoU and matching
 
 def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
-    """[D, G] video IoU = sum_t |D_t & G_t| / sum_t |D_t | G_t| over zip(dt, gt) frames (§3.4).
+    """[D, G] video IoU = sum_t |D_t & G_t| / sum_t |D_t | G_t| over zip(dt, gt) frames (info/DESIGN.md#video-ap).
 
     Sequences are lists of compressed RLE or None. Frames beyond the shorter sequence of a pair are skipped; a
     frame present on one side only adds its area to the union; masks of different sizes add nothing; U == 0 gives
@@ -466,7 +466,7 @@ class YTVISEval:
         return -1 if len(s[s > -1]) == 0 else np.mean(s[s > -1])
 
     def summarize(self, verbose: bool = False) -> np.ndarray:
-        """The 12 official stats (§3.5) as float64; with `verbose` prints the official table."""
+        """The 12 official stats as float64; with `verbose` prints the official table."""
         if not self.eval:
             raise RuntimeError("run accumulate() first")
         self.stats = np.zeros((12,))
@@ -494,8 +494,8 @@ def format_stats(stats) -> str:
 def evaluate_vis(gt, results, verbose: bool = False, progress=None):
     """Load (paths or parsed JSON), evaluate, accumulate and summarize. Returns (metrics dict, YTVISEval).
 
-    `metrics` is the decisions.md §6.4 dict: the 12 stats by name plus per_category {name: {id, AP}}. An empty
-    results list gives AP 0 for categories with GT and -1 elsewhere (decisions.md §5)."""
+    `metrics` is the info/DESIGN.md#metrics-json dict: the 12 stats by name plus per_category {name: {id, AP}}. An empty
+    results list gives AP 0 for categories with GT and -1 elsewhere (info/DESIGN.md#evaluation-inputs)."""
     if not (isinstance(gt, dict) and isinstance(gt.get("videos"), dict)):  # not yet through load_gt
         gt = load_gt(gt)
     res = load_results(results, gt)

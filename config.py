@@ -1,7 +1,7 @@
 """Configuration of YOLOV4+1Tr: one typed `Config` dataclass, named presets, overrides and run-directory I/O.
 
-Presets follow decisions.md §1: `yolov4p1` is the published system at 416x416 with the original HEAD values
-(original-model.md §1.1), `tiny` the same architecture narrowed and shrunk for CPU runs, tests and the demo, and
+Presets (info/DESIGN.md#configuration): `yolov4p1` is the published system at 416x416 with the original HEAD values
+(the original's config.py), `tiny` the same architecture narrowed and shrunk for CPU runs, tests and the demo, and
 `challenge2021` the state that produced the challenge submission (4 anchors a level).
 
     cfg = get_preset("tiny")
@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
-# HEAD anchors of the original (original-model.md §1.2): 24 (w, h) pairs in pixels at 416, sorted by width,
+# HEAD anchors of the original (its config.py at HEAD): 24 (w, h) pairs in pixels at 416, sorted by width,
 # split in order into 4 levels of 6.
 HEAD_ANCHORS_416 = [
     [2, 2], [4, 4], [5, 6], [7, 7], [9, 8], [14, 11],
@@ -31,7 +31,7 @@ HEAD_ANCHORS_416 = [
     [56, 48], [72, 63], [86, 67], [106, 89], [113, 91], [143, 113],
     [184, 122], [253, 168], [287, 220], [323, 223], [376, 228], [398, 228],
 ]
-# Challenge-era anchors (original-model.md §1.3, line 2 of info/anchors_yt_16.txt): 16 pairs, 4 a level.
+# Challenge-era anchors (line 2 of its info/anchors_yt_16.txt): 16 pairs, 4 a level.
 CHALLENGE_ANCHORS_416 = [
     [2, 2], [4, 7], [6, 14], [8, 3],
     [20, 15], [22, 41], [25, 24], [34, 48],
@@ -57,7 +57,7 @@ class ModelConfig:
     fg_thresh: float = 0.4                # anchor IoU > fg*tol: positive
     bg_thresh: float = 0.3                # anchor IoU < bg*tol: negative; between: ignored
     id_thresh: float = 0.4                # centroid anchor carries the class label if IoU > id*tol
-    class_targets: str = "centroid"       # centroid (decisions M6) | fg: every foreground anchor (tiny only)
+    class_targets: str = "centroid"       # centroid (info/DESIGN.md#m6-class-head) | fg: every foreground anchor
     obj_prior: float = 0.0                # 0: zero bias (original); p in (0, 1): objectness starts at p (tiny only)
     class_conv: int = 0                   # 0: class logits are a Dense on n_k (original); N > 0: a 3x3 conv+BN+leaky of
                                           # max(N, C_k) filters first (tiny only: n2 has 16 channels at width 0.25)
@@ -76,9 +76,9 @@ class ModelConfig:
                                           # crop at mask_size, fused before the mask output (tiny only)
     gn_groups: int = 32                   # group normalisation groups in the mask subnet
     mask_iou_thresh: float = 0.5          # proposal-GT box IoU for a mask target
-    sync_bn: bool = True                  # synchronised BN across replicas (decisions M14)
-    bn_epsilon: float = 1e-6              # Darknet's (and OpenCV's reader's) BN epsilon (decisions M2)
-    mixed_precision: bool = False         # mixed_float16 for GPUs (decisions M13)
+    sync_bn: bool = True                  # synchronised BN across replicas (info/DESIGN.md#m14-synchronised-bn)
+    bn_epsilon: float = 1e-6              # Darknet's BN epsilon, as OpenCV's reader (info/DESIGN.md#m2-darknet-weights)
+    mixed_precision: bool = False         # mixed_float16 for GPUs (info/DESIGN.md#m13-mixed-precision)
     conv_init: str = "normal"             # kernels of convs followed by BN: normal = N(0, 0.01) (original) | he
     bn_momentum: float = 0.99             # BN moving-statistics momentum (Keras default)
 
@@ -108,7 +108,7 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = 4                   # global batch (split over replicas)
     lr: float = 1e-3
-    optimizer: str = "sgd"                # sgd (decisions §0) | adamw (Adam + the same decay; CPU demo only)
+    optimizer: str = "sgd"                # sgd (info/DESIGN.md#optimizer) | adamw (Adam + the same decay and clipping)
     lr_schedule: str = "constant"         # constant | cosine
     warmup_steps: int = 0
     momentum: float = 0.9
@@ -120,7 +120,7 @@ class TrainConfig:
     unfreeze: str = "outputs"             # outputs (the four b2..b5 convs, faithful) | all
     alb: str = "per_level"                # per_level (report) | global (original code's 4 scalars)
     alb_lr_mult: float = 1.0              # ALB log-variances step at lr x this (>1: they settle within a short run)
-    loss_norm: str = "positives"          # positives (decisions M8) | all (original) | balanced (obj: fg + bg means)
+    loss_norm: str = "positives"          # positives (info/DESIGN.md#m8-loss-normalisation) | all (original) | balanced
                                           # | focal (obj: focal loss summed over non-ignored anchors / positives)
     val_fraction: float = 0.1             # whole videos held out from the training JSON
     val_max_frames: int = 400             # cap on validation frames per epoch (0: all)
@@ -133,7 +133,7 @@ class TrainConfig:
 
 @dataclass
 class InferConfig:
-    score_floor: float = 0.05             # detections stored in frame predictions (decisions §6.2)
+    score_floor: float = 0.05             # detections stored in frame predictions (info/DESIGN.md#frame-predictions)
     conf_thresh: float = 0.5              # score gate for frame mAP and drawings
     mask_thresh: float = 0.5
     batch_size: int = 4
@@ -143,7 +143,7 @@ class InferConfig:
 
 @dataclass
 class TrackConfig:
-    lam: float = 0.5                      # class-mismatch cost (decisions T1)
+    lam: float = 0.5                      # class-mismatch cost (info/DESIGN.md#t1-cost)
     tau: float = 0.99                     # gate: cost < tau
     gamma: float = 0.01                   # Lonely Best Friend margin
     score_floor: float = 0.6              # detections with score >= floor take part

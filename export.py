@@ -1,6 +1,6 @@
 """Deployment: the YOLOV4+1 inference model as a SavedModel or a TFLite model with one serving signature that takes
-a raw uint8 frame and returns the per-frame outputs of decisions M12 (letterboxing inside the graph), plus the
-runner `tracker.py --exported` uses to feed them into the §6.2 frame predictions. TFLite uses builtin ops only:
+a raw uint8 frame and returns the outputs of info/DESIGN.md#m12-outputs (letterboxed in the graph), plus the
+runner `tracker.py --exported` uses to write frame predictions (info/DESIGN.md#frame-predictions). TFLite: builtin ops:
 the tf.lite.Interpreter of the tensorflow 2.21 pip package has no Flex delegate.
 
     python export.py --run-dir runs/demo --format saved_model --out exported/demo_sm

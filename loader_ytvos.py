@@ -1,5 +1,5 @@
-"""YouTube-VIS 2019/2021 annotations and the tf.data training/validation pipeline (decisions.md §3, §6.1, M11;
-the original loader and the bugs fixed here are in original-model.md §8: video-level split, crop on all four
+"""YouTube-VIS 2019/2021 annotations and the tf.data training/validation pipeline (info/DESIGN.md#data-pipeline;
+the original loader's bugs fixed here are rows of info/DIFFERENCES.md: video-level split, crop on all four
 sides, a working brightness (HSV) jitter, frames without instances kept, every segmentation form decoded).
 
     ytvis = load_annotations("data/shapes/train/instances.json")
@@ -223,7 +223,7 @@ def column_runs(counts: np.ndarray, height: int):
 
 
 def split_videos(ytvis: YTVIS, val_fraction: float, seed: int = 0):
-    """Seeded video-level split (decisions §3): whole videos go to one side. Returns (train_ids, val_ids)."""
+    """Seeded video-level split (info/DESIGN.md#validation-split): whole videos to one side; returns (train, val)."""
     ids = sorted(v["id"] for v in ytvis["videos"])
     n_val = int(round(len(ids) * float(val_fraction)))
     if val_fraction > 0 and len(ids) > 1:
@@ -277,7 +277,7 @@ def plan_geometry(h, w, union, size, cfg, draws=None) -> Plan:
     x1, y1, x2, y2 = 0, 0, w, h
     if u["crop"] < d.crop_prob:
         # Crop inside the margins around the union of the GT boxes, on all four sides (the original could
-        # never crop the right or bottom, original-model.md §10.1.4). Without instances: up to 25 % a side.
+        # never crop the right or bottom, info/DIFFERENCES.md#augmentation). Without instances: up to 25 % a side.
         ux1, uy1, ux2, uy2 = union if union is not None else (0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h)
         x1 = int(u["crop_left"] * max(ux1, 0))
         y1 = int(u["crop_top"] * max(uy1, 0))
@@ -647,7 +647,7 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
                   seed=None, shuffle=None, ytvis: YTVIS = None, stats: LoaderStats = None, input_context=None,
                   first_epoch: int = 0, skip_frames: int = 0):
     """tf.data pipeline over every annotated frame (every `cfg.data.frame_stride`-th; frames without instances
-    kept, decisions M11). Elements are dicts (shapes in the module docs of the project README / decisions):
+    kept, info/DESIGN.md#m11-frames-without-instances). Elements are dicts:
     image [B,S,S,3] float32, boxes [B,N,4], labels [B,N], masks [B,N,R,R] uint8, num_instances [B], video_id [B],
     frame_index [B], image_hw [B,2]. Training batches drop the remainder; `batch_size=0` leaves it unbatched.
 

@@ -1,8 +1,8 @@
-"""Runs a trained YOLOV4+1 model over videos and writes per-frame predictions (decisions §6.2).
+"""Runs a trained YOLOV4+1 model over videos and writes per-frame predictions (info/DESIGN.md#frame-predictions).
 
 Sources: a dataset split (JPEGImages/ + the split's JSON), a folder of frames, or a video file (OpenCV). For a
-video file or a frame folder it then runs the tracker (tracking/, decisions §4) and the overlay, so one command
-turns `clip.mp4` into `results.json` and an annotated mp4 (original-tracking-eval.md §1.1-§1.2, re-done).
+video file or a frame folder it then runs the tracker (info/DESIGN.md#tracker) and the overlay, so one command
+turns `clip.mp4` into `results.json` and an annotated mp4 (the original's pipeline, re-done).
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ class FramePredictor:
 
 
 def predict_videos(predictor, videos, categories, log=print):
-    """Run `predictor` over every video; returns the frame-predictions document (decisions §6.2)."""
+    """Run `predictor` over every video; returns the frame-predictions document (info/DESIGN.md#frame-predictions)."""
     out_videos = []
     t_start, n_frames = time.time(), 0
     for k, (rec, frames) in enumerate(videos):

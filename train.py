@@ -1,4 +1,4 @@
-"""Distributed training loop of YOLOV4+1Tr (original-model.md §7; decisions §3, M7-M9, M14).
+"""Distributed training loop of YOLOV4+1Tr (info/DESIGN.md#training).
 
 A custom loop (`strategy.run` inside a `tf.function`) that is the same on one device, several GPUs and several
 machines; decoupled SGDW, global-norm clipping after the cross-replica sum, ALB, checkpoints, TensorBoard, and a
@@ -24,7 +24,7 @@ from config import atomic_write_text
 
 # Test-only hook: the total loss becomes NaN at this global step (1-based), to exercise the NaN guard.
 NAN_HOOK_ENV = "YOLOV4P1_TEST_NAN_AT_STEP"
-# The four backbone convs that feed b2..b5 (original-model.md §2.4): unfrozen after the frozen epochs.
+# The four backbone convs that feed b2..b5 (info/DESIGN.md#backbone): unfrozen after the frozen epochs.
 BACKBONE_OUTPUT_CONVS = (16, 37, 58, 77)
 
 
@@ -74,7 +74,7 @@ def make_strategy(kind: str = "auto", workers: str | None = None, worker_index: 
 # ---- optimizer, learning rate, freezing ---------------------------------------------------------------------
 
 def make_optimizer(cfg, schedule):
-    """SGD with momentum and decoupled weight decay (decisions §0), built lazily so TensorFlow loads late.
+    """SGD with momentum and decoupled weight decay (info/DESIGN.md#optimizer), built lazily so TensorFlow loads late.
 
     train.optimizer=adamw swaps SGD for Adam with the same decoupled decay and clipping: a departure for CPU
     runs of the tiny preset only (from scratch, the backbone's gradients are ~1e3 times the heads', and a
@@ -127,7 +127,7 @@ def is_alb(variable) -> bool:
 
 def is_decayed(variable) -> bool:
     """Weight decay applies to conv/dense kernels only: ALB log-variances, BN/GN scales and offsets and biases
-    are left alone (decisions §0; the original decayed everything)."""
+    are left alone (info/DESIGN.md#optimizer; the original decayed everything)."""
     path = getattr(variable, "path", None) or variable.name
     return path.split("/")[-1].split(":")[0] == "kernel" and "alb" not in path
 
@@ -220,7 +220,7 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
         global_batch = global_sum(tf.cast(tf.shape(batch["image"])[0], tf.float32))
         with tf.GradientTape() as tape:
             outputs = model(model_lib.train_inputs(model, batch), training=True)
-            # targets and losses in float32 whatever the compute dtype (decisions M13)
+            # targets and losses in float32 whatever the compute dtype (info/DESIGN.md#m13-mixed-precision)
             outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs)
             losses = utils.compute_losses(cfg, outputs, batch, model.alb, global_sum, global_batch, n_rep)
             total = tf.where(nan_flag > 0, tf.constant(float("nan")), losses["total"])
@@ -345,7 +345,7 @@ def gt_frames_for(ytvis: dict, video_ids, max_frames: int, frame_stride: int = 1
 
 
 def confusion_pairs(gt_frame, detections, iou_thresh=0.5):
-    """(true category, predicted category) of every detection whose best box IoU with a GT is >= 0.5 (§7.2)."""
+    """(true, predicted class) of each detection with a GT at box IoU >= 0.5 (info/DESIGN.md#validation-metrics)."""
     from pycocotools import mask as mask_utils
     if not gt_frame["instances"] or not detections:
         return []
@@ -521,14 +521,14 @@ def ensure_alb_built(model):
 
 def build_state(cfg, strategy, total_steps: int, weights: str | None = None, mask_positives: bool = True):
     """Model, optimizer (built over every variable that can ever train, so unfreezing needs no new slots), LR
-    schedule and checkpoint, all created inside the strategy scope before the first step (decisions §3). The model
+    schedule and checkpoint, all made in the strategy scope before the first step (info/DESIGN.md#training). The model
     runs the mask head on the positive proposals only unless `mask_positives` is False (`model.build_model`)."""
     import backbone
     import model as model_lib
     import keras
     with strategy.scope():
         previous = keras.config.dtype_policy()
-        if cfg.model.mixed_precision:      # decisions M13: float16 compute, float32 variables, heads' math float32
+        if cfg.model.mixed_precision:      # info/DESIGN.md#m13-mixed-precision: float16 compute, float32 variables
             keras.config.set_dtype_policy("mixed_float16")
         try:
             model = model_lib.build_model(cfg, "train", mask_positives=mask_positives)

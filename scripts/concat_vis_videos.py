@@ -1,6 +1,6 @@
 """Concatenate per-video overlays (vis_v<N>.mp4) into one video, in numeric order of N, letterboxed to one size.
 
-Re-implements `concat_vis_videos.py` of original-tracking-eval.md §2.2 with `--pattern` honoured (§5.4).
+Re-implements `concat_vis_videos.py` of the original with `--pattern` honoured (info/DESIGN.md#visualisation-scripts).
 
     python scripts/concat_vis_videos.py --input runs/demo/overlay --output runs/demo/overlay_all.mp4
 """

@@ -1,7 +1,7 @@
 """What bounds a video AP: the per-frame detections against the ground truth, before and after tracking.
 
-From tracker.py's frame predictions (decisions.md §6.2), the GT of the same split and, optionally, the tracker's
-results (§6.3), it prints:
+From tracker.py's frame predictions (info/DESIGN.md#frame-predictions), the split's GT and, optionally, the tracker's
+results (info/DESIGN.md#results-json), it prints:
   - frame mask mAP@[.5:.95] and @.5 over every annotated frame, with the class and class-agnostic;
   - found: the share of object-frames that have a detection at the score floor with mask IoU >= 0.5, by the
     object's area as a share of the frame, and the median mask IoU of those best detections;

@@ -1,7 +1,7 @@
 """YouTube-VIS video AP of a results JSON against a GT JSON: the official 12-stat table, per-category AP, metrics JSON.
 
-Semantics of the official youtubevos/cocoapi evaluation (original-tracking-eval.md §3, decisions.md §5); metrics
-file as decisions.md §6.4. numpy + pycocotools only (no TensorFlow).
+Semantics of the official youtubevos/cocoapi evaluation (info/DESIGN.md#video-ap); metrics
+file as info/DESIGN.md#metrics-json. numpy + pycocotools only (no TensorFlow).
 
     python scripts/evaluate.py --gt data/shapes/valid/instances.json --results runs/demo/results.json \
         --out runs/demo/metrics.json [--plot runs/demo/plots]
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                     help="GT JSON (YouTube-VIS schema; RLE, compressed RLE or polygons)")
     ap.add_argument("--results", default="runs/demo/results.json",
                     help="results JSON: list of {video_id, category_id, score, segmentations}")
-    ap.add_argument("--out", default=None, help="metrics JSON to write (decisions.md §6.4)")
+    ap.add_argument("--out", default=None, help="metrics JSON to write (info/DESIGN.md#metrics-json)")
     ap.add_argument("--plot", default=None, metavar="DIR", help="also save an AP bar chart and PR curves here")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)

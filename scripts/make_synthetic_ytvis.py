@@ -1,5 +1,5 @@
 """Write the built-in synthetic video-instance-segmentation dataset ("shapes") in the exact YouTube-VIS 2021
-layout and schema (decisions.md §6.1): `OUT/{train,valid}/JPEGImages/<video>/<frame>.jpg` + `instances.json`.
+layout and schema (info/DESIGN.md#dataset-layout): `OUT/{train,valid}/JPEGImages/<video>/<frame>.jpg`, `instances.json`.
 
 Classes differ by shape and by the hue of their texture (each class owns a 30-degree hue band; the texture's
 pattern, saturation and brightness are drawn independently of the class); backgrounds are muted gradients with
@@ -8,7 +8,7 @@ enter, leave and occlude each other in a depth order, and
 some videos script two same-class instances crossing paths. Same seed, same bytes.
 
 The hue cue and the 24 px smallest extent make the classes learnable by the `tiny` preset from scratch within the
-demo's CPU budget (README §3); the muted backdrop keeps a frame-wide gradient in a class's hue from being read as
+demo's CPU budget (info/RESULTS.md); the muted backdrop keeps a frame-wide gradient in a class's hue from being read as
 that class (measured before it: one magenta `valid` video drew 303 of the 439 false detections scoring 0.3 or
 more). `--shape-only --min-size 12` writes the harder variant of earlier versions: colour says nothing about the
 class, backdrops keep their full colour, and the smallest shapes are 7 px at the tiny preset's 192 px input

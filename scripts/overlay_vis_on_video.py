@@ -1,7 +1,7 @@
-"""Draw a YouTube-VIS results JSON (decisions §6.3) over its frames: one annotated mp4 per video.
+"""Draw a YouTube-VIS results JSON (info/DESIGN.md#results-json) over its frames: one annotated mp4 per video.
 
-Re-implements original-tracking-eval.md §2.1 with the fixes of §5.4: frames come from a dataset split, a
-frame-predictions file (§6.2) or a video file, both RLE kinds decode, and mismatches are errors, never skips.
+Re-implements the original's overlay (info/DESIGN.md#visualisation-scripts): frames come from a dataset split, a
+frame-predictions file or a video file, both RLE kinds decode, and mismatches are errors, never skips.
 
     python scripts/overlay_vis_on_video.py --results runs/demo/results.json --data data/shapes/valid \
         --out-dir runs/demo/overlay
@@ -129,7 +129,7 @@ def build_parser():
                                                      "segmentations}")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="split root holding JPEGImages/ and instances.json (frame order from it)")
-    src.add_argument("--pred", help="frame-predictions JSON (decisions §6.2) giving file_names; needs --frames-root")
+    src.add_argument("--pred", help="frame-predictions JSON (info/DESIGN.md#frame-predictions); needs --frames-root")
     src.add_argument("--video", help="a video file; the results must hold one video (or give --video-id)")
     ap.add_argument("--frames-root", help="folder the --pred file_names are relative to")
     ap.add_argument("--out-dir", required=True, help="output folder")

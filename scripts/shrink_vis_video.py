@@ -1,6 +1,6 @@
 """Shrink an overlay video: keep its first frames to meet a size budget or a fraction, or export a looping GIF.
 
-Merges `shrink_vis_video.py` and `video_to_gif.py` of original-tracking-eval.md §2.2 (same fps and frame size
+Merges `shrink_vis_video.py` and `video_to_gif.py` of the original (info/DESIGN.md#visualisation-scripts; same fps, size
 for mp4; GIF frames sampled at the requested fps from the first seconds, resized to the requested width).
 
     python scripts/shrink_vis_video.py -i overlay_all.mp4 -o overlay_10mb.mp4 --max-mb 10

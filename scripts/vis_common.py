@@ -1,6 +1,6 @@
 """Shared helpers of the inspection scripts: track colours, RLE decoding, JSON reading, video I/O and drawing.
 
-Implements the fixes of original-tracking-eval.md §5.4 (both RLE kinds, colour fixed by a track id, boxes and
+Implements info/DESIGN.md#visualisation-scripts (both RLE kinds, colour fixed by a track id, boxes and
 `#id class score` labels). Uses cv2, numpy and pycocotools only, never TensorFlow.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def class_label(category_id, names: dict) -> str:
 
 
 def load_results(path: str) -> dict:
-    """Read a results JSON (decisions §6.3) into {video_id: [track, ...]} in file order.
+    """Read a results JSON (info/DESIGN.md#results-json) into {video_id: [track, ...]} in file order.
 
     Each track is {"track_id", "category_id", "score", "segmentations"}; the track id is the track's 1-based
     position among its video's tracks in the file, so it is stable for a given file.

@@ -1,4 +1,4 @@
-"""Backbone: Darknet-order names, shapes and counts (original-model.md §2, §7.1, Appendix A), and an independent
+"""Backbone: Darknet-order names, shapes and counts (info/DESIGN.md#backbone), and an independent
 reference: OpenCV's Darknet reader running tests/data/yolov4_backbone.cfg with the same random weights file."""
 import os
 import re
@@ -53,7 +53,7 @@ def random_weights(tmp_path_factory):
 
 
 def test_full_width_count_and_shapes(full_416):
-    assert full_416.count_params() == 38_727_520       # original-model.md §7.1, incl. BN moving statistics
+    assert full_416.count_params() == 38_727_520       # info/DESIGN.md#parameter-counts
     shapes = [tuple(t.shape) for t in full_416.outputs]
     assert shapes == [(None, 104, 104, 128), (None, 52, 52, 256), (None, 26, 26, 512), (None, 13, 13, 512)]
     spp = full_416.get_layer("bb_spp_cat").output
@@ -75,7 +75,7 @@ def test_names_order_and_activations(full_416):
     for i in (1, 8, 17, 38, 59):
         assert full_416.get_layer(convs[i]).strides == (2, 2)
         assert full_416.get_layer(f"bb_pad_{i}").padding == ((1, 0), (1, 0))
-    # kernel sizes of §2.2: 3x3 at 0, the downsamplers, every second conv of a residual block and 73 / 76
+    # kernel sizes of yolov4.cfg: 3x3 at 0, the downsamplers, every second conv of a residual block and 73 / 76
     three = {0, 1, 8, 17, 38, 59, 5, 12, 14, 73, 76} | set(range(21, 36, 2)) | set(range(42, 57, 2)) \
         | set(range(63, 70, 2))
     assert {i for i in range(78) if full_416.get_layer(convs[i]).kernel_size == (3, 3)} == three

@@ -1,4 +1,4 @@
-"""compute_ap: the official YouTube-VIS video AP semantics (original-tracking-eval.md §3.4-§3.6), each quirk on a
+"""compute_ap: the official YouTube-VIS video AP semantics (info/DESIGN.md#video-ap), each quirk on a
 hand-computed case with 20x30 masks, and the frame-level mask mAP."""
 import numpy as np
 import pytest
@@ -68,7 +68,7 @@ B = box(10, 20, 15, 25)    # 100 px, disjoint from A
 G200 = box(0, 20, 0, 10)   # 200 px
 
 
-# ---------------------------------------------------------------------------------------------- video IoU (§3.4)
+# ---------------------------------------------------------------------------------------------- video IoU
 
 def test_video_iou_zip_truncation():
     g = seq(A, A, A, A)
@@ -111,7 +111,7 @@ def test_video_iou_exact_against_rle_merge():
     np.testing.assert_array_equal(C.video_iou(dts, gts), want)
 
 
-# --------------------------------------------------------------------------------------- areas and ranges (§3.3)
+# --------------------------------------------------------------------------------------- areas and ranges
 
 def test_areas_come_from_the_gt_field_not_the_masks():
     # a 100 px mask whose GT `areas` say 20000 (medium): only the medium range sees it
@@ -129,7 +129,7 @@ def test_area_exactly_128_squared_is_small_and_medium_and_zero_frames_do_not_cou
     assert stats(m, "APs APm APl") == approx([1, 1, -1])
 
 
-# ------------------------------------------------------------------------------------ sorting and maxDets (§3.5)
+# ------------------------------------------------------------------------------------ sorting and maxDets
 
 def test_score_ties_keep_file_order():
     gt = gt_json({1: 1}, [(1, 1, [A], None, 0)])
@@ -171,7 +171,7 @@ def test_max_dets_is_per_video_and_category():
     assert m["AR1"] == 1.0
 
 
-# ------------------------------------------------------------------------------------------ matching (§3.5)
+# ------------------------------------------------------------------------------------------ matching
 
 def test_equal_iou_goes_to_the_later_gt():
     dtm, gtm, _ = C._greedy_match(np.array([[0.7, 0.7]]), np.array([0, 0]), [0, 0], [11, 12], [1])
@@ -235,7 +235,7 @@ def test_two_video_partial_matches_hand_computed():
     assert m["AR1"] == pytest.approx(13 / 30, abs=1e-12)
 
 
-# ---------------------------------------------------------------------------------- whole-file behaviour (§3.6)
+# ---------------------------------------------------------------------------------- whole-file behaviour
 
 def test_perfect_results_score_one_wherever_there_is_gt():
     # one small, one medium and one large object (areas from the field), two of them in one video

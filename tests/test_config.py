@@ -1,4 +1,4 @@
-"""Config presets, overrides, validation errors and run-directory round trips (decisions §1)."""
+"""Config presets, overrides, validation errors and run-directory round trips (info/DESIGN.md#configuration)."""
 import json
 
 import pytest
@@ -16,7 +16,7 @@ def test_yolov4p1_preset_has_the_original_head_values():
     assert (m.nms_thresh, m.pre_nms_limit, m.max_prop) == (0.3, 200, 50)
     assert (m.mask_pool, m.mask_size, m.emb_dim, m.mask_layers) == (14, 28, 208, 256)
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.freeze_epochs) == (1e-3, 60, 2)
-    # original-model.md §1.2: level 3 anchors in grid units (stride 8)
+    # the original's level 3 anchors in grid units (stride 8)
     anchors = cfg.level_anchors()
     assert anchors.shape == (4, 6, 2)
     assert (anchors[1] / 8).tolist()[0] == [1.875, 2.375]

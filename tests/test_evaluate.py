@@ -1,4 +1,4 @@
-"""scripts/evaluate.py end to end: the official-format table, the metrics JSON of decisions.md §6.4, plots, and
+"""scripts/evaluate.py end to end: the official-format table, the metrics JSON (info/DESIGN.md#metrics-json), plots, and
 errors naming the bad entry."""
 import json
 import os

@@ -1,6 +1,6 @@
 """export.py: the in-graph letterbox against model.letterbox_image and utils.Letterbox, the builtin ROI pooling
 against tf.image.crop_and_resize, SavedModel / TFLite / TFLite-fp16 exports against the Keras inference model,
-`tracker.py --exported` against `tracker.py --run-dir`, and the error cases (decisions M12, §6.2, §7)."""
+`tracker.py --exported` against `tracker.py --run-dir`, and the error cases (info/DESIGN.md#m12-outputs)."""
 import json
 import os
 import shutil

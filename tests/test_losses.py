@@ -1,4 +1,4 @@
-"""Loss values on hand-computed inputs and the ALB total (utils.py; original-model.md §6.4-6.7, decisions M7-M9)."""
+"""Loss values on hand-computed inputs and the ALB total (utils.py; info/DESIGN.md#losses)."""
 import math
 
 import numpy as np

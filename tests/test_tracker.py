@@ -1,4 +1,4 @@
-"""tracker.py end to end on a tiny trained run: a dataset split to frame predictions (decisions §6.2), a video file
+"""tracker.py end to end on a tiny trained run: a split to frame predictions (info/DESIGN.md#frame-predictions), a video
 and a frame folder to results JSON + overlay mp4, the one-graph batching, and errors naming the video and frame."""
 import json
 import os

@@ -1,6 +1,6 @@
-"""Tests of the tracking package (decisions.md §4 T3-T8, §6.2, §6.3): hand-worked scenarios on 24x32 masks,
+"""Tests of the tracking package (info/DESIGN.md#tracker, T3-T8): hand-worked scenarios on 24x32 masks,
 invariants on seeded random videos, a dense-mask transcription of the original prune_heuristics
-(original-tracking-eval.md §1.5) as the lam=0 reference, file validation errors and the command line.
+(info/DESIGN.md#the-original-association) as the lam=0 reference, file validation errors and the command line.
 
 Scenario expectations are written as one list per track (creation order) of the detection index taken in
 each frame (`None` where absent); detection indices are positions in the frame's `detections` list.
@@ -310,7 +310,7 @@ def test_results_order_videos_in_input_order_tracks_in_creation_order():
 # ---- the original code as the lam=0 reference -------------------------------------------------------------------
 
 def original_prune_heuristics(A, tau=0.99, gamma=0.01):
-    """Dense transcription of the original prune_heuristics (original-tracking-eval.md §1.5): gating, Best
+    """Dense transcription of the original prune_heuristics (info/DESIGN.md#the-original-association): gating, Best
     Friend and Lonely Best Friend on a float32 cost matrix, mutated in place. Returns (pairs, new, doubtful)."""
     rows = np.arange(A.shape[0])
     cols = np.argmin(A, axis=1)

@@ -1,5 +1,5 @@
-"""Reading, validating and writing the tracker's files: frame predictions (decisions.md §6.2) and the official
-YouTube-VIS results list (§6.3). Every error names the file and the video / frame / detection / field at fault;
+"""Reading, validating and writing the tracker's files: frame predictions (info/DESIGN.md#frame-predictions) and the
+results list (info/DESIGN.md#results-json). Every error names the file and the video, frame, detection or field;
 every write is atomic (temporary file in the same folder, then os.replace).
 """
 import json
@@ -13,7 +13,7 @@ VERSION = 1
 
 
 class FramePredictionsError(ValueError):
-    """A frame-predictions file or object that does not follow decisions.md §6.2."""
+    """A frame-predictions file or object that does not follow info/DESIGN.md#frame-predictions."""
 
 
 def _is_int(value):
@@ -51,7 +51,7 @@ def validate_segmentation(seg, height, width, where):
 
 def validate_video(video, category_ids, source, position):
     """Check one entry of `videos`: id, width, height, length, `frames` with exactly `length` entries whose
-    `index` equals their position, and well-formed detections (decisions T5, T6)."""
+    `index` equals their position, and well-formed detections (info/DESIGN.md#t6-histories)."""
     if not isinstance(video, dict):
         raise FramePredictionsError(f"{source}: videos[{position}] must be an object")
     for key in ("id", "width", "height", "length"):
@@ -102,7 +102,7 @@ def validate_video(video, category_ids, source, position):
 
 
 def validate_frame_predictions(data, source="<frame predictions>"):
-    """Check a whole frame-predictions object (decisions §6.2); returns it unchanged. `source` names the file."""
+    """Check a frame-predictions object (info/DESIGN.md#frame-predictions); returns it. `source` names the file."""
     if not isinstance(data, dict):
         raise FramePredictionsError(f"{source}: expected a JSON object at the top level")
     if data.get("format") != FORMAT or data.get("version") != VERSION:
@@ -125,7 +125,7 @@ def validate_frame_predictions(data, source="<frame predictions>"):
 
 
 def read_frame_predictions(path):
-    """Read and validate a frame-predictions JSON file (decisions §6.2)."""
+    """Read and validate a frame-predictions JSON file (info/DESIGN.md#frame-predictions)."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -148,7 +148,7 @@ def write_frame_predictions(path, data):
 
 
 def write_results(path, results):
-    """Write the official results list (decisions §6.3, T8) atomically."""
+    """Write the official results list (info/DESIGN.md#t8-results-output) atomically."""
     if not isinstance(results, list):
         raise ValueError(f"{path}: results must be a list of track dicts")
     atomic_write_text(path, json.dumps(results, separators=(",", ":")))

@@ -1,5 +1,5 @@
-"""Command line of the tracking stage: frame predictions (decisions.md §6.2) to the official YouTube-VIS results
-JSON (§6.3) with the heuristic tracker of §4. Does not import TensorFlow.
+"""Command line of the tracking stage: frame predictions (info/DESIGN.md#frame-predictions) to the official results
+JSON with the heuristic tracker of info/DESIGN.md#tracker. Does not import TensorFlow.
 
     python -m tracking.track --pred runs/demo/valid_frames.json --out runs/demo/results.json [--lam 0.5]
 """
