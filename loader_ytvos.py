@@ -277,7 +277,7 @@ def plan_geometry(h, w, union, size, cfg, draws=None) -> Plan:
     x1, y1, x2, y2 = 0, 0, w, h
     if u["crop"] < d.crop_prob:
         # Crop inside the margins around the union of the GT boxes, on all four sides (the original could
-        # never crop the right or bottom, info/DIFFERENCES.md#augmentation). Without instances: up to 25 % a side.
+        # never crop the right or bottom, info/DIFFERENCES.md#data-and-augmentation). No instances: up to 25 % a side.
         ux1, uy1, ux2, uy2 = union if union is not None else (0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h)
         x1 = int(u["crop_left"] * max(ux1, 0))
         y1 = int(u["crop_top"] * max(uy1, 0))
