@@ -193,19 +193,15 @@ def main(argv=None):
     ap.add_argument("--run-dir", default=os.path.join(ROOT, "runs", "demo"), help="run directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="redo every stage (FRESH=1 make demo)")
-    # 150 training videos (the generator's default is 48): ~590 instances instead of ~200. Measured on the
-    # --shape-only variant, same `valid` split, after 636 steps: class accuracy at foreground anchors 0.29 against
-    # 0.18 and class-agnostic mask mAP@.5 0.34 against 0.23; with ~200 instances the class memorises them.
+    # 150 training videos (the generator's default is 48): ~590 instances instead of ~200, which the class head
+    # memorises (info/RESULTS.md#2026-11-22-150-training-videos).
     ap.add_argument("--train-videos", type=int, default=150, help="training videos of the synthetic dataset")
-    # 48 held-out videos (~200 objects): the first 12 (53 objects) held 5 objects visible in only 1-2 frames, where
-    # the training split has 1 % of such objects; on the same run's detections video AP (lam 0.5) was 0.389 on
-    # those 12 and 0.477 on all 48 (2026-12-01). Inference over the 36 more videos takes ~15 s.
+    # 48 held-out videos (~200 objects): the first 12 (53 objects) held 5 objects visible in only 1-2 frames, which
+    # no kept track can cover (info/RESULTS.md#2026-12-01-48-video-valid-split).
     ap.add_argument("--valid-videos", type=int, default=48, help="held-out `valid` videos of the synthetic dataset")
     ap.add_argument("--epochs", type=int, default=4, help="training epochs (4 x 340 steps, ~17 minutes on 2 cores)")
-    # One pass over the demo's ~2,700 training frames is 341 steps of 8; the mask ROI and pixel branch of the tiny
-    # preset made a step ~8 % slower, and `FRESH=1 make demo` took 20 min 14 s with 4 x 341 (2026-11-30), so the
-    # demo ran 4 x 320. Since the mask head runs on the positive proposals only (2026-12-01), a step takes ~10 %
-    # less: 4 x 340.
+    # One pass over the demo's ~2,700 training frames is 341 steps of 8; 4 x 340 keeps `FRESH=1 make demo` near
+    # 20 minutes on a 2-core CPU (info/RESULTS.md#2026-12-01-demo-run-k).
     ap.add_argument("--steps-per-epoch", type=int, default=340,
                     help="training steps an epoch (0: one pass over the frames, 341 steps here)")
     ap.add_argument("--overlay-videos", type=int, default=6, help="validation videos drawn in the overlay")
