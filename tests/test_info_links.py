@@ -85,7 +85,7 @@ def citations():
                 path, _, anchor = link.partition("#")
                 target = os.path.normpath(os.path.join(os.path.dirname(rel), path)) if path else rel
                 out.append((rel, n, target, anchor or None))
-    return out
+    return list(dict.fromkeys(out))      # a Markdown link to a design note is also a citation: report it once
 
 
 def test_the_design_notes_exist_and_are_cited():
