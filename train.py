@@ -78,7 +78,7 @@ def make_optimizer(cfg, schedule):
 
     train.optimizer=adamw swaps SGD for Adam with the same decoupled decay and clipping: a departure for CPU
     runs of the tiny preset only (from scratch, the backbone's gradients are ~1e3 times the heads', and a
-    per-parameter step size lets the heads learn within minutes; README "Differences from the original").
+    per-parameter step size lets the heads learn within minutes; info/DIFFERENCES.md#the-tiny-preset).
     """
     import keras
 

@@ -182,7 +182,7 @@ def _compare(out, ref, frame):
     # Detections whose mask box reaches past an edge of the frame are left out: tf.image.crop_and_resize (the Keras
     # model) zeroes a sample that lands outside the map, and which side of the edge a sample there falls on
     # changes with a rounding (graph optimisations, box coordinates 1e-5 apart); a row of the pixel branch's crop
-    # that flips between zero and the frame's pixels changes the mask. See README/report.
+    # that flips between zero and the frame's pixels changes the mask. See info/RESULTS.md.
     h, w = frame.shape[:2]
     inner = [i for i in range(n) if ref["mask_boxes"][i, 0] > 0.01 and ref["mask_boxes"][i, 1] > 0.01
              and ref["mask_boxes"][i, 2] < w - 0.01 and ref["mask_boxes"][i, 3] < h - 0.01]
