@@ -54,8 +54,8 @@ def anchors(rel: str) -> set:
     """Every anchor of a Markdown file: one per heading (duplicates get -1, -2, ... as on GitHub) and each
     explicit <a id="..."> / <a name="...">. Headings inside fenced code blocks do not count."""
     found, seen = set(), {}
-    text = re.sub(r"^```.*?^```", "", read(rel), flags=re.S | re.M)
-    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.M):
+    text = re.sub(r"^```.*?^```", "", read(rel), flags=re.DOTALL | re.MULTILINE)
+    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.MULTILINE):
         s = slug(m.group(1))
         n = seen.get(s, 0)
         seen[s] = n + 1
