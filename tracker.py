@@ -200,6 +200,13 @@ def predict_videos(predictor, videos, categories, log=print):
     return {"format": "ytvis-frame-predictions", "version": 1, "categories": categories, "videos": out_videos}
 
 
+def _scripts_on_path():
+    """The overlay lives in scripts/, a folder of standalone commands, not a package: import it from there."""
+    folder = os.path.join(ROOT, "scripts")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
 def track_and_draw(doc, videos, track_cfg, out_dir: str, fps: float | None = None, source: str = "<frames>",
                    log=print):
     """Track the frame predictions `doc` of `videos` (as the frame sources above give them) with `track_cfg`
@@ -208,7 +215,7 @@ def track_and_draw(doc, videos, track_cfg, out_dir: str, fps: float | None = Non
     <out_dir>/overlay/vis_v<id>.mp4; returns their paths."""
     from tracking.io import write_results
     from tracking.tracks import track_predictions
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))     # the overlay is a script of its own: no package
+    _scripts_on_path()
     import overlay_vis_on_video as overlay
     from vis_common import category_names
 
@@ -315,10 +322,10 @@ def main(argv=None):
     # the run's tracker settings (a preset may match them to its scores)
     track_cfg = cfg.track if args.lam is None else dataclasses.replace(cfg.track, lam=args.lam)
     from tracking.io import FramePredictionsError
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    _scripts_on_path()
     from vis_common import VisError
     try:
-        results_json, *overlays = track_and_draw(doc, videos, track_cfg, args.out_dir, args.fps, frames_json)
+        results_json = track_and_draw(doc, videos, track_cfg, args.out_dir, args.fps, frames_json)[0]
     except (FrameError, FramePredictionsError, VisError) as e:
         sys.exit(f"tracker.py: {e}")
     print(f"results written to {results_json}; overlay in {os.path.join(args.out_dir, 'overlay')}")
