@@ -45,7 +45,20 @@ def _is_int(x) -> bool:
 
 
 def _compressed_totals(strings) -> np.ndarray:
-    """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed.
+    """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed."""
+    return _decode_compressed(strings)[0]
+
+
+def compressed_counts(strings) -> list:
+    """The run lengths of each well-formed compressed RLE string as a list of ints (the uncompressed RLE
+    `counts`), None for a malformed one."""
+    totals, cnts, first, n_vals = _decode_compressed(strings)
+    return [None if tot < 0 else cnts[f:f + n].tolist() for tot, f, n in zip(totals, first, n_vals)]
+
+
+def _decode_compressed(strings):
+    """(totals, counts, first, n_vals): per string the sum of its run lengths (-1 where malformed), and all run
+    lengths concatenated, string i's being counts[first[i]:first[i] + n_vals[i]].
 
     All strings are decoded together in numpy (no per-character Python), so checking the 36 frames of a result
     costs about as much as one frame. The format: each count is 5-bit chunks (+48, bit 0x20 = more follow,
@@ -54,7 +67,8 @@ def _compressed_totals(strings) -> np.ndarray:
     lens = np.array([len(c) for c in strings], dtype=np.int64)
     bad = np.zeros(n, dtype=bool)
     if lens.sum() == 0:
-        return np.zeros(n, dtype=np.int64)
+        zeros = np.zeros(n, dtype=np.int64)
+        return zeros, zeros, zeros, zeros
     v = np.frombuffer(b"".join(strings), dtype=np.uint8)
     bounds = np.cumsum(lens)
     if v.min() < 48 or v.max() > 111:
@@ -95,7 +109,7 @@ def _compressed_totals(strings) -> np.ndarray:
     totals = np.zeros(n, dtype=np.int64)
     totals[nonempty] = np.add.reduceat(cnts, first[nonempty])  # a non-empty string holds at least one value
     totals[bad] = -1
-    return totals
+    return totals, cnts, first, n_vals
 
 
 def _check_rle_totals(rles, where: str):
@@ -362,7 +376,7 @@ class YTVISEval:
     `per_category` ({category id: AP@[.5:.95], area all, maxDets 100})."""
 
     def __init__(self, gt: dict, results: list):
-        self.gt = gt
+        self.gt, self.results = gt, results
         self.vid_ids = sorted(gt["videos"])
         self.cat_ids = sorted(c["id"] for c in gt["categories"])
         cat_set = set(self.cat_ids)
