@@ -45,8 +45,81 @@ def _is_int(x) -> bool:
 
 
 def _compressed_totals(strings) -> np.ndarray:
-    """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed."""
-    return _decode_compressed(strings)[0]
+    """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed
+    (a character outside the alphabet, a string stopping inside a value, a run length < 0 or >= 2**32).
+
+    Answers as `_decode_compressed` does, with a third of its passes over the values: a count is a running sum of
+    the deltas two places apart, so every count of a string is a difference of two entries of one cumulative sum
+    over the values of one global parity (its base is fixed per string), and the checks and the total need only
+    per-string minima, maxima and sums of those cumulative sums. Integer overflow of the sums wraps in int64 and
+    cancels in the differences, which are small for a well-formed string."""
+    n = len(strings)
+    lens = np.fromiter((len(c) for c in strings), dtype=np.int64, count=n)
+    totals = np.zeros(n, dtype=np.int64)
+    if lens.sum() == 0:
+        return totals
+    bad = np.zeros(n, dtype=bool)
+    v = np.frombuffer(b"".join(strings), dtype=np.uint8)
+    bounds = np.cumsum(lens)
+    starts = bounds - lens
+    if v.min() < 48 or v.max() > 111:
+        outside = np.flatnonzero((v < 48) | (v > 111))
+        bad[np.searchsorted(bounds, outside, side="right")] = True
+        v = np.clip(v, 48, 111)
+    c = v - np.uint8(48)
+    ends = c < 32
+    nonempty = lens > 0
+    last = bounds[nonempty] - 1
+    bad[np.flatnonzero(nonempty)[~ends[last]]] = True  # a string that stops inside a value
+    ends[last] = True  # keep values from running into the next string
+    end_pos = np.flatnonzero(ends)
+    n_all = end_pos.size
+    x = c[end_pos].astype(np.int64)
+    x -= (x & 16) << 1  # a one-chunk value: 5 bits, two's complement
+    chunks = np.diff(end_pos, prepend=-1)
+    long_vals = np.flatnonzero(chunks > 1)  # most counts fit one chunk; only the others need more passes
+    if long_vals.size:
+        k = chunks[long_vals]
+        first_char = end_pos[long_vals] - k + 1
+        bad[np.searchsorted(bounds, first_char[k > 7], side="right")] = True  # > 35 bits: no valid count
+        k = np.minimum(k, 7)
+        xl = (c[first_char] & 0x1f).astype(np.int64)
+        for i in range(1, int(k.max())):
+            sel = k > i
+            xl[sel] |= (c[first_char[sel] + i] & 0x1f).astype(np.int64) << (5 * i)
+        neg = (c[end_pos[long_vals]] & 0x10) != 0
+        xl[neg] -= np.int64(1) << (5 * k[neg])
+        x[long_vals] = xl
+    # values of string s: first[s] .. first[s] + n_vals[s] - 1 (global indices g)
+    first = np.searchsorted(end_pos, starts)
+    n_vals = np.append(first[1:], n_all) - first
+    # count j of a string (j >= 3) is x_j + count j-2: for a parity P of g, cs[g // 2] - base is the count at g,
+    # where cs is the cumulative sum of the x of parity P and base that sum just before the string's chain
+    cs = [np.cumsum(x[p::2]) for p in (0, 1)]
+    cc = [np.concatenate([[0], np.cumsum(a)]) for a in cs]
+    totals = np.where(n_vals > 0, x[np.minimum(first, n_all - 1)], 0)  # count 0 is x_0 itself
+    for p in (0, 1):
+        m = cs[p].size
+        lo = (first + 1 - p) // 2  # the string's first value of parity p in cs[p]
+        hi = np.append(lo[1:], m)
+        cnt = hi - lo
+        # the chain in this parity: odd j if g of j = 0 has the other parity (base: the sum before it), even j >= 2
+        # otherwise (base: the sum at j = 0, whose own count then reads 0 and adds nothing)
+        odd_chain = (first % 2) != p
+        base_idx = np.where(odd_chain, lo - 1, lo)
+        base = np.where(base_idx >= 0, cs[p][np.clip(base_idx, 0, max(m - 1, 0))] if m else 0, 0)
+        has = cnt > 0
+        if has.any():
+            idx = np.minimum(lo[has], m - 1)
+            mn = np.minimum.reduceat(cs[p], idx)
+            mx = np.maximum.reduceat(cs[p], idx)
+            b = base[has]
+            bad[np.flatnonzero(has)[(mn - b < 0) | (mx - b >= 2 ** 32)]] = True
+        totals += np.where(has, cc[p][hi] - cc[p][lo] - cnt * base, 0)
+    x0 = x[np.minimum(first, n_all - 1)]
+    bad[(n_vals > 0) & ((x0 < 0) | (x0 >= 2 ** 32))] = True
+    totals[bad] = -1
+    return totals
 
 
 def compressed_counts(strings) -> list:
@@ -296,41 +369,43 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
         gt_areas = [[int(mask_utils.area(s)) if s else 0 for s in seq] for seq in gt_seqs]
     d_len = np.array([len(s) for s in dt_seqs])
     g_len = np.array([len(s) for s in gt_seqs])
+    T = int(min(d_len.max(), g_len.max()))
+    d_a, g_a = np.zeros((D, T), dtype=np.int64), np.zeros((G, T), dtype=np.int64)
+    for a, areas in ((d_a, dt_areas), (g_a, gt_areas)):
+        for k, seq in enumerate(areas):
+            n = min(len(seq), T)
+            a[k, :n] = seq[:n]  # 0 for an absent frame
+    # the pairs' common frames (zip): frame t counts for (d, g) iff t < both lengths
+    both_len = np.minimum(d_len[:, None], g_len[None, :])  # [D, G]
+    on_t = np.arange(T)
+    d_in = on_t[None, :] < d_len[:, None]  # [D, T]
+    g_in = on_t[None, :] < g_len[:, None]
+    # every present frame adds its area to the union; pairs present on both sides are corrected below
+    cd = np.concatenate([np.zeros((D, 1), np.int64), np.cumsum(d_a, axis=1)], axis=1)
+    cg = np.concatenate([np.zeros((G, 1), np.int64), np.cumsum(g_a, axis=1)], axis=1)
+    union = np.take_along_axis(cd, both_len, axis=1) + np.take_along_axis(cg, both_len.T, axis=1).T
     inter = np.zeros((D, G), dtype=np.int64)
-    union = np.zeros((D, G), dtype=np.int64)
-    for t in range(int(min(d_len.max(), g_len.max()))):
-        d_idx = [i for i in range(D) if t < d_len[i]]
-        g_idx = [j for j in range(G) if t < g_len[j]]
-        if not d_idx or not g_idx:
-            continue
-        d_on = np.array([dt_seqs[i][t] is not None for i in d_idx])
-        g_on = np.array([gt_seqs[j][t] is not None for j in g_idx])
-        if not d_on.any() and not g_on.any():
-            continue
-        d_a = np.array([dt_areas[i][t] for i in d_idx], dtype=np.int64) * d_on
-        g_a = np.array([gt_areas[j][t] for j in g_idx], dtype=np.int64) * g_on
-        # only-dt / only-gt frames add their own area; both-present pairs are overwritten below
-        u_t = np.where(d_on[:, None], d_a[:, None], 0) + np.where(g_on[None, :], g_a[None, :], 0)
-        i_t = np.zeros_like(u_t)
-        both_d = [k for k in range(len(d_idx)) if d_on[k]]
-        both_g = [k for k in range(len(g_idx)) if g_on[k]]
-        if both_d and both_g:
-            u_t[np.ix_(both_d, both_g)] = 0  # a pair of different sizes merges to an empty mask: adds nothing
-            for size in {tuple(dt_seqs[d_idx[k]][t]["size"]) for k in both_d}:
-                dk = [k for k in both_d if tuple(dt_seqs[d_idx[k]][t]["size"]) == size]
-                gk = [k for k in both_g if tuple(gt_seqs[g_idx[k]][t]["size"]) == size]
-                if not gk:
-                    continue
-                iou = np.asarray(mask_utils.iou([dt_seqs[d_idx[k]][t] for k in dk],
-                                                [gt_seqs[g_idx[k]][t] for k in gk], [0] * len(gk)))
-                iou = iou.reshape(len(dk), len(gk))
-                ab = d_a[dk][:, None] + g_a[gk][None, :]
-                i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
-                i_t[np.ix_(dk, gk)] = i_exact
-                u_t[np.ix_(dk, gk)] = ab - i_exact
-        rows, cols = np.array(d_idx), np.array(g_idx)
-        inter[np.ix_(rows, cols)] += i_t
-        union[np.ix_(rows, cols)] += u_t
+    d_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T)) for seq in dt_seqs])
+    g_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T)) for seq in gt_seqs])
+    d_on &= d_in
+    g_on &= g_in
+    for t in np.flatnonzero(d_on.any(0) & g_on.any(0)):  # frames where some pair has both masks
+        dk, gk = np.flatnonzero(d_on[:, t]), np.flatnonzero(g_on[:, t])
+        d_rles, g_rles = [dt_seqs[k][t] for k in dk], [gt_seqs[k][t] for k in gk]
+        d_sizes, g_sizes = [tuple(r["size"]) for r in d_rles], [tuple(r["size"]) for r in g_rles]
+        ab = d_a[dk, t][:, None] + g_a[gk, t][None, :]
+        same = np.array([[ds == gs for gs in g_sizes] for ds in d_sizes])
+        iou = np.zeros(ab.shape)
+        for size in set(d_sizes) & set(g_sizes):
+            ri = [i for i, ds in enumerate(d_sizes) if ds == size]
+            ci = [j for j, gs in enumerate(g_sizes) if gs == size]
+            block = mask_utils.iou([d_rles[i] for i in ri], [g_rles[j] for j in ci], [0] * len(ci))
+            iou[np.ix_(ri, ci)] = np.asarray(block).reshape(len(ri), len(ci))
+        i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
+        # a pair of the same size: A + B - I instead of A + B; of different sizes: merges to an empty mask,
+        # adds nothing (A + B taken back)
+        inter[np.ix_(dk, gk)] += i_exact
+        union[np.ix_(dk, gk)] -= np.where(same, i_exact, ab)
     # float sums of integers are exact, so this equals the official i / u
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
@@ -391,12 +466,31 @@ class YTVISEval:
                 self._dts[d["video_id"], d["category_id"]].append(d)
         self.ious, self.eval_vids, self.eval, self.stats, self.per_category = {}, {}, {}, [], {}
 
-    def compute_iou(self, vid, cat):
-        gt, dt = self._gts[vid, cat], self._dts[vid, cat]
+    def _top_dts(self, vid, cat):
+        """The (video, category)'s results in the official order: by descending score (stable), at most 100."""
+        dt = self._dts[vid, cat]
         order = np.argsort([-d["score"] for d in dt], kind="mergesort")[:MAX_DETS[-1]]
-        dt = [dt[i] for i in order]
+        return [dt[i] for i in order]
+
+    def compute_iou(self, vid, cat):
+        gt, dt = self._gts[vid, cat], self._top_dts(vid, cat)
         return video_iou([d["segmentations"] for d in dt], [g["segmentations"] for g in gt],
                          [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt])
+
+    def compute_video_ious(self, vid, cats):
+        """compute_iou for every category of one video from one video_iou over all its results and GT (one
+        pycocotools call a frame for the whole video instead of one a frame and category); the same numbers."""
+        dts = {cat: self._top_dts(vid, cat) for cat in cats}
+        dt = [d for cat in cats for d in dts[cat]]
+        gt = [g for cat in cats for g in self._gts[vid, cat]]
+        ious = video_iou([d["segmentations"] for d in dt], [g["segmentations"] for g in gt],
+                         [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt])
+        out, r, c = {}, 0, 0
+        for cat in cats:
+            nd, ng = len(dts[cat]), len(self._gts[vid, cat])
+            out[cat] = ious[r:r + nd, c:c + ng] if ious.size else np.zeros((nd, ng))
+            r, c = r + nd, c + ng
+        return out
 
     def evaluate_vid(self, vid, cat, a_rng, max_det):
         gt, dt = self._gts[vid, cat], self._dts[vid, cat]
@@ -422,10 +516,16 @@ class YTVISEval:
     def evaluate(self, progress=None):
         """IoUs for every (video, category) that has a gt or a result, then matching per area range."""
         pairs = sorted(set(self._gts) | set(self._dts))
-        for n, (vid, cat) in enumerate(pairs):
-            self.ious[vid, cat] = self.compute_iou(vid, cat)
+        by_video = defaultdict(list)
+        for vid, cat in pairs:
+            by_video[vid].append(cat)
+        done = 0
+        for vid, cats in by_video.items():
+            for cat, ious in self.compute_video_ious(vid, cats).items():
+                self.ious[vid, cat] = ious
+            done += len(cats)
             if progress:
-                progress(n + 1, len(pairs))
+                progress(done, len(pairs))
         self.eval_vids = {(cat, a, vid): self.evaluate_vid(vid, cat, rng, MAX_DETS[-1])
                           for (vid, cat) in pairs for a, rng in enumerate(AREA_RNG)}
 
