@@ -41,7 +41,32 @@ class EvalInputError(ValueError):
 # Segmentation parsing and validation
 
 def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
+
+
+def _plain_rle(seg):
+    """The common case of to_rle without its general checks: a dict with a [h, w] list of ints and ASCII string
+    counts -> (compressed RLE dict, h * w). None when `seg` is anything else (to_rle then decides)."""
+    if type(seg) is not dict:
+        return None
+    size, counts = seg.get("size"), seg.get("counts")
+    if (type(counts) is not str or type(size) is not list or len(size) != 2 or type(size[0]) is not int
+            or type(size[1]) is not int or size[0] < 0 or size[1] < 0 or not counts.isascii()):
+        return None
+    return {"size": [size[0], size[1]], "counts": counts.encode("ascii")}
+
+
+def _areas(rles) -> list:
+    """Pixel count of each RLE (0 for None), in batched pycocotools calls (its `area` takes at most 255)."""
+    present = [r for r in rles if r is not None]
+    got = []
+    for i in range(0, len(present), 255):
+        got.extend(mask_utils.area(present[i:i + 255]).tolist())
+    it = iter(got)
+    return [next(it) if r is not None else 0 for r in rles]
+
+
+_SIGNED5 = np.array([i - 32 if i & 16 else i for i in range(32)] + [0] * 224, dtype=np.int64)
 
 
 def _compressed_totals(strings) -> np.ndarray:
@@ -72,31 +97,37 @@ def _compressed_totals(strings) -> np.ndarray:
     last = bounds[nonempty] - 1
     bad[np.flatnonzero(nonempty)[~ends[last]]] = True  # a string that stops inside a value
     ends[last] = True  # keep values from running into the next string
-    end_pos = np.flatnonzero(ends)
-    n_all = end_pos.size
-    x = c[end_pos].astype(np.int64)
-    x -= (x & 16) << 1  # a one-chunk value: 5 bits, two's complement
-    chunks = np.diff(end_pos, prepend=-1)
-    long_vals = np.flatnonzero(chunks > 1)  # most counts fit one chunk; only the others need more passes
+    x = _SIGNED5.take(c[ends])  # a one-chunk value: 5 bits, two's complement
+    n_all = x.size
+    after_cont = np.empty_like(ends)  # the character before is the middle of a value
+    after_cont[0] = False
+    np.logical_not(ends[:-1], out=after_cont[1:])
+    long_vals = np.flatnonzero(after_cont[ends])  # the few values longer than one chunk
     if long_vals.size:
-        k = chunks[long_vals]
-        first_char = end_pos[long_vals] - k + 1
-        bad[np.searchsorted(bounds, first_char[k > 7], side="right")] = True  # > 35 bits: no valid count
-        k = np.minimum(k, 7)
+        end_char = np.flatnonzero(ends & after_cont)
+        k = np.ones(long_vals.size, dtype=np.int64)  # chunks of each long value
+        active = np.ones(long_vals.size, dtype=bool)
+        for i in range(1, 8):
+            # the string's own last character is an end: a value never runs over into the previous string
+            active &= (end_char - i >= 0) & ~ends[np.maximum(end_char - i, 0)]
+            k += active
+        bad[np.searchsorted(bounds, end_char[active], side="right")] = True  # > 35 bits: no valid count
+        first_char = end_char - k + 1
         xl = (c[first_char] & 0x1f).astype(np.int64)
         for i in range(1, int(k.max())):
             sel = k > i
             xl[sel] |= (c[first_char[sel] + i] & 0x1f).astype(np.int64) << (5 * i)
-        neg = (c[end_pos[long_vals]] & 0x10) != 0
+        neg = (c[end_char] & 0x10) != 0
         xl[neg] -= np.int64(1) << (5 * k[neg])
         x[long_vals] = xl
     # values of string s: first[s] .. first[s] + n_vals[s] - 1 (global indices g)
-    first = np.searchsorted(end_pos, starts)
-    n_vals = np.append(first[1:], n_all) - first
-    # count j of a string (j >= 3) is x_j + count j-2: for a parity P of g, cs[g // 2] - base is the count at g,
-    # where cs is the cumulative sum of the x of parity P and base that sum just before the string's chain
+    n_vals = np.zeros(n, dtype=np.int64)
+    n_vals[nonempty] = np.add.reduceat(ends, starts[nonempty], dtype=np.int64)
+    first = np.cumsum(n_vals) - n_vals
     cs = [np.cumsum(x[p::2]) for p in (0, 1)]
-    cc = [np.concatenate([[0], np.cumsum(a)]) for a in cs]
+    cc = [np.zeros(a.size + 1, dtype=np.int64) for a in cs]
+    for a, out in zip(cs, cc):
+        np.cumsum(a, out=out[1:])
     totals = np.where(n_vals > 0, x[np.minimum(first, n_all - 1)], 0)  # count 0 is x_0 itself
     for p in (0, 1):
         m = cs[p].size
@@ -323,7 +354,34 @@ def load_results(src, gt: dict) -> list:
     data, name = _read_json(src, "results")
     if not isinstance(data, list):
         raise EvalInputError(f"results {name}: want a list of results, got {type(data).__name__}")
-    out = []
+    out, pending = [], []  # pending: entries whose run-length totals are not checked yet
+
+    def check_pending():
+        """Totals of the pending entries' strings in a few batched calls; raises for the first bad one."""
+        frames = [(k, t) for k in pending for t, rle in enumerate(out[k]["segmentations"]) if rle is not None]
+        for j in range(0, len(frames), 1000):  # batches that stay in the CPU's caches
+            part = frames[j:j + 1000]
+            totals = _compressed_totals([out[k]["segmentations"][t]["counts"] for k, t in part])
+            for (k, t), total in zip(part, totals):
+                h, w = out[k]["segmentations"][t]["size"]
+                if total != h * w:
+                    raise EvalInputError(f"results {name}: entry {k} (video_id {out[k]['video_id']}) frame {t}: "
+                                         f"malformed compressed RLE (runs do not cover {h}x{w} pixels)")
+        pending.clear()
+
+    try:
+        _load_result_entries(data, gt, name, out, pending)
+    except EvalInputError:
+        check_pending()  # a malformed string in an earlier entry is reported first, as entry by entry
+        raise
+    check_pending()
+    for r in out:
+        r["mask_areas"] = _areas(r["segmentations"])
+        r["avg_area"] = _avg_area([a if s else None for a, s in zip(r["mask_areas"], r["segmentations"])])
+    return out
+
+
+def _load_result_entries(data, gt, name, out, pending):
     for i, r in enumerate(data):
         where = f"results {name}: entry {i}"
         if not isinstance(r, dict):
@@ -340,14 +398,14 @@ def load_results(src, gt: dict) -> list:
         segs = r.get("segmentations")
         if not isinstance(segs, list):
             raise EvalInputError(f"{where}: 'segmentations' must be a list (one RLE or null per frame)")
-        rles = [to_rle(s, None, None, f"{where} frame {t}", allow_polygon=False, check=False)
-                for t, s in enumerate(segs)]
-        _check_rle_totals(rles, where)
-        mask_areas = [int(mask_utils.area(s)) if s else 0 for s in rles]
+        rles = []
+        for t, s in enumerate(segs):
+            rle = _plain_rle(s) if s else None
+            rles.append(rle if rle is not None else
+                        to_rle(s, None, None, f"{where} frame {t}", allow_polygon=False, check=False))
+        pending.append(len(out))
         out.append({"id": i + 1, "video_id": vid, "category_id": r["category_id"], "score": float(score),
-                    "segmentations": rles, "mask_areas": mask_areas,
-                    "avg_area": _avg_area([a if s else None for a, s in zip(mask_areas, rles)])})
-    return out
+                    "segmentations": rles})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,15 +443,25 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
     cg = np.concatenate([np.zeros((G, 1), np.int64), np.cumsum(g_a, axis=1)], axis=1)
     union = np.take_along_axis(cd, both_len, axis=1) + np.take_along_axis(cg, both_len.T, axis=1).T
     inter = np.zeros((D, G), dtype=np.int64)
-    d_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T)) for seq in dt_seqs])
-    g_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T)) for seq in gt_seqs])
+    d_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T))
+                     for seq in dt_seqs], dtype=bool).reshape(D, T)
+    g_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T))
+                     for seq in gt_seqs], dtype=bool).reshape(G, T)
     d_on &= d_in
     g_on &= g_in
-    for t in np.flatnonzero(d_on.any(0) & g_on.any(0)):  # frames where some pair has both masks
+    one_size = len({tuple(r["size"]) for seq in (*dt_seqs, *gt_seqs) for r in seq if r is not None}) <= 1
+    for t in np.flatnonzero(d_on.any(0) & g_on.any(0)).tolist():  # frames where some pair has both masks
         dk, gk = np.flatnonzero(d_on[:, t]), np.flatnonzero(g_on[:, t])
-        d_rles, g_rles = [dt_seqs[k][t] for k in dk], [gt_seqs[k][t] for k in gk]
-        d_sizes, g_sizes = [tuple(r["size"]) for r in d_rles], [tuple(r["size"]) for r in g_rles]
+        d_rles, g_rles = [dt_seqs[k][t] for k in dk.tolist()], [gt_seqs[k][t] for k in gk.tolist()]
         ab = d_a[dk, t][:, None] + g_a[gk, t][None, :]
+        rows, cols = dk[:, None], gk[None, :]
+        if one_size:  # the common case: one pycocotools call for the frame
+            iou = np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(g_rles))).reshape(ab.shape)
+            i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
+            inter[rows, cols] += i_exact
+            union[rows, cols] -= i_exact  # A + B - I instead of A + B
+            continue
+        d_sizes, g_sizes = [tuple(r["size"]) for r in d_rles], [tuple(r["size"]) for r in g_rles]
         same = np.array([[ds == gs for gs in g_sizes] for ds in d_sizes])
         iou = np.zeros(ab.shape)
         for size in set(d_sizes) & set(g_sizes):
@@ -404,8 +472,8 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
         i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
         # a pair of the same size: A + B - I instead of A + B; of different sizes: merges to an empty mask,
         # adds nothing (A + B taken back)
-        inter[np.ix_(dk, gk)] += i_exact
-        union[np.ix_(dk, gk)] -= np.where(same, i_exact, ab)
+        inter[rows, cols] += i_exact
+        union[rows, cols] -= np.where(same, i_exact, ab)
     # float sums of integers are exact, so this equals the official i / u
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
