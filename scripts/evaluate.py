@@ -105,8 +105,11 @@ def main(argv=None) -> int:
 
     t0 = time.time()
 
-    def progress(n, total):
-        if not args.quiet and (n == total or n % 200 == 0):
+    shown = [0]
+
+    def progress(n, total):  # called a video at a time: a line each 200 (video, category) pairs
+        if not args.quiet and (n == total or n - shown[0] >= 200):
+            shown[0] = n
             tty = sys.stderr.isatty()          # one rewritten line on a terminal, a line each in a log
             print(f"{chr(13) if tty else ''}  video IoUs: {n}/{total} (video, category) pairs",
                   end="\n" if n == total or not tty else "", file=sys.stderr, flush=True)
