@@ -411,13 +411,15 @@ def _load_result_entries(data, gt, name, out, pending):
 # ----------------------------------------------------------------------------------------------------------------
 # Video IoU and matching
 
-def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
+def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt_groups=None) -> np.ndarray:
     """[D, G] video IoU = sum_t |D_t & G_t| / sum_t |D_t | G_t| over zip(dt, gt) frames (§3.4).
 
     Sequences are lists of compressed RLE or None. Frames beyond the shorter sequence of a pair are skipped; a
     frame present on one side only adds its area to the union; masks of different sizes add nothing; U == 0 gives
     0. Intersections come from one pycocotools `iou` call per frame and are recovered as exact integers
-    (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5 pixel)."""
+    (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5 pixel). With `dt_groups` / `gt_groups` (a
+    label per sequence, e.g. the category), only pairs of one label are compared (one call per frame and label);
+    the other cells are left at 0."""
     D, G = len(dt_seqs), len(gt_seqs)
     if D == 0 or G == 0:
         return np.zeros((D, G))
@@ -443,39 +445,53 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
     cg = np.concatenate([np.zeros((G, 1), np.int64), np.cumsum(g_a, axis=1)], axis=1)
     union = np.take_along_axis(cd, both_len, axis=1) + np.take_along_axis(cg, both_len.T, axis=1).T
     inter = np.zeros((D, G), dtype=np.int64)
-    d_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T))
-                     for seq in dt_seqs], dtype=bool).reshape(D, T)
-    g_on = np.array([[s is not None for s in seq[:T]] + [False] * (T - min(len(seq), T))
-                     for seq in gt_seqs], dtype=bool).reshape(G, T)
-    d_on &= d_in
-    g_on &= g_in
+    d_at = [[k for k in range(D) if t < d_len[k] and dt_seqs[k][t] is not None] for t in range(T)]
+    g_at = [[k for k in range(G) if t < g_len[k] and gt_seqs[k][t] is not None] for t in range(T)]
     one_size = len({tuple(r["size"]) for seq in (*dt_seqs, *gt_seqs) for r in seq if r is not None}) <= 1
-    for t in np.flatnonzero(d_on.any(0) & g_on.any(0)).tolist():  # frames where some pair has both masks
-        dk, gk = np.flatnonzero(d_on[:, t]), np.flatnonzero(g_on[:, t])
-        d_rles, g_rles = [dt_seqs[k][t] for k in dk.tolist()], [gt_seqs[k][t] for k in gk.tolist()]
-        ab = d_a[dk, t][:, None] + g_a[gk, t][None, :]
-        rows, cols = dk[:, None], gk[None, :]
-        if one_size:  # the common case: one pycocotools call for the frame
-            iou = np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(g_rles))).reshape(ab.shape)
-            i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
-            inter[rows, cols] += i_exact
-            union[rows, cols] -= i_exact  # A + B - I instead of A + B
+    # one pycocotools call a frame where some pair has both masks; the arithmetic for all frames at once below
+    ious, rows, cols, frames = [], [], [], []
+    if dt_groups is None:
+        blocks = [(d_at[t], g_at[t], t) for t in range(T)]
+    else:
+        blocks = []
+        for t in range(T):
+            for label in {gt_groups[k] for k in g_at[t]}:
+                blocks.append(([k for k in d_at[t] if dt_groups[k] == label],
+                               [k for k in g_at[t] if gt_groups[k] == label], t))
+    for dk, gk, t in blocks:
+        if not dk or not gk:
             continue
-        d_sizes, g_sizes = [tuple(r["size"]) for r in d_rles], [tuple(r["size"]) for r in g_rles]
-        same = np.array([[ds == gs for gs in g_sizes] for ds in d_sizes])
-        iou = np.zeros(ab.shape)
-        for size in set(d_sizes) & set(g_sizes):
-            ri = [i for i, ds in enumerate(d_sizes) if ds == size]
-            ci = [j for j, gs in enumerate(g_sizes) if gs == size]
-            block = mask_utils.iou([d_rles[i] for i in ri], [g_rles[j] for j in ci], [0] * len(ci))
-            iou[np.ix_(ri, ci)] = np.asarray(block).reshape(len(ri), len(ci))
+        d_rles, g_rles = [dt_seqs[k][t] for k in dk], [gt_seqs[k][t] for k in gk]
+        if one_size:  # the common case
+            ious.append(np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(gk)), dtype=np.float64).ravel())
+        else:
+            d_sizes, g_sizes = [tuple(r["size"]) for r in d_rles], [tuple(r["size"]) for r in g_rles]
+            iou = np.full((len(dk), len(gk)), -1.0)  # -1: sizes differ, the pair merges to an empty mask
+            for size in set(d_sizes) & set(g_sizes):
+                ri = [i for i, ds in enumerate(d_sizes) if ds == size]
+                ci = [j for j, gs in enumerate(g_sizes) if gs == size]
+                block = mask_utils.iou([d_rles[i] for i in ri], [g_rles[j] for j in ci], [0] * len(ci))
+                iou[np.ix_(ri, ci)] = np.asarray(block).reshape(len(ri), len(ci))
+            ious.append(iou.ravel())
+        rows.append(np.repeat(dk, len(gk)))
+        cols.append(np.tile(gk, len(dk)))
+        frames.append(np.full(len(dk) * len(gk), t))
+    if ious:
+        iou, r, c, t = (np.concatenate(x) for x in (ious, rows, cols, frames))
+        ab = d_a[r, t] + g_a[c, t]
+        same = iou >= 0
+        iou = np.maximum(iou, 0.0)
         i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
-        # a pair of the same size: A + B - I instead of A + B; of different sizes: merges to an empty mask,
-        # adds nothing (A + B taken back)
-        inter[rows, cols] += i_exact
-        union[rows, cols] -= np.where(same, i_exact, ab)
+        # a pair of the same size: A + B - I instead of the A + B counted above; of different sizes: nothing
+        # (A + B taken back)
+        flat = r * G + c
+        inter += np.bincount(flat, weights=i_exact, minlength=D * G).astype(np.int64).reshape(D, G)
+        union -= np.bincount(flat, weights=np.where(same, i_exact, ab), minlength=D * G).astype(np.int64).reshape(D, G)
     # float sums of integers are exact, so this equals the official i / u
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    out = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    if dt_groups is not None:
+        out[np.asarray(dt_groups)[:, None] != np.asarray(gt_groups)[None, :]] = 0.0
+    return out
 
 
 def _greedy_match(ious, gt_ignore, gt_crowd, gt_ids, dt_ids):
@@ -546,13 +562,14 @@ class YTVISEval:
                          [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt])
 
     def compute_video_ious(self, vid, cats):
-        """compute_iou for every category of one video from one video_iou over all its results and GT (one
-        pycocotools call a frame for the whole video instead of one a frame and category); the same numbers."""
+        """compute_iou for every category of one video from one video_iou over all its results and GT, pairs of
+        one category only (the frame loop and arithmetic once for the video); the same numbers."""
         dts = {cat: self._top_dts(vid, cat) for cat in cats}
         dt = [d for cat in cats for d in dts[cat]]
         gt = [g for cat in cats for g in self._gts[vid, cat]]
         ious = video_iou([d["segmentations"] for d in dt], [g["segmentations"] for g in gt],
-                         [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt])
+                         [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt],
+                         [d["category_id"] for d in dt], [g["category_id"] for g in gt])
         out, r, c = {}, 0, 0
         for cat in cats:
             nd, ng = len(dts[cat]), len(self._gts[vid, cat])
