@@ -125,9 +125,6 @@ def _compressed_totals(strings) -> np.ndarray:
     n_vals[nonempty] = np.add.reduceat(ends, starts[nonempty], dtype=np.int64)
     first = np.cumsum(n_vals) - n_vals
     cs = [np.cumsum(x[p::2]) for p in (0, 1)]
-    cc = [np.zeros(a.size + 1, dtype=np.int64) for a in cs]
-    for a, out in zip(cs, cc):
-        np.cumsum(a, out=out[1:])
     totals = np.where(n_vals > 0, x[np.minimum(first, n_all - 1)], 0)  # count 0 is x_0 itself
     for p in (0, 1):
         m = cs[p].size
@@ -146,7 +143,8 @@ def _compressed_totals(strings) -> np.ndarray:
             mx = np.maximum.reduceat(cs[p], idx)
             b = base[has]
             bad[np.flatnonzero(has)[(mn - b < 0) | (mx - b >= 2 ** 32)]] = True
-        totals += np.where(has, cc[p][hi] - cc[p][lo] - cnt * base, 0)
+            # the segments of the strings without a value here are empty: skipping them moves no boundary
+            totals[has] += np.add.reduceat(cs[p], idx) - cnt[has] * b
     x0 = x[np.minimum(first, n_all - 1)]
     bad[(n_vals > 0) & ((x0 < 0) | (x0 >= 2 ** 32))] = True
     totals[bad] = -1
