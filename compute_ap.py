@@ -575,26 +575,34 @@ class YTVISEval:
             r, c = r + nd, c + ng
         return out
 
-    def evaluate_vid(self, vid, cat, a_rng, max_det):
+    def evaluate_vid(self, vid, cat, a_rng, max_det, _dt=None):
         gt, dt = self._gts[vid, cat], self._dts[vid, cat]
         if not gt and not dt:
             return None
+        if _dt is None:
+            _dt = self._sorted_dts(vid, cat, max_det)
+        dt, scores, ids, areas = _dt
         g_ignore = [1 if (g["iscrowd"] or g["avg_area"] < a_rng[0] or g["avg_area"] > a_rng[1]) else 0
                     for g in gt]
         gt_order = np.argsort(g_ignore, kind="mergesort")
         gt = [gt[i] for i in gt_order]
         g_ignore = np.array([g_ignore[i] for i in gt_order])
+        ious = self.ious[vid, cat][:, gt_order]
+        dtm, gtm, dt_ig = _greedy_match(ious, g_ignore, [g["iscrowd"] for g in gt], [g["id"] for g in gt], ids)
+        # unmatched detections outside the area range are ignored (a gt id of 0 counts as unmatched, as official)
+        out = ((areas < a_rng[0]) | (areas > a_rng[1]))[None, :]
+        dt_ig = np.logical_or(dt_ig, np.logical_and(dtm == 0, out))
+        return {"dtScores": scores, "dtMatches": dtm, "gtMatches": gtm,
+                "gtIgnore": g_ignore, "dtIgnore": dt_ig, "dtIds": ids, "gtIds": [g["id"] for g in gt]}
+
+    def _sorted_dts(self, vid, cat, max_det):
+        """The results of one (video, category) by descending score (stable), at most `max_det`, with their
+        scores, ids and average areas: the same for the four area ranges."""
+        dt = self._dts[vid, cat]
         dt_order = np.argsort([-d["score"] for d in dt], kind="mergesort")
         dt = [dt[i] for i in dt_order[:max_det]]
-        ious = self.ious[vid, cat][:, gt_order]
-        dtm, gtm, dt_ig = _greedy_match(ious, g_ignore, [g["iscrowd"] for g in gt],
-                                        [g["id"] for g in gt], [d["id"] for d in dt])
-        # unmatched detections outside the area range are ignored (a gt id of 0 counts as unmatched, as official)
-        out = np.array([d["avg_area"] < a_rng[0] or d["avg_area"] > a_rng[1] for d in dt]).reshape(1, len(dt))
-        dt_ig = np.logical_or(dt_ig, np.logical_and(dtm == 0, np.repeat(out, len(IOU_THRS), 0)))
-        return {"dtScores": [d["score"] for d in dt], "dtMatches": dtm, "gtMatches": gtm,
-                "gtIgnore": g_ignore, "dtIgnore": dt_ig, "dtIds": [d["id"] for d in dt],
-                "gtIds": [g["id"] for g in gt]}
+        return (dt, [d["score"] for d in dt], [d["id"] for d in dt],
+                np.array([d["avg_area"] for d in dt], dtype=np.float64))
 
     def evaluate(self, progress=None):
         """IoUs for every (video, category) that has a gt or a result, then matching per area range."""
@@ -609,8 +617,11 @@ class YTVISEval:
             done += len(cats)
             if progress:
                 progress(done, len(pairs))
-        self.eval_vids = {(cat, a, vid): self.evaluate_vid(vid, cat, rng, MAX_DETS[-1])
-                          for (vid, cat) in pairs for a, rng in enumerate(AREA_RNG)}
+        self.eval_vids = {}
+        for vid, cat in pairs:
+            dts = self._sorted_dts(vid, cat, MAX_DETS[-1])
+            for a, rng in enumerate(AREA_RNG):
+                self.eval_vids[cat, a, vid] = self.evaluate_vid(vid, cat, rng, MAX_DETS[-1], dts)
 
     def accumulate(self):
         T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(self.cat_ids), len(AREA_RNG), len(MAX_DETS)
