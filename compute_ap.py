@@ -435,9 +435,6 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt
             a[k, :n] = seq[:n]  # 0 for an absent frame
     # the pairs' common frames (zip): frame t counts for (d, g) iff t < both lengths
     both_len = np.minimum(d_len[:, None], g_len[None, :])  # [D, G]
-    on_t = np.arange(T)
-    d_in = on_t[None, :] < d_len[:, None]  # [D, T]
-    g_in = on_t[None, :] < g_len[:, None]
     # every present frame adds its area to the union; pairs present on both sides are corrected below
     cd = np.concatenate([np.zeros((D, 1), np.int64), np.cumsum(d_a, axis=1)], axis=1)
     cg = np.concatenate([np.zeros((G, 1), np.int64), np.cumsum(g_a, axis=1)], axis=1)

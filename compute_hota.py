@@ -96,8 +96,9 @@ def evaluate_hota(gt: dict, results: list) -> dict:
     """HOTA, DetA, AssA, LocA (and DetRe, DetPr, AssRe, AssPr, HOTA(0), LocA(0), IDF1, IDR, IDP) by TrackEval.
 
     `gt` and `results` are compute_ap.load_gt / load_results output. Returns the class-averaged fields (each
-    category with a GT or a result weighs the same, as in the AP), `det_averaged` {HOTA, DetA, AssA, LocA} over all detections, and
-    `per_category` {name: {HOTA, DetA, AssA}} (-1 for a category with neither, as the AP's -1). Raises EvalInputError if TrackEval is missing or rejects the data."""
+    category with a GT or a result weighs the same, as in the AP), `det_averaged` {HOTA, DetA, AssA, LocA} over
+    all detections, and `per_category` {name: {HOTA, DetA, AssA}} (-1 for a category with neither, as the AP's
+    -1). Raises EvalInputError if TrackEval is missing or rejects the data."""
     try:
         import trackeval
     except ImportError as e:
