@@ -214,25 +214,13 @@ def _decode_compressed(strings):
     return totals, cnts, first, n_vals
 
 
-def _check_rle_totals(rles, where: str):
-    """Raise for the first frame whose compressed RLE does not cover exactly its height x width pixels."""
-    frames = [t for t, r in enumerate(rles) if r is not None]
-    if not frames:
-        return
-    totals = _compressed_totals([rles[t]["counts"] for t in frames])
-    for t, total in zip(frames, totals):
-        h, w = rles[t]["size"]
-        if total != h * w:
-            raise EvalInputError(f"{where} frame {t}: malformed compressed RLE (runs do not cover {h}x{w} pixels)")
-
-
 def to_rle(seg, height, width, where: str, allow_polygon: bool = True, check: bool = True):
     """Any accepted segmentation -> compressed RLE dict (bytes counts), or None for an absent frame.
 
     Accepts uncompressed RLE (counts a list), compressed RLE (counts str/bytes) and, if `allow_polygon`,
     polygons (a list of flat [x0, y0, x1, y1, ...] lists, rasterised at `height` x `width`). A falsy value (null,
     [], {}) is an absent frame, as in the official `if seg:` tests. `where` names the entry in error messages.
-    `check=False` leaves the run-length total of compressed strings to a batched `_check_rle_totals`."""
+    `check=False` leaves the run-length total of compressed strings to the caller's batched check."""
     if not seg:
         return None
     if isinstance(seg, list):
@@ -308,38 +296,61 @@ def load_gt(src) -> dict:
             raise EvalInputError(f"GT {name}: categories[{i}] has no integer 'id'")
         cats.append({"id": c["id"], "name": str(c.get("name", c["id"]))})
     cats.sort(key=lambda c: c["id"])
-    anns = []
-    for i, a in enumerate(data.get("annotations") or []):
-        where = f"GT {name}: annotations[{i}]"
-        if not isinstance(a, dict):
-            raise EvalInputError(f"{where} is not an object")
-        for key in ("id", "video_id", "category_id"):
-            if not _is_int(a.get(key)):
-                raise EvalInputError(f"{where}: field '{key}' missing or not an integer")
-        vid = a["video_id"]
-        where += f" (video_id {vid})"
-        if vid not in videos:
-            raise EvalInputError(f"{where}: video_id not among the GT videos")
-        segs = a.get("segmentations")
-        if not isinstance(segs, list):
-            raise EvalInputError(f"{where}: 'segmentations' must be a list (one entry per frame)")
-        h, w = videos[vid].get("height"), videos[vid].get("width")
-        rles = []
-        for t, s in enumerate(segs):
-            if s and isinstance(s, list) and not (_is_int(h) and _is_int(w)):
-                raise EvalInputError(f"{where} frame {t}: polygon needs the video's height and width")
-            rles.append(to_rle(s, h, w, f"{where} frame {t}", check=False))
-        _check_rle_totals(rles, where)
-        mask_areas = [int(mask_utils.area(r)) if r else 0 for r in rles]
-        areas = a.get("areas")
-        if areas is None:
-            areas = mask_areas
-        elif not isinstance(areas, list) or not all(x is None or (isinstance(x, numbers.Real)
-                                                                  and not isinstance(x, bool)) for x in areas):
-            raise EvalInputError(f"{where}: 'areas' must be a list of numbers or nulls")
-        anns.append({"id": a["id"], "video_id": vid, "category_id": a["category_id"],
-                     "iscrowd": int(a.get("iscrowd") or 0), "segmentations": rles,
-                     "mask_areas": mask_areas, "avg_area": _avg_area(areas)})
+    anns, pending = [], []  # pending: annotations whose run-length totals are not checked yet
+
+    def check_pending():
+        """Totals of the pending annotations' strings in batches; raises for the first bad one."""
+        frames = [(k, t) for k in pending for t, rle in enumerate(anns[k]["segmentations"]) if rle is not None]
+        for j in range(0, len(frames), 1000):
+            part = frames[j:j + 1000]
+            totals = _compressed_totals([anns[k]["segmentations"][t]["counts"] for k, t in part])
+            for (k, t), total in zip(part, totals):
+                h, w = anns[k]["segmentations"][t]["size"]
+                if total != h * w:
+                    raise EvalInputError(f"GT {name}: annotations[{k}] (video_id {anns[k]['video_id']}) frame {t}: "
+                                         f"malformed compressed RLE (runs do not cover {h}x{w} pixels)")
+        pending.clear()
+
+    try:
+        for i, a in enumerate(data.get("annotations") or []):
+            where = f"GT {name}: annotations[{i}]"
+            if not isinstance(a, dict):
+                raise EvalInputError(f"{where} is not an object")
+            for key in ("id", "video_id", "category_id"):
+                if not _is_int(a.get(key)):
+                    raise EvalInputError(f"{where}: field '{key}' missing or not an integer")
+            vid = a["video_id"]
+            where += f" (video_id {vid})"
+            if vid not in videos:
+                raise EvalInputError(f"{where}: video_id not among the GT videos")
+            segs = a.get("segmentations")
+            if not isinstance(segs, list):
+                raise EvalInputError(f"{where}: 'segmentations' must be a list (one entry per frame)")
+            h, w = videos[vid].get("height"), videos[vid].get("width")
+            rles = []
+            for t, s in enumerate(segs):
+                rle = _plain_rle(s) if s else None
+                if rle is None:
+                    if s and isinstance(s, list) and not (_is_int(h) and _is_int(w)):
+                        raise EvalInputError(f"{where} frame {t}: polygon needs the video's height and width")
+                    rle = to_rle(s, h, w, f"{where} frame {t}", check=False)
+                rles.append(rle)
+            anns.append({"id": a["id"], "video_id": vid, "category_id": a["category_id"],
+                         "iscrowd": int(a.get("iscrowd") or 0), "segmentations": rles, "areas": a.get("areas")})
+            pending.append(i)
+            areas = a.get("areas")
+            if areas is not None and (not isinstance(areas, list) or not all(
+                    x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool)) for x in areas)):
+                check_pending()  # a malformed string of this or an earlier annotation is reported first
+                raise EvalInputError(f"{where}: 'areas' must be a list of numbers or nulls")
+    except EvalInputError:
+        check_pending()  # a malformed string in an earlier annotation is reported first, as one by one
+        raise
+    check_pending()
+    for a in anns:
+        a["mask_areas"] = _areas(a["segmentations"])
+        areas = a.pop("areas")
+        a["avg_area"] = _avg_area(a["mask_areas"] if areas is None else areas)
     return {"videos": videos, "categories": cats, "annotations": anns, "name": name}
 
 
