@@ -540,6 +540,26 @@ def test_cli_end_to_end(tmp_path):
                                         dataclasses.replace(TrackConfig(), max_age=2, min_hits=3))
 
 
+def test_cli_zip_is_the_submission_and_reads_back(tmp_path):
+    """--zip: a zip whose only member is results.json at the root, holding exactly the results JSON; no temporary
+    file left behind."""
+    import zipfile
+    frames_path, out_path = tmp_path / "frames.json", tmp_path / "sub" / "results.json"
+    write_frame_predictions(str(frames_path), preds(video(hidden_frames(), vid=11)))
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        track_cli.main(["--pred", str(frames_path), "--out", str(out_path), "--min-hits", "3", "--zip"])
+    zip_path = tmp_path / "sub" / "results.zip"
+    assert f"wrote the submission {zip_path}" in buf.getvalue()
+    with zipfile.ZipFile(zip_path) as z:
+        assert z.namelist() == ["results.json"]
+        assert json.loads(z.read("results.json")) == json.loads(out_path.read_text())
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["results.json", "results.zip"]
+    with redirect_stdout(io.StringIO()):  # an explicit path
+        track_cli.main(["--pred", str(frames_path), "--out", str(out_path), "--zip", str(tmp_path / "x.zip")])
+    assert zipfile.ZipFile(tmp_path / "x.zip").namelist() == ["results.json"]
+
+
 def test_cli_bad_input_exits_with_the_message(tmp_path):
     path = tmp_path / "frames.json"
     path.write_text(json.dumps(bad(lambda d: d["videos"][0]["frames"][1].update(index=0))))
