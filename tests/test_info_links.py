@@ -34,7 +34,7 @@ def repo_files():
         for dirpath, dirnames, filenames in os.walk(ROOT):
             dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
             files += [os.path.relpath(os.path.join(dirpath, n), ROOT) for n in filenames]
-    return sorted(f for f in files if f.endswith(TEXT_EXT) or os.path.basename(f) in TEXT_NAMES)
+    return sorted({f for f in files if f.endswith(TEXT_EXT) or os.path.basename(f) in TEXT_NAMES})
 
 
 def read(rel):
