@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import numbers
 import os
@@ -18,6 +17,8 @@ from collections import defaultdict
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from fileio import InputError, read_json
 
 # The official Params (ytvoseval.py). int(...) patches quirk 1 (a float `num` breaks modern NumPy); same values.
 IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
@@ -33,7 +34,7 @@ STAT_SPECS = [("AP", 1, None, "all", 100), ("AP50", 1, .5, "all", 100), ("AP75",
 STAT_NAMES = [s[0] for s in STAT_SPECS]
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """A GT or results file that cannot be evaluated; the message names the file and the entry."""
 
 
@@ -159,11 +160,7 @@ def _avg_area(areas) -> float:
 
 def _read_json(src, what: str):
     if isinstance(src, (str, os.PathLike)):
-        try:
-            with open(src) as f:
-                return json.load(f), str(src)
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvalInputError(f"{what} {src}: cannot read JSON ({e})") from e
+        return read_json(os.fspath(src), what, EvalInputError), str(src)
     return src, f"<{what}>"
 
 

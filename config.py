@@ -14,14 +14,14 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
+
+from fileio import InputError, atomic_write_text
 
 # HEAD anchors of the original (original-model.md §1.2): 24 (w, h) pairs in pixels at 416, sorted by width,
 # split in order into 4 levels of 6.
@@ -40,7 +40,7 @@ CHALLENGE_ANCHORS_416 = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is unknown, of the wrong type or inconsistent."""
 
 
@@ -560,26 +560,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.pack_prob needs mask rows of a whole number of pixels: model.input_size "
                           f"({m.input_size}) must be a multiple of the mask resolution ({cfg.mask_res})")
     return cfg
-
-
-def atomic_write_text(path: str, text: str):
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_config(cfg: Config, path: str):

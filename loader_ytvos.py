@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
 import os
 import sys
 import threading
@@ -25,16 +24,17 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+from fileio import InputError, read_json
 from utils import Letterbox
 
 GRAY = 128
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """The annotation file is malformed; the message names the file and the video/annotation/frame/field."""
 
 
-class FrameError(ValueError):
+class FrameError(InputError):
     """A frame file is missing or cannot be decoded; the message names the file, the video and the frame."""
 
 
@@ -87,13 +87,7 @@ def _seg_size(seg, where, path):
 
 def load_annotations(path: str) -> YTVIS:
     """Read and validate an official YouTube-VIS (2019 or 2021) annotation JSON; one pass, O(size of the file)."""
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except OSError as e:
-        raise AnnotationError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{path}: malformed or truncated JSON ({e})") from None
+    data = read_json(path, "annotation file", AnnotationError)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: the top level must be a JSON object")
     for key in ("videos", "annotations", "categories"):

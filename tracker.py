@@ -7,7 +7,6 @@ turns `clip.mp4` into `results.json` and an annotated mp4 (original-tracking-eva
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -16,11 +15,13 @@ import time
 import cv2
 import numpy as np
 
+from fileio import InputError, read_json
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class FrameError(RuntimeError):
+class FrameError(InputError):
     """A frame cannot be read or does not fit its video."""
 
 
@@ -38,13 +39,9 @@ def read_rgb(path: str, video_id, index: int) -> np.ndarray:
 def dataset_source(data_root: str, ann_path: str | None = None):
     """Videos of a YouTube-VIS split in JSON order; frames in `file_names` order."""
     ann_path = ann_path or os.path.join(data_root, "instances.json")
-    try:
-        with open(ann_path) as f:
-            ann = json.load(f)
-    except FileNotFoundError:
-        raise FrameError(f"annotation file not found: {ann_path}") from None
-    except json.JSONDecodeError as e:
-        raise FrameError(f"{ann_path}: not valid JSON ({e})") from None
+    ann = read_json(ann_path, "annotation file", FrameError)
+    if not isinstance(ann, dict):
+        raise FrameError(f"{ann_path}: the top level must be a JSON object")
     for key in ("videos", "categories"):
         if key not in ann:
             raise FrameError(f"{ann_path}: missing key '{key}'")

@@ -82,7 +82,7 @@ def main(argv=None):
         sections += ["", f"## `python {name}`", "",
                      f"exit code {r.returncode}, {took:.0f} s; 1-minute load average {load0} before, "
                      f"{load_average()} after", "", "```", out, "```"]
-    from config import atomic_write_text
+    from fileio import atomic_write_text
     atomic_write_text(args.out, "\n".join(sections) + "\n")
     print(f"benchmarks written to {args.out}")
 

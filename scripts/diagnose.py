@@ -31,7 +31,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compute_ap import EvalInputError, _read_json, evaluate_vis, frame_map, load_gt, load_results, to_rle  # noqa: E402
-from config import ConfigError, TrackConfig, atomic_write_text, load_config  # noqa: E402
+from config import ConfigError, TrackConfig, load_config  # noqa: E402
+from fileio import atomic_write_text  # noqa: E402
 from tracking.io import FramePredictionsError, read_frame_predictions  # noqa: E402
 
 AREA_BINS = [0.0, 0.01, 0.03, 0.1, 1.01]    # object area as a share of the frame area

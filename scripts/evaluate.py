@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from compute_ap import IOU_THRS, REC_THRS, EvalInputError, evaluate_vis, format_stats  # noqa: E402
-from config import atomic_write_text  # noqa: E402
+from fileio import atomic_write_text  # noqa: E402
 
 
 def format_per_category(metrics: dict) -> str:

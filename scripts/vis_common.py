@@ -6,20 +6,23 @@ Implements the fixes of original-tracking-eval.md §5.4 (both RLE kinds, colour 
 from __future__ import annotations
 
 import colorsys
-import json
 import os
 import re
+import sys
 import tempfile
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fileio  # noqa: E402
+
 GOLDEN_ANGLE_DEG = 137.508  # successive ids land far apart on the hue circle
 LETTERBOX_BG = (30, 30, 30)  # BGR background of letterboxed frames (as the original concat script)
 
 
-class VisError(ValueError):
+class VisError(fileio.InputError):
     """Bad input to an inspection script; the message names the file and the video/frame/field."""
 
 
@@ -41,13 +44,7 @@ def blend(pixels: np.ndarray, colour, alpha: float) -> np.ndarray:
 # ---- JSON and RLE ------------------------------------------------------------------------------------------
 
 def read_json(path: str, what: str = "JSON file"):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as e:
-        raise VisError(f"{what} {path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise VisError(f"{what} {path}: not valid JSON ({e})") from None
+    return fileio.read_json(path, what, VisError)
 
 
 def category_names(categories) -> dict:

@@ -65,7 +65,7 @@ def _first_seg(a):
 
 
 @pytest.mark.parametrize("case, expect", [
-    ("truncated", ["malformed or truncated JSON"]),
+    ("truncated", ["not valid JSON"]),
     ("missing_key", ["videos[1]", "'file_names'"]),
     ("seg_size", ["annotation", "frame", "'size' [10, 20]"]),
     ("seg_length", ["annotation", "'segmentations' has"]),

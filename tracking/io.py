@@ -6,13 +6,13 @@ import json
 import math
 import numbers
 
-from config import atomic_write_text
+from fileio import InputError, atomic_write_text, read_json
 
 FORMAT = "ytvis-frame-predictions"
 VERSION = 1
 
 
-class FramePredictionsError(ValueError):
+class FramePredictionsError(InputError):
     """A frame-predictions file or object that does not follow decisions.md §6.2."""
 
 
@@ -126,13 +126,7 @@ def validate_frame_predictions(data, source="<frame predictions>"):
 
 def read_frame_predictions(path):
     """Read and validate a frame-predictions JSON file (decisions §6.2)."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise FramePredictionsError(f"{path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise FramePredictionsError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "frame-predictions file", FramePredictionsError)
     return validate_frame_predictions(data, source=path)
 
 
