@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from config import write_anchor_file
-from fileio import InputError, read_json
+from fileio import InputError, check_writable_file, read_json
 
 
 class ClusterError(InputError):
@@ -209,6 +209,9 @@ def main(argv=None):
     if args.levels < 1 or args.per_level < 1 or args.size < 1 or args.max_iter < 1:
         raise SystemExit("error: --levels, --per-level, --size and --max-iter must be positive")
     k = args.levels * args.per_level
+    check_writable_file(args.out, "--out")
+    if args.plot:
+        check_writable_file(args.plot, "--plot")
     boxes = load_box_sizes(args.ann, args.size)
     empty = int(((boxes[:, 0] <= 0) | (boxes[:, 1] <= 0)).sum())
     print(f"{len(boxes)} boxes from {args.ann}" + (f" ({empty} of zero width or height left out)" if empty else "")
@@ -233,5 +236,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except ClusterError as e:
+    except InputError as e:
         sys.exit(f"error: {e}")

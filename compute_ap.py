@@ -182,6 +182,10 @@ def load_gt(src) -> dict:
     for i, v in enumerate(data["videos"]):
         if not isinstance(v, dict) or not _is_int(v.get("id")):
             raise EvalInputError(f"GT {name}: videos[{i}] has no integer 'id'")
+        for key, low in (("height", 1), ("width", 1), ("length", 0)):
+            if key in v and not (_is_int(v[key]) and v[key] >= low):
+                raise EvalInputError(f"GT {name}: video {v['id']}: '{key}' must be an integer >= {low}, "
+                                     f"got {v[key]!r}")
         videos[v["id"]] = v
     cats = []
     for i, c in enumerate(data["categories"]):
@@ -189,6 +193,7 @@ def load_gt(src) -> dict:
             raise EvalInputError(f"GT {name}: categories[{i}] has no integer 'id'")
         cats.append({"id": c["id"], "name": str(c.get("name", c["id"]))})
     cats.sort(key=lambda c: c["id"])
+    cat_ids = {c["id"] for c in cats}
     anns = []
     for i, a in enumerate(data.get("annotations") or []):
         where = f"GT {name}: annotations[{i}]"
@@ -201,6 +206,9 @@ def load_gt(src) -> dict:
         where += f" (video_id {vid})"
         if vid not in videos:
             raise EvalInputError(f"{where}: video_id not among the GT videos")
+        if a["category_id"] not in cat_ids:
+            raise EvalInputError(f"{where}: category_id {a['category_id']} is not among the GT categories "
+                                 f"{sorted(cat_ids)[:10]}")
         segs = a.get("segmentations")
         if not isinstance(segs, list):
             raise EvalInputError(f"{where}: 'segmentations' must be a list (one entry per frame)")
@@ -215,12 +223,15 @@ def load_gt(src) -> dict:
         areas = a.get("areas")
         if areas is None:
             areas = mask_areas
-        elif not isinstance(areas, list) or not all(x is None or (isinstance(x, numbers.Real)
-                                                                  and not isinstance(x, bool)) for x in areas):
-            raise EvalInputError(f"{where}: 'areas' must be a list of numbers or nulls")
+        elif not isinstance(areas, list) or not all(x is None or (isinstance(x, numbers.Real) and not isinstance(
+                x, bool) and math.isfinite(x) and x >= 0) for x in areas):
+            raise EvalInputError(f"{where}: 'areas' must be a list of finite numbers >= 0 or nulls")
         anns.append({"id": a["id"], "video_id": vid, "category_id": a["category_id"],
                      "iscrowd": int(a.get("iscrowd") or 0), "segmentations": rles,
                      "mask_areas": mask_areas, "avg_area": _avg_area(areas)})
+    if not anns:
+        raise EvalInputError(f"GT {name}: no annotations, nothing to evaluate against (a split without ground "
+                             f"truth, such as the challenge's valid or test split?)")
     return {"videos": videos, "categories": cats, "annotations": anns, "name": name}
 
 
@@ -365,6 +376,13 @@ class YTVISEval:
         cat_set = set(self.cat_ids)
         # results for a category the GT does not list are dropped, as getAnnIds(catIds=...) does (quirk 8)
         self.dropped = sum(1 for r in results if r["category_id"] not in cat_set)
+        # results with fewer frames than their video: the official IoU leaves the frames past the shorter
+        # sequence out of both the intersection and the union, so such a result can score higher (kept; warned)
+        lengths = {vid: v.get("length") for vid, v in gt["videos"].items()}
+        self.short = [r["id"] for r in results
+                      if _is_int(lengths[r["video_id"]]) and len(r["segmentations"]) < lengths[r["video_id"]]]
+        # the official evaluation only ranks scores; outside [0, 1] they are most likely a bug upstream
+        self.odd_scores = [r["id"] for r in results if not 0.0 <= r["score"] <= 1.0]
         self._gts, self._dts = defaultdict(list), defaultdict(list)
         for g in gt["annotations"]:  # file order within a (video, category), as the official index
             if g["category_id"] in cat_set:

@@ -109,3 +109,17 @@ def check_writable_dir(path: str, what: str = "output folder", error: type = Inp
     if os.path.exists(path) and not os.path.isdir(path):
         raise error(f"{what} {path}: exists and is not a folder")
     _probe_folder(_nearest_existing(path), path, what, error)
+
+
+def confined_path(root: str, name, where: str, error: type = InputError) -> str:
+    """`root`/`name` for a file name read from a dataset (a frame's entry in `file_names`), refused when it would
+    leave `root`: an absolute name, or one whose `..` parts climb above it. `where` names the entry in the error.
+
+    The check is on the name itself, not on the resolved path, so a dataset folder that is a symbolic link works.
+    """
+    if not isinstance(name, str) or not name:
+        raise error(f"{where}: a file name must be a non-empty string, got {name!r}")
+    norm = os.path.normpath(name)
+    if os.path.isabs(name) or norm == ".." or norm.startswith(".." + os.sep) or norm == ".":
+        raise error(f"{where}: file name {name!r} leaves the folder {root} (absolute, or climbing out with '..')")
+    return os.path.join(root, name)

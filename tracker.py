@@ -7,6 +7,7 @@ turns `clip.mp4` into `results.json` and an annotated mp4 (original-tracking-eva
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 import cv2
 import numpy as np
 
-from fileio import InputError, read_json
+from fileio import InputError, check_writable_dir, check_writable_file, confined_path, read_json
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -55,10 +56,12 @@ def dataset_source(data_root: str, ann_path: str | None = None):
             raise FrameError(f"{ann_path}: video {v['id']} has {len(v['file_names'])} file_names but length "
                              f"{v['length']}")
         rec = {k: v[k] for k in ("id", "width", "height", "length", "file_names")}
+        paths = [confined_path(image_root, name, f"{ann_path}: video {v['id']}, file_names[{t}]", FrameError)
+                 for t, name in enumerate(v["file_names"])]
 
-        def frames(v=v):
-            for t, name in enumerate(v["file_names"]):
-                yield t, read_rgb(os.path.join(image_root, name), v["id"], t)
+        def frames(v=v, paths=paths):
+            for t, path in enumerate(paths):
+                yield t, read_rgb(path, v["id"], t)
         videos.append((rec, frames))
     cats = [{"id": int(c["id"]), "name": c["name"]} for c in ann["categories"]]
     return videos, cats
@@ -245,14 +248,25 @@ def main(argv=None):
         ap.error("--mask-rois and --bfloat16 go with --run-dir (an export's graph is fixed when it is written)")
     if args.mask_rois is not None and args.mask_rois < 1:
         ap.error("--mask-rois must be at least 1")
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
+        ap.error(f"--lam must be a finite number >= 0, got {args.lam}")
+    if args.score_floor is not None and not 0.0 <= args.score_floor <= 1.0:
+        ap.error(f"--score-floor is a score, in [0, 1]; got {args.score_floor}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        ap.error(f"--fps must be a positive number, got {args.fps}")
 
     from tracking.io import write_frame_predictions
     from train import load_run
-    errors = (FrameError,)
+    errors = (InputError,)
     if args.exported:
         import export
         errors += (export.ExportError,)
     try:
+        # an output that cannot be written is found now, not after the inference
+        if args.data:
+            check_writable_file(args.out, "--out")
+        else:
+            check_writable_dir(args.out_dir, "--out-dir")
         if args.data:
             videos, _ = dataset_source(args.data, args.ann)
             videos = videos[:args.max_videos] if args.max_videos else videos

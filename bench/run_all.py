@@ -64,6 +64,11 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--only", default=None, help="run only scripts whose name contains this")
     args = ap.parse_args(argv)
+    from fileio import InputError, check_writable_file
+    try:
+        check_writable_file(args.out, "--out")
+    except InputError as e:
+        sys.exit(f"error: {e}")
     scripts = sorted(glob.glob(os.path.join(ROOT, "bench", "bench_*.py")))
     if args.only:
         scripts = [s for s in scripts if args.only in os.path.basename(s)]

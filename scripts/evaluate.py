@@ -17,8 +17,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from compute_ap import IOU_THRS, REC_THRS, EvalInputError, evaluate_vis, format_stats  # noqa: E402
-from fileio import atomic_write_text  # noqa: E402
+from compute_ap import IOU_THRS, REC_THRS, evaluate_vis, format_stats  # noqa: E402
+from fileio import InputError, atomic_write_text, check_writable_dir, check_writable_file  # noqa: E402
 
 
 def format_per_category(metrics: dict) -> str:
@@ -98,13 +98,24 @@ def main(argv=None) -> int:
                   end="\n" if n == total or not tty else "", file=sys.stderr, flush=True)
 
     try:
+        if args.out:
+            check_writable_file(args.out, "--out")
+        if args.plot:
+            check_writable_dir(args.plot, "--plot")
         metrics, E = evaluate_vis(args.gt, args.results, progress=progress)
-    except EvalInputError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if E.dropped:
         print(f"warning: {E.dropped} result(s) name a category that is not in the GT; ignored, as the official "
               f"evaluation does", file=sys.stderr)
+    if E.short:
+        print(f"warning: {len(E.short)} result(s) list fewer segmentations than their video has frames (entries "
+              f"{E.short[:5]}, 1-based); the video IoU leaves those frames out, as the official evaluation does",
+              file=sys.stderr)
+    if E.odd_scores:
+        print(f"warning: {len(E.odd_scores)} result(s) have a score outside [0, 1] (entries {E.odd_scores[:5]}, "
+              f"1-based); only their order matters to the official evaluation", file=sys.stderr)
     print(format_stats(E.stats))
     print()
     print(format_per_category(metrics))

@@ -28,7 +28,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fileio import InputError, atomic_write_bytes  # noqa: E402
+from fileio import InputError, atomic_write_bytes, check_writable_dir  # noqa: E402
 
 CLASSES = ["disc", "square", "triangle", "star", "ring", "cross"]
 POLYGON_CLASSES = {"square", "triangle", "star", "cross"}   # outlines that are exact polygons
@@ -346,7 +346,17 @@ def main(argv=None):
         ap.error("--width and --height must be at least 32")
     if not 2.0 <= args.min_size <= args.max_size:
         ap.error("need 2 <= --min-size <= --max-size")
+    if args.train_videos < 1 or args.valid_videos < 0:
+        ap.error(f"need --train-videos >= 1 and --valid-videos >= 0 (0: no valid split), got {args.train_videos} "
+                 f"and {args.valid_videos}")
+    try:
+        check_writable_dir(args.out, "--out")
+    except InputError as e:
+        ap.exit(2, f"error: {e}\n")
     for split, n, first in (("train", args.train_videos, 1), ("valid", args.valid_videos, 100001)):
+        if n == 0:
+            print(f"{split}: --{split}-videos 0, not written")
+            continue
         data = make_split(args.out, split, n, args.seed, args.min_frames, args.max_frames, args.height, args.width,
                           first_video_id=first, progress=not args.quiet, sizes=(args.min_size, args.max_size),
                           class_hues=not args.shape_only)

@@ -6,6 +6,8 @@ Implements the fixes of original-tracking-eval.md §5.4 (both RLE kinds, colour 
 from __future__ import annotations
 
 import colorsys
+import math
+import numbers
 import os
 import re
 import sys
@@ -43,6 +45,14 @@ def blend(pixels: np.ndarray, colour, alpha: float) -> np.ndarray:
 
 # ---- JSON and RLE ------------------------------------------------------------------------------------------
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_json(path: str, what: str = "JSON file"):
     return fileio.read_json(path, what, VisError)
 
@@ -51,7 +61,7 @@ def category_names(categories) -> dict:
     """{id: name} from a `categories` list; an absent or malformed list gives {} (labels fall back)."""
     names = {}
     for c in categories or []:
-        if isinstance(c, dict) and "id" in c and "name" in c:
+        if isinstance(c, dict) and _is_int(c.get("id")) and "name" in c:
             names[int(c["id"])] = str(c["name"])
     return names
 
@@ -79,9 +89,15 @@ def load_results(path: str) -> dict:
         if not isinstance(entry["segmentations"], list):
             raise VisError(f"results file {path}, entry {i} (video {entry['video_id']}): 'segmentations' must "
                            f"be a list with one RLE or null per frame")
-        vid = int(entry["video_id"])
+        for key in ("video_id", "category_id"):
+            if not _is_int(entry[key]):
+                raise VisError(f"results file {path}, entry {i}: {key!r} must be an integer, got {entry[key]!r}")
+        vid = entry["video_id"]
+        if not _is_number(entry["score"]):
+            raise VisError(f"results file {path}, entry {i} (video {vid}): 'score' must be a finite number, got "
+                           f"{entry['score']!r}")
         tracks = videos.setdefault(vid, [])
-        tracks.append({"track_id": len(tracks) + 1, "category_id": int(entry["category_id"]),
+        tracks.append({"track_id": len(tracks) + 1, "category_id": entry["category_id"],
                        "score": float(entry["score"]), "segmentations": entry["segmentations"]})
     return videos
 

@@ -6,6 +6,7 @@ import json
 import math
 import numbers
 
+from compute_ap import _compressed_totals
 from fileio import InputError, atomic_write_text, read_json
 
 FORMAT = "ytvis-frame-predictions"
@@ -26,9 +27,10 @@ def _is_number(value):
 
 def validate_segmentation(seg, height, width, where):
     """Check one detection mask: null, or an RLE dict of size [height, width] with `counts` a string (compressed)
-    or a list of ints (uncompressed). `where` prefixes the error message."""
+    or a list of ints (uncompressed). `where` prefixes the error message. Returns compressed counts as bytes (their
+    run lengths are checked by `check_compressed_totals`, many at once), else None."""
     if seg is None:
-        return
+        return None
     if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
         raise FramePredictionsError(f"{where}: segmentation must be null or an RLE dict with 'size' and 'counts'")
     size = seg["size"]
@@ -38,15 +40,32 @@ def validate_segmentation(seg, height, width, where):
         raise FramePredictionsError(f"{where}: segmentation size {list(size)} is not the video's [height, width] "
                                     f"[{height}, {width}]")
     counts = seg["counts"]
-    if isinstance(counts, (str, bytes)):
-        return
+    if isinstance(counts, str):
+        try:
+            return counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise FramePredictionsError(f"{where}: compressed RLE counts hold non-ASCII characters") from None
+    if isinstance(counts, bytes):
+        return counts
     if isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
         if sum(counts) != height * width:
             raise FramePredictionsError(f"{where}: uncompressed RLE counts sum to {sum(counts)}, "
                                         f"expected height*width = {height * width}")
-        return
+        return None
     raise FramePredictionsError(f"{where}: segmentation counts must be a compressed RLE string or a list of "
                                 f"non-negative ints")
+
+
+def check_compressed_totals(compressed, height, width):
+    """Raise for the first of `compressed` [(where, counts bytes)] whose run lengths are not a valid compressed
+    RLE covering height x width pixels (pycocotools would decode garbage into a wrong or empty mask)."""
+    if not compressed:
+        return
+    totals = _compressed_totals([c for _, c in compressed])
+    for (where, _), total in zip(compressed, totals):
+        if total != height * width:
+            raise FramePredictionsError(f"{where}: malformed compressed RLE: its runs do not cover the "
+                                        f"{height}x{width} frame")
 
 
 def validate_video(video, category_ids, source, position):
@@ -71,6 +90,7 @@ def validate_video(video, category_ids, source, position):
         raise FramePredictionsError(f"{where_video}: 'frames' must be a list")
     if len(frames) != length:
         raise FramePredictionsError(f"{where_video}: 'frames' has {len(frames)} entries but length is {length}")
+    compressed = []
     for t, frame in enumerate(frames):
         if not isinstance(frame, dict):
             raise FramePredictionsError(f"{where_video} frame {t}: must be an object")
@@ -84,8 +104,8 @@ def validate_video(video, category_ids, source, position):
             where = f"{where_video} frame {t} detection {k}"
             if not isinstance(det, dict):
                 raise FramePredictionsError(f"{where}: must be an object")
-            if not _is_number(det.get("score")):
-                raise FramePredictionsError(f"{where}: 'score' must be a finite number, got {det.get('score')!r}")
+            if not _is_number(det.get("score")) or not 0.0 <= det["score"] <= 1.0:
+                raise FramePredictionsError(f"{where}: 'score' must be a number in [0, 1], got {det.get('score')!r}")
             if not _is_int(det.get("category_id")) or det["category_id"] not in category_ids:
                 raise FramePredictionsError(f"{where}: 'category_id' {det.get('category_id')!r} is not one of "
                                             f"the file's categories")
@@ -98,7 +118,10 @@ def validate_video(video, category_ids, source, position):
                 raise FramePredictionsError(f"{where}: 'bbox' must be [x, y, w, h], got {box!r}")
             if "segmentation" not in det:
                 raise FramePredictionsError(f"{where}: missing 'segmentation' (null is allowed)")
-            validate_segmentation(det["segmentation"], height, width, where)
+            counts = validate_segmentation(det["segmentation"], height, width, where)
+            if counts is not None:
+                compressed.append((where, counts))
+    check_compressed_totals(compressed, height, width)
 
 
 def validate_frame_predictions(data, source="<frame predictions>"):
