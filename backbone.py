@@ -165,13 +165,6 @@ def load_darknet_weights(model, path, verbose=True):
         raise DarknetWeightsError(f"Darknet weights {path}: cannot read ({e.strerror})") from None
     with f:
         header = read_darknet_header(f, path)
-        need = sum(4 * int(model.get_layer(c).kernel.shape[-1]) + int(np.prod(model.get_layer(c).kernel.shape))
-                   for c in convs)
-        have = (os.path.getsize(path) - header["header_bytes"]) // 4
-        if have < need:
-            raise DarknetWeightsError(f"{path}: {have:,} floats after the header, the backbone's 78 conv+BN layers "
-                                      f"need {need:,}: the file is truncated or is not yolov4.weights / "
-                                      f"yolov4.conv.137 (a CSPDarknet53 at width 1.0)")
         for i in range(NUM_BACKBONE_CONVS):
             conv, bn = model.get_layer(convs[i]), model.get_layer(bns[i])
             kh, kw, cin, cout = (int(d) for d in conv.kernel.shape)

@@ -421,7 +421,8 @@ def read_frame_file(path: str, width: int, height: int):
 def find_undecodable_frames(ytvis: YTVIS, image_root: str, video_ids=None, frame_stride: int = 1, log=None):
     """Frames whose header passes `read_frame_file` but whose body TensorFlow's decoder rejects (bit rot in the
     entropy-coded data): each frame decoded eagerly with the decoder the pipeline uses. Slow (a full decode a
-    frame), so it runs only after the pipeline has failed, to name the file. Returns FrameError messages."""
+    frame), so it runs only after the pipeline has failed, to name the file. Returns messages naming them. Frames
+    the header checks refuse are left out: the pipeline names those itself, and data.skip_bad_frames skips them."""
     import tensorflow as tf
     bad = []
     samples = ytvis.samples(video_ids, frame_stride)
@@ -431,8 +432,8 @@ def find_undecodable_frames(ytvis: YTVIS, image_root: str, video_ids=None, frame
         try:
             data, _ = read_frame_file(path, v["width"], v["height"])
             tf.io.decode_image(data, channels=3, expand_animations=False)
-        except FrameError as e:
-            bad.append(f"{e} (video {vid}, frame {t})")
+        except FrameError:
+            continue
         except tf.errors.OpError as e:
             bad.append(f"{path}: TensorFlow cannot decode it ({e.message.splitlines()[0][:120]}) "
                        f"(video {vid}, frame {t})")
@@ -705,12 +706,15 @@ class _FramePipeline:
     """The per-frame steps of `build_dataset` over its list of (video_id, frame) samples: the Python half
     (`load`, `load_pair`) and the TensorFlow element built from it (`element`, `packed_element`)."""
 
-    def __init__(self, cfg, ytvis: YTVIS, image_root: str, samples, seed: int, augment: bool, stats):
+    def __init__(self, cfg, ytvis: YTVIS, image_root: str, samples, seed: int, augment: bool, stats,
+                 min_good: int = 1):
         self.cfg, self.ytvis, self.image_root, self.seed, self.augment, self.stats = (
             cfg, ytvis, image_root, seed, augment, stats)
+        self.min_good = min_good                                 # good frames a pass needs (one batch)
         self.index = np.array(samples, np.int64)                 # [F, 2] video_id, frame
         self.S, self.R, self.N = cfg.model.input_size, cfg.mask_res, cfg.data.max_instances
         self.top = pack_split(self.S, self.R)                    # rows of a packed canvas's top strip
+        self.bad, self._lock = set(), threading.Lock()          # (video_id, frame) skipped as bad
 
     def load(self, i, draws) -> dict:
         """SAMPLE_FIELDS of sample i; with data.skip_bad_frames a bad frame gives `empty_sample` (reported)."""
@@ -723,6 +727,15 @@ class _FramePipeline:
         except FrameError as e:
             if not self.cfg.data.skip_bad_frames:
                 raise
+            with self._lock:
+                self.bad.add((vid, t))
+                n_bad = len(self.bad)
+            if 2 * n_bad > len(self.index) or len(self.index) - n_bad < self.min_good:
+                # skipping is for a few bad files; past half the frames the data itself is broken, and a pass
+                # with less than a batch of good frames would end the stream
+                raise FrameError(f"data.skip_bad_frames: {n_bad} of the {len(self.index)} frames are bad, more "
+                                 f"than half or too many for a batch of {self.min_good}; fix the data (the latest: "
+                                 f"{e})") from None
             if self.stats is not None:
                 self.stats.add(str(e))
             else:
@@ -818,11 +831,12 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     samples = ytvis.samples(video_ids, cfg.data.frame_stride)
     if not samples:
         raise AnnotationError(f"{ann_path}: no frames to load (video_ids={video_ids})")
-    frames = _FramePipeline(cfg, ytvis, image_root, samples, seed, augment, stats)
     n_pipes, pipe_id = 1, 0
     if input_context is not None and input_context.num_input_pipelines > 1:
         n_pipes, pipe_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         batch_size = input_context.get_per_replica_batch_size(batch_size) if batch_size else batch_size
+    frames = _FramePipeline(cfg, ytvis, image_root, samples, seed, augment, stats,
+                            min_good=batch_size * n_pipes if training and batch_size else 1)
 
     # The epoch number: how many times this dataset has been iterated before (a counter in Python, the only
     # state; every random choice is a stateless function of (seed, epoch, frame)).

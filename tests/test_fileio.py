@@ -11,6 +11,7 @@ import fileio  # noqa: E402
 from fileio import InputError  # noqa: E402
 
 
+@pytest.mark.slow
 def test_fileio_does_not_import_tensorflow():
     import subprocess
     code = "import sys, fileio; assert 'tensorflow' not in sys.modules and 'numpy' not in sys.modules"
