@@ -1,5 +1,4 @@
 """fileio: atomic writes, JSON read with a named error, output paths checked before the work."""
-import json
 import os
 import stat
 import sys
