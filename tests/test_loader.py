@@ -507,6 +507,26 @@ def test_next_batch_names_a_missing_frame_and_the_skip_option(synthetic_root, tm
                             f"(video {v['id']}, frame 0); data.skip_bad_frames=true skips such frames (reported)")
 
 
+def test_sample_table_gives_the_element_spec_and_the_empty_sample(synthetic_root):
+    """SAMPLE_FIELDS is the one description of a sample: the pipeline's elements and the stand-in for a skipped
+    frame take their dtypes and shapes from it (N = data.max_instances 8, R = data.mask_res 32)."""
+    ann, img = _train(synthetic_root)
+    ds = L.build_dataset(_cfg(), ann, img, training=False, batch_size=0)
+    spec = ds.element_spec
+    assert set(spec) == {"image", *L.TARGET_KEYS}
+    assert (spec["image"].dtype.name, tuple(spec["image"].shape)) == ("float32", (128, 128, 3))
+    table = {name: (dtype, L.field_shape(shape, 8, 32)) for name, dtype, shape in L.SAMPLE_FIELDS}
+    assert table["masks"] == ("uint8", (8, 32, 32)) and table["boxes"] == ("float32", (8, 4))
+    for name in L.TARGET_KEYS:
+        assert (spec[name].dtype.name, tuple(spec[name].shape)) == table[name], name
+    empty = L.empty_sample(8, 32, video_id=7, frame=3, image_hw=np.array([90, 160], np.int32))
+    assert set(empty) == set(table) and empty["data"] == b"" and not empty["ok"]
+    for name, (dtype, shape) in table.items():
+        if dtype != "string":
+            assert (empty[name].dtype.name, empty[name].shape) == (dtype, shape), name
+    assert (int(empty["video_id"]), int(empty["frame_index"]), int(empty["num_instances"])) == (7, 3, 0)
+
+
 def _letterbox_cv2(rgb, size):
     """The reference letterbox (model.letterbox_image's rule) of an RGB uint8 frame, as uint8."""
     h, w = rgb.shape[:2]
