@@ -56,21 +56,23 @@ def validate_segmentation(seg, height, width, where):
                                 f"non-negative ints")
 
 
-def check_compressed_totals(compressed, height, width):
-    """Raise for the first of `compressed` [(where, counts bytes)] whose run lengths are not a valid compressed
-    RLE covering height x width pixels (pycocotools would decode garbage into a wrong or empty mask)."""
+def check_compressed_totals(compressed):
+    """Raise for the first of `compressed` [(where, counts bytes, (height, width))] whose run lengths are not a
+    valid compressed RLE covering the frame (pycocotools would decode garbage into a wrong or empty mask). One
+    numpy pass over all of them: call it once a file."""
     if not compressed:
         return
-    totals = _compressed_totals([c for _, c in compressed])
-    for (where, _), total in zip(compressed, totals):
+    totals = _compressed_totals([c for _, c, _ in compressed])
+    for (where, _, (height, width)), total in zip(compressed, totals):
         if total != height * width:
             raise FramePredictionsError(f"{where}: malformed compressed RLE: its runs do not cover the "
                                         f"{height}x{width} frame")
 
 
-def validate_video(video, category_ids, source, position):
+def validate_video(video, category_ids, source, position, compressed=None):
     """Check one entry of `videos`: id, width, height, length, `frames` with exactly `length` entries whose
-    `index` equals their position, and well-formed detections (decisions T5, T6)."""
+    `index` equals their position, and well-formed detections (decisions T5, T6). The run lengths of compressed
+    masks are checked here, or, given a `compressed` list, appended to it for one `check_compressed_totals`."""
     if not isinstance(video, dict):
         raise FramePredictionsError(f"{source}: videos[{position}] must be an object")
     for key in ("id", "width", "height", "length"):
@@ -90,7 +92,8 @@ def validate_video(video, category_ids, source, position):
         raise FramePredictionsError(f"{where_video}: 'frames' must be a list")
     if len(frames) != length:
         raise FramePredictionsError(f"{where_video}: 'frames' has {len(frames)} entries but length is {length}")
-    compressed = []
+    check_here = compressed is None
+    compressed = [] if check_here else compressed
     for t, frame in enumerate(frames):
         if not isinstance(frame, dict):
             raise FramePredictionsError(f"{where_video} frame {t}: must be an object")
@@ -120,8 +123,9 @@ def validate_video(video, category_ids, source, position):
                 raise FramePredictionsError(f"{where}: missing 'segmentation' (null is allowed)")
             counts = validate_segmentation(det["segmentation"], height, width, where)
             if counts is not None:
-                compressed.append((where, counts))
-    check_compressed_totals(compressed, height, width)
+                compressed.append((where, counts, (height, width)))
+    if check_here:
+        check_compressed_totals(compressed)
 
 
 def validate_frame_predictions(data, source="<frame predictions>"):
@@ -138,12 +142,13 @@ def validate_frame_predictions(data, source="<frame predictions>"):
     videos = data.get("videos")
     if not isinstance(videos, list):
         raise FramePredictionsError(f"{source}: 'videos' must be a list")
-    seen = set()
+    seen, compressed = set(), []
     for position, video in enumerate(videos):
-        validate_video(video, category_ids, source, position)
+        validate_video(video, category_ids, source, position, compressed)
         if video["id"] in seen:
             raise FramePredictionsError(f"{source}: video {video['id']} appears twice")
         seen.add(video["id"])
+    check_compressed_totals(compressed)
     return data
 
 
