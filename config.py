@@ -101,7 +101,6 @@ class DataConfig:
                                           # (loader_ytvos.pack_targets; an augmentation: off with augment=false;
                                           # not in the original)
     skip_bad_frames: bool = False         # skip missing/corrupt frames (reported) instead of failing
-    shuffle_buffer: int = 1024
     categories: list = field(default_factory=list)  # [{"id": i, "name": s}] from the training JSON
 
 
@@ -135,7 +134,7 @@ class TrainConfig:
 @dataclass
 class InferConfig:
     score_floor: float = 0.05             # detections stored in frame predictions (decisions §6.2)
-    conf_thresh: float = 0.5              # score gate for frame mAP and drawings
+    conf_thresh: float = 0.5              # score gate of the validation confusion matrix (not the frame mAP)
     mask_thresh: float = 0.5
     batch_size: int = 4
     scale: float = 1.0                    # inference canvas = model.input_size x scale, to a multiple of 32
@@ -220,9 +219,10 @@ class Config:
 
 # ---- presets -----------------------------------------------------------------------------------------------
 
-def _scaled_anchors(anchors, size):
+def _scaled_anchors(anchors, size, from_size=416):
     # The original multiplies the 416 anchors by TRAIN_SIZE/416 and truncates to int; keep floats, floor at 1 px.
-    return [[max(1.0, round(w * size / 416.0, 2)), max(1.0, round(h * size / 416.0, 2))] for w, h in anchors]
+    f = size / float(from_size)
+    return [[max(1.0, round(w * f, 2)), max(1.0, round(h * f, 2))] for w, h in anchors]
 
 
 def _preset_yolov4p1() -> Config:
@@ -404,9 +404,26 @@ def _set(cfg: Config, key: str, value: Any, parsed: bool = True):
             obj = getattr(obj, part)
 
 
+def _leaf_keys(key: str, value) -> set:
+    """The dotted keys a `key: value` item sets (a mapping value sets each of its entries)."""
+    if isinstance(value, dict):
+        return set().union(*[_leaf_keys(f"{key}.{k}", v) for k, v in value.items()])
+    return {key}
+
+
+def _follow_input_size(cfg: Config, old_size: int, given: set):
+    """Overrides that change model.input_size without giving anchors scale the anchors by new / old size, as the
+    original scales its 416-pixel anchors by TRAIN_SIZE / 416. Anchors given with it are at the new size; an
+    anchor file is read at it by validate()."""
+    m = cfg.model
+    if m.input_size != old_size and not m.anchors_file and not given & {"model.anchors", "model.anchors_file"}:
+        m.anchors = _scaled_anchors(m.anchors, m.input_size, old_size)
+
+
 def apply_overrides(cfg: Config, overrides) -> Config:
     """Apply `key=value` strings (values parsed as YAML: numbers, booleans, lists, null) and validate."""
     cfg = copy.deepcopy(cfg)
+    old_size, given = cfg.model.input_size, set()
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -416,13 +433,33 @@ def apply_overrides(cfg: Config, overrides) -> Config:
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
         _set(cfg, key.strip(), value)
+        given |= _leaf_keys(key.strip(), value)
+    _follow_input_size(cfg, old_size, given)
     return validate(cfg)
+
+
+# Keys that configs saved by older versions may hold, which no longer exist and never changed a result: dropped
+# when a file is read, so those runs still load.
+RETIRED_KEYS = {"data.shuffle_buffer"}
+
+
+def _without_retired(data: dict) -> dict:
+    out = {}
+    for key, value in data.items():
+        if key in RETIRED_KEYS:
+            continue
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{key}.{k}" not in RETIRED_KEYS}
+        out[key] = value
+    return out
 
 
 def apply_dict(cfg: Config, data: dict, source: str = "<dict>") -> Config:
     cfg = copy.deepcopy(cfg)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping")
+    data = _without_retired(data)
+    old_size, given = cfg.model.input_size, set()
     for key, value in data.items():
         if key == "preset":
             continue
@@ -430,6 +467,8 @@ def apply_dict(cfg: Config, data: dict, source: str = "<dict>") -> Config:
             _set(cfg, key, value)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+        given |= _leaf_keys(key, value)
+    _follow_input_size(cfg, old_size, given)
     return validate(cfg)
 
 

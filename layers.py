@@ -132,7 +132,10 @@ def apply_heads(n, cfg):
             c_in = keras.layers.LeakyReLU(negative_slope=0.1, name=f"head_cls_leaky_{lvl}")(c_in)
         cls = keras.layers.Dense(m.num_classes, name=f"head_cls_{lvl}")(c_in)     # [B, S, S, K]
         preds.append(LevelPrediction(m.anchors_per_level, name=f"head_pred_{lvl}")([d, cls]))
-        embs.append(keras.layers.Conv2D(m.emb_dim, 3, padding="same", name=f"head_emb_{lvl}")(x))  # [B, S, S, E]
+        # Linear like head_det_out, and initialised like it: N(0, 0.01) kernel, zero bias (the original's convs)
+        embs.append(keras.layers.Conv2D(m.emb_dim, 3, padding="same",
+                                        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                        bias_initializer="zeros", name=f"head_emb_{lvl}")(x))  # [B, S, S, E]
     return preds, embs
 
 

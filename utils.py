@@ -132,36 +132,54 @@ def decode_deltas(deltas, anchors_cxcywh, clip_log_scale: bool = True):
 
 # ---- Automatic Loss Balancing (decisions M7) ---------------------------------------------------------------
 
+# Range of the ALB log-variances. A term's own optimum is s = ln L (the minimum of 0.5 * (exp(-s) L + s)), so
+# [-10, 10] admits every loss between 4.5e-5 and 2.2e4 and does not bind on a term that trains. A term that is
+# exactly 0 has no optimum: its s falls at a constant rate, and below -88.7 exp(-s) overflows float32 and
+# inf * 0 is NaN. The original's weight decay on these variables held them (near -50 at its step size); here
+# they are not decayed, and the range holds them (info/DIFFERENCES.md).
+ALB_LOG_VAR_RANGE = (-10.0, 10.0)
+
+
 class AutoLossBalance(keras.layers.Layer):
     """Automatic Loss Balancing (Kendall et al.; report eq. 1): total = sum_i 0.5 * (exp(-s_i) * L_i + s_i).
 
     One learnable log-variance per loss term, initialised to 0 (weight 1). With `alb="per_level"` the terms are
     box, objectness and class for each of the 4 levels plus the mask loss (13); with `alb="global"` the original
-    code's 4 scalars (box, objectness, class, mask), whose total 0.5 * (L_det + L_m) is the same formula.
+    code's 4 scalars (box, objectness, class, mask), whose total 0.5 * (L_det + L_m) is the same formula. After
+    every optimizer step the log-variances are clipped into `log_var_range` (a Keras weight constraint), so a
+    term that stays 0 rests on the lower bound instead of running to -inf.
 
     Args:
         num_terms: number of loss terms, one log-variance each.
+        log_var_range: (low, high) bounds of the log-variances.
 
     Example:
         alb = AutoLossBalance(13); total = alb(tf.stack(terms))   # terms: [13] scalar losses
     """
 
-    def __init__(self, num_terms, **kwargs):
+    def __init__(self, num_terms, log_var_range=ALB_LOG_VAR_RANGE, **kwargs):
         kwargs.setdefault("dtype", "float32")   # the loss total stays float32 under mixed precision (M13)
         super().__init__(**kwargs)
         self.num_terms = int(num_terms)
+        self.log_var_range = (float(log_var_range[0]), float(log_var_range[1]))
+        if not self.log_var_range[0] < self.log_var_range[1]:
+            raise ValueError(f"AutoLossBalance: log_var_range must be (low, high) with low < high, "
+                             f"got {log_var_range}")
 
     def build(self, input_shape=None):
         self.alb_log_vars = self.add_weight(shape=(self.num_terms,), initializer="zeros", name="alb_log_vars",
-                                            trainable=True)
+                                            trainable=True, constraint=self._clip)
         self.built = True
+
+    def _clip(self, log_vars):
+        return tf.clip_by_value(log_vars, *self.log_var_range)
 
     def call(self, losses):
         s = tf.cast(self.alb_log_vars, losses.dtype)
         return tf.reduce_sum(0.5 * (tf.exp(-s) * losses + s))
 
     def get_config(self):
-        return {**super().get_config(), "num_terms": self.num_terms}
+        return {**super().get_config(), "num_terms": self.num_terms, "log_var_range": list(self.log_var_range)}
 
 
 def alb_num_terms(alb: str, num_levels: int = 4) -> int:

@@ -1,7 +1,8 @@
 """`make demo`: the whole YOLOV4+1Tr pipeline on the built-in synthetic YouTube-VIS dataset, stage by stage.
 
 dataset -> k-means anchors -> training (tiny preset) -> per-frame inference on the held-out `valid` split ->
-tracking (lam 0, 0.5, 1) -> YouTube-VIS evaluation -> overlay videos, a concatenated demo video and a GIF -> plots.
+tracking (lam 0, 0.5, 1) -> YouTube-VIS evaluation (AP and HOTA) -> diagnosis -> the tracker's options side by side
+(scripts/tracker_table.py) -> overlay videos, a concatenated demo video and a GIF -> plots.
 Every stage reuses its outputs when they exist (pass --fresh, or FRESH=1 to make, to redo everything) and the run
 ends with a summary: the 12 stats, where every output is and how long each stage took.
 """
@@ -20,6 +21,7 @@ sys.path.insert(0, ROOT)
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 LAMS = ["0", "0.5", "1"]
+HOTA_NAMES = ["HOTA", "DetA", "AssA", "LocA"]  # TrackEval's, in the metrics files since scripts/evaluate.py has them
 
 
 class Demo:
@@ -113,6 +115,11 @@ class Demo:
                    [[self.py, "scripts/diagnose.py", "--gt", gt, "--pred", frames, "--results", results["0.5"],
                      "--config", self.path("config.yaml"), "--out", diagnosis]])
 
+        table = self.path("tracker_table.json")
+        self.stage("tracker table", [table],
+                   [[self.py, "scripts/tracker_table.py", "--gt", gt, "--pred", frames,
+                     "--config", self.path("config.yaml"), "--out", table]])
+
         overlay = self.path("overlay")
         demo_mp4, demo_gif = self.path("demo.mp4"), self.path("demo.gif")
         self.stage("overlay", [demo_mp4, demo_gif], [
@@ -125,16 +132,19 @@ class Demo:
         t0 = time.time()
         curves = plot_training_curves(self.path("metrics.jsonl"), self.path("plots", "training_curves.png"))
         self.timings.append(("plots", time.time() - t0, "ran"))
-        self.summary(metrics, results, curves, diagnosis)
+        self.summary(metrics, results, curves, diagnosis, table)
 
-    def summary(self, metrics, results, curves, diagnosis):
+    def summary(self, metrics, results, curves, diagnosis, table=None):
         stats = {lam: json.load(open(p)) for lam, p in metrics.items()}
         print("\n" + "=" * 78)
         print("YOLOV4+1Tr demo summary (held-out synthetic `valid` split, YouTube-VIS video AP)")
         print("=" * 78)
         print(f"{'stat':<8}" + "".join(f"{'lam=' + lam:>12}" for lam in LAMS))
-        for k in STAT_NAMES:
+        for k in STAT_NAMES + [k for k in HOTA_NAMES if all(k in stats[lam] for lam in LAMS)]:
             print(f"{k:<8}" + "".join(f"{stats[lam][k]:>12.3f}" for lam in LAMS))
+        if table and os.path.exists(table):  # scripts/tracker_table.py: the tracker's options, AssA apart from DetA
+            from tracker_table import format_table
+            print("\ntracker options x lam (scripts/tracker_table.py):\n" + format_table(json.load(open(table))))
         from diagnose import report
         diag = json.load(open(diagnosis))
         ident = diag["tracks"]["crossings"]
@@ -144,7 +154,7 @@ class Demo:
                          ("checkpoints", self.path("checkpoints")), ("TensorBoard logs", self.path("logs")),
                          ("frame predictions", self.path("valid_frames.json")),
                          ("results (lam 0.5)", results["0.5"]), ("metrics (lam 0.5)", metrics["0.5"]),
-                         ("diagnosis", diagnosis),
+                         ("diagnosis", diagnosis), ("tracker table", table),
                          ("overlay videos", self.path("overlay")), ("demo video", self.path("demo.mp4")),
                          ("demo GIF", self.path("demo.gif")), ("plots", self.path("plots")),
                          ("training curves", curves)]:

@@ -95,6 +95,30 @@ def test_load_config_errors_name_the_file(tmp_path):
         load_config(str(wrong))
 
 
+def test_overriding_the_input_size_scales_the_anchors(tmp_path):
+    """Like the original's ANCHORS x TRAIN_SIZE / 416 (kept to 2 decimals, at least 1 px, where it truncates)."""
+    full = apply_overrides(get_preset("yolov4p1"), ["model.input_size=320"])
+    assert full.model.anchors[-1] == [306.15, 175.38]                  # 398 x 228 at 416, x 320 / 416
+    assert full.model.anchors[0] == [1.54, 1.54] and full.model.anchors[2] == [3.85, 4.62]   # 2x2, 5x6 at 416
+    # the tiny preset's own anchors are the 416 ones at 192 (unchanged by this rule); an override scales them on
+    tiny = get_preset("tiny")
+    assert tiny.model.anchors[2] == [2.31, 2.77] and tiny.model.anchors[-1] == [183.69, 105.23]
+    assert apply_overrides(tiny, ["model.input_size=64"]).model.anchors[-1] == [61.23, 35.08]  # x 64 / 192
+    assert apply_overrides(tiny, ["train.lr=0.01"]).model.anchors == tiny.model.anchors
+    # an override file does the same; anchors given with the size are taken at that size
+    assert config.apply_dict(get_preset("yolov4p1"), {"model": {"input_size": 320}}).model.anchors == full.model.anchors
+    given = [[10, 10]] * 24
+    assert apply_overrides(get_preset("yolov4p1"), ["model.input_size=320", f"model.anchors={given}"]).model.anchors \
+        == given
+    assert config.apply_dict(get_preset("yolov4p1"), {"model.anchors": given, "model.input_size": 320}).model.anchors \
+        == given
+    # a saved run's config holds its anchors at its size: reading it back (and resuming it) does not scale again
+    save_config(full, str(tmp_path / "config.yaml"))
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again.model.anchors == full.model.anchors
+    assert apply_overrides(again, ["train.epochs=3"]).model.anchors == full.model.anchors
+
+
 def test_anchor_file_round_trip_and_scaling(tmp_path):
     path = str(tmp_path / "anchors.txt")
     levels = [[[4, 6], [8, 8]], [[16, 12], [20, 30]], [[40, 44], [60, 50]], [[100, 90], [200, 150]]]
@@ -184,6 +208,21 @@ def test_saved_config_missing_newer_keys_names_them(tmp_path, capsys):
     # a hand-written override file (not every section) is not a saved run: no message
     (tmp_path / "mine.yaml").write_text("preset: tiny\ntrain:\n  lr: 0.001\n")
     assert load_config(str(tmp_path / "mine.yaml")).train.lr == 0.001 and capsys.readouterr().err == ""
+
+
+def test_saved_config_with_the_retired_shuffle_buffer_still_loads(tmp_path, capsys):
+    # data.shuffle_buffer was never read (the loader shuffles the frame list itself): it is gone, and a run saved
+    # while it existed still loads, to the same config; setting it now is an error naming the key.
+    import yaml
+    cfg = get_preset("tiny")
+    assert not hasattr(cfg.data, "shuffle_buffer")
+    data = cfg.to_dict()
+    data["data"]["shuffle_buffer"] = 1024
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert load_config(str(tmp_path / "config.yaml")) == cfg and capsys.readouterr().err == ""
+    assert config.apply_dict(get_preset("tiny"), {"data.shuffle_buffer": 8}) == cfg
+    with pytest.raises(ConfigError, match="unknown config key 'data.shuffle_buffer'"):
+        apply_overrides(cfg, ["data.shuffle_buffer=1024"])
 
 
 @pytest.mark.parametrize("override, message", [

@@ -15,6 +15,8 @@ import evaluate  # noqa: E402
 
 H, W = 20, 30
 KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+HOTA_KEYS = ["HOTA", "DetA", "AssA", "LocA", "DetRe", "DetPr", "AssRe", "AssPr", "HOTA(0)", "LocA(0)", "IDF1", "IDR",
+             "IDP"]
 
 
 def enc(y0, y1, x0, x1):
@@ -55,12 +57,18 @@ def test_cli_end_to_end(files, capsys):
     assert " Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = -1.000" in text
     assert f"metrics written to {out}" in text
     m = json.load(open(out))
-    assert list(m) == KEYS + ["per_category"]
+    assert list(m) == KEYS + HOTA_KEYS + ["hota_det_averaged", "per_category"]
     assert m["AP"] == pytest.approx(0.55, abs=1e-12) and m["AP50"] == pytest.approx(1, abs=1e-12)
     assert (m["APm"], m["APl"], m["ARm"], m["ARl"]) == (-1, -1, -1, -1)
     assert m["AR100"] == pytest.approx(0.55)           # recall: cat 1 always 1, cat 2 only at t = .5
     assert m["per_category"]["dog"]["id"] == 2 and m["per_category"]["dog"]["AP"] == pytest.approx(0.1, abs=1e-12)
-    assert m["per_category"]["fox"] == {"id": 3, "AP": -1.0}
+    assert m["per_category"]["fox"] == {"id": 3, "AP": -1.0, "HOTA": -1.0, "DetA": -1.0, "AssA": -1.0}
+    # HOTA (TrackEval): cat perfect (1); dog's GT track found in 1 of its 2 frames: DetA = 1/(1+1+0) = 1/2,
+    # AssA = TPA/(TPA+FNA+FPA) = 1/2, HOTA 1/2; fox has neither GT nor result and is left out of the class mean
+    assert m["per_category"]["dog"]["DetA"] == pytest.approx(0.5, abs=1e-12)
+    assert m["per_category"]["dog"]["AssA"] == pytest.approx(0.5, abs=1e-12)
+    assert (m["HOTA"], m["DetA"], m["AssA"], m["LocA"]) == pytest.approx((0.75, 0.75, 0.75, 1.0), abs=1e-12)
+    assert "TrackEval, class-averaged:     HOTA 0.750  DetA 0.750  AssA 0.750  LocA 1.000" in text
     for name in ("per_category_ap.png", "pr_curves.png"):
         assert (tmp / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -62,6 +62,23 @@ def test_heads_count_and_shapes(neck_heads_416):
     assert [tuple(t.shape) for t in m.output["embs"]] == [(None, s, s, 208) for s in (104, 52, 26, 13)]
 
 
+@pytest.mark.parametrize("preset", ["yolov4p1", "tiny"])
+def test_embedding_convs_start_from_n_0_001_with_zero_bias(neck_heads_416, preset):
+    """e2..e5 are drawn like the original's convs, N(0, 0.01) with a zero bias, in every preset (the tiny preset's
+    He initialiser is for convs followed by BN). Keras's default (Glorot uniform) would give a std of
+    sqrt(2 / (9 * (C_k + E))): 0.029 for n2 of the 416 model, 0.048 for tiny's n2 (C_k 16, E 32)."""
+    if preset == "yolov4p1":
+        m = neck_heads_416
+    else:
+        cfg = _cfg("tiny", num_classes=3)
+        b = [keras.Input((s, s, c)) for s, c in zip((40, 20, 10, 5), (32, 64, 128, 128))]
+        m = keras.Model(b, layers.apply_heads(layers.apply_neck(b, cfg), cfg)[1])
+    emb = [m.get_layer(f"head_emb_{k}") for k in (2, 3, 4, 5)]
+    kernels = np.concatenate([l.kernel.numpy().ravel() for l in emb])
+    assert kernels.std() == pytest.approx(0.01, rel=0.03) and abs(kernels.mean()) < 1e-3
+    assert all(not l.bias.numpy().any() for l in emb)
+
+
 def test_class_conv_branch_count():
     # model.class_conv = 64 at width 0.25 (n2..n5 have 16/32/64/128 channels): per level a 3x3 conv of
     # max(64, C_k) filters without bias, its BN (4 x filters) and the Dense(K) on it; K = 6.

@@ -5,6 +5,9 @@ every write is atomic (temporary file in the same folder, then os.replace).
 import json
 import math
 import numbers
+import os
+import tempfile
+import zipfile
 
 from compute_ap import _compressed_totals
 from fileio import InputError, atomic_write_text, read_json
@@ -174,3 +177,34 @@ def write_results(path, results):
     if not isinstance(results, list):
         raise ValueError(f"{path}: results must be a list of track dicts")
     atomic_write_text(path, json.dumps(results, separators=(",", ":")))
+
+
+def write_submission_zip(path, results) -> int:
+    """The YouTube-VIS challenge submission: a zip holding `results.json` (the official results list) at its root,
+    written atomically (a temporary file in the same folder, then a rename) and read back before the rename:
+    exactly one member, `results.json`, whose bytes are the JSON written and parse to as many tracks. Returns the
+    zip's size in bytes."""
+    if not isinstance(results, list):
+        raise ValueError(f"{path}: results must be a list of track dicts")
+    data = json.dumps(results, separators=(",", ":")).encode("utf-8")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("results.json", data)
+        with zipfile.ZipFile(tmp) as z:
+            names = z.namelist()
+            back = z.read("results.json") if names == ["results.json"] else None
+        if back != data or len(json.loads(back)) != len(results):
+            raise OSError(f"{path}: the zip does not read back as written (members {names})")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return os.path.getsize(path)
