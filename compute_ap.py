@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import numbers
 import os
@@ -18,6 +17,8 @@ from collections import defaultdict
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from fileio import InputError, read_json
 
 # The official Params (ytvoseval.py). int(...) patches quirk 1 (a float `num` breaks modern NumPy); same values.
 IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
@@ -33,7 +34,7 @@ STAT_SPECS = [("AP", 1, None, "all", 100), ("AP50", 1, .5, "all", 100), ("AP75",
 STAT_NAMES = [s[0] for s in STAT_SPECS]
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """A GT or results file that cannot be evaluated; the message names the file and the entry."""
 
 
@@ -263,11 +264,7 @@ def _avg_area(areas) -> float:
 
 def _read_json(src, what: str):
     if isinstance(src, (str, os.PathLike)):
-        try:
-            with open(src) as f:
-                return json.load(f), str(src)
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvalInputError(f"{what} {src}: cannot read JSON ({e})") from e
+        return read_json(os.fspath(src), what, EvalInputError), str(src)
     return src, f"<{what}>"
 
 
@@ -289,6 +286,10 @@ def load_gt(src) -> dict:
     for i, v in enumerate(data["videos"]):
         if not isinstance(v, dict) or not _is_int(v.get("id")):
             raise EvalInputError(f"GT {name}: videos[{i}] has no integer 'id'")
+        for key, low in (("height", 1), ("width", 1), ("length", 0)):
+            if key in v and not (_is_int(v[key]) and v[key] >= low):
+                raise EvalInputError(f"GT {name}: video {v['id']}: '{key}' must be an integer >= {low}, "
+                                     f"got {v[key]!r}")
         videos[v["id"]] = v
     cats = []
     for i, c in enumerate(data["categories"]):
@@ -296,6 +297,7 @@ def load_gt(src) -> dict:
             raise EvalInputError(f"GT {name}: categories[{i}] has no integer 'id'")
         cats.append({"id": c["id"], "name": str(c.get("name", c["id"]))})
     cats.sort(key=lambda c: c["id"])
+    cat_ids = {c["id"] for c in cats}
     anns, pending = [], []  # pending: annotations whose run-length totals are not checked yet
 
     def check_pending():
@@ -323,6 +325,9 @@ def load_gt(src) -> dict:
             where += f" (video_id {vid})"
             if vid not in videos:
                 raise EvalInputError(f"{where}: video_id not among the GT videos")
+            if a["category_id"] not in cat_ids:
+                raise EvalInputError(f"{where}: category_id {a['category_id']} is not among the GT categories "
+                                     f"{sorted(cat_ids)[:10]}")
             segs = a.get("segmentations")
             if not isinstance(segs, list):
                 raise EvalInputError(f"{where}: 'segmentations' must be a list (one entry per frame)")
@@ -340,13 +345,17 @@ def load_gt(src) -> dict:
             pending.append(i)
             areas = a.get("areas")
             if areas is not None and (not isinstance(areas, list) or not all(
-                    x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool)) for x in areas)):
+                    x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+                                  and x >= 0) for x in areas)):
                 check_pending()  # a malformed string of this or an earlier annotation is reported first
-                raise EvalInputError(f"{where}: 'areas' must be a list of numbers or nulls")
+                raise EvalInputError(f"{where}: 'areas' must be a list of finite numbers >= 0 or nulls")
     except EvalInputError:
         check_pending()  # a malformed string in an earlier annotation is reported first, as one by one
         raise
     check_pending()
+    if not anns:
+        raise EvalInputError(f"GT {name}: no annotations, nothing to evaluate against (a split without ground "
+                             f"truth, such as the challenge's valid or test split?)")
     for a in anns:
         a["mask_areas"] = _areas(a["segmentations"])
         areas = a.pop("areas")
@@ -547,6 +556,13 @@ class YTVISEval:
         cat_set = set(self.cat_ids)
         # results for a category the GT does not list are dropped, as getAnnIds(catIds=...) does (quirk 8)
         self.dropped = sum(1 for r in results if r["category_id"] not in cat_set)
+        # results with fewer frames than their video: the official IoU leaves the frames past the shorter
+        # sequence out of both the intersection and the union, so such a result can score higher (kept; warned)
+        lengths = {vid: v.get("length") for vid, v in gt["videos"].items()}
+        self.short = [r["id"] for r in results
+                      if _is_int(lengths[r["video_id"]]) and len(r["segmentations"]) < lengths[r["video_id"]]]
+        # the official evaluation only ranks scores; outside [0, 1] they are most likely a bug upstream
+        self.odd_scores = [r["id"] for r in results if not 0.0 <= r["score"] <= 1.0]
         self._gts, self._dts = defaultdict(list), defaultdict(list)
         for g in gt["annotations"]:  # file order within a (video, category), as the official index
             if g["category_id"] in cat_set:

@@ -14,14 +14,15 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
+import math
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
+
+from fileio import InputError, atomic_write_text
 
 # HEAD anchors of the original (its config.py at HEAD): 24 (w, h) pairs in pixels at 416, sorted by width,
 # split in order into 4 levels of 6.
@@ -40,7 +41,7 @@ CHALLENGE_ANCHORS_416 = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is unknown, of the wrong type or inconsistent."""
 
 
@@ -463,7 +464,44 @@ def write_anchor_file(path: str, level_anchors, input_size: int, comment: str = 
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _non_finite(value, key: str):
+    """The first key (`train.lr`, `model.anchors[3][1]`) under `key` holding NaN or an infinity, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _non_finite(v, f"{key}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
+def validate_track(t: TrackConfig, prefix: str = "track.") -> TrackConfig:
+    """Check the tracker's settings (also those given as tracking.track flags: `prefix` "--" names them so)."""
+    name = (lambda k: f"--{k.replace('_', '-')}") if prefix == "--" else (lambda k: prefix + k)
+    for f in dataclasses.fields(t):
+        value = getattr(t, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name(f.name)} must be a finite number, got {value}")
+    if t.lam < 0 or t.gamma < 0 or t.refind < 0:
+        raise ConfigError(f"{name('lam')}, {name('gamma')} and {name('refind')} must be >= 0, got {t.lam}, "
+                          f"{t.gamma}, {t.refind}")
+    for key in ("score_floor", "min_score"):
+        if not 0.0 <= getattr(t, key) <= 1.0:
+            raise ConfigError(f"{name(key)} is a score, in [0, 1]; got {getattr(t, key)}")
+    if t.min_hits < 1:
+        raise ConfigError(f"{name('min_hits')} must be at least 1, got {t.min_hits}")
+    if t.max_age is not None and t.max_age < 0:
+        raise ConfigError(f"{name('max_age')} must be >= 0, got {t.max_age}")
+    return t
+
+
 def validate(cfg: Config) -> Config:
+    for section in SECTIONS:
+        for key, value in getattr(cfg, section).__dict__.items():
+            bad = _non_finite(value, f"{section}.{key}")
+            if bad:
+                raise ConfigError(f"{bad} must be a finite number, got {value!r}")
     m = cfg.model
     if m.anchors_file:
         anchors, per_level, n_levels = read_anchor_file(m.anchors_file, m.input_size)
@@ -492,8 +530,7 @@ def validate(cfg: Config) -> Config:
                           f"model.gn_groups ({m.gn_groups})")
     if not 1.0 <= m.mask_box_scale <= 2.0:
         raise ConfigError(f"model.mask_box_scale must be in [1, 2], got {m.mask_box_scale}")
-    if cfg.track.refind < 0:
-        raise ConfigError(f"track.refind must be >= 0, got {cfg.track.refind}")
+    validate_track(cfg.track)
     if m.mask_pixels < 0 or m.mask_pixels % m.gn_groups:
         raise ConfigError(f"model.mask_pixels must be 0 or a positive multiple of model.gn_groups "
                           f"({m.gn_groups}), got {m.mask_pixels}")
@@ -518,6 +555,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.categories lists {len(cfg.data.categories)} classes, model.num_classes is "
                           f"{m.num_classes}")
     t = cfg.train
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if t.lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', got {t.lr_schedule!r}")
     if t.optimizer not in ("sgd", "adamw"):
@@ -545,26 +584,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.pack_prob needs mask rows of a whole number of pixels: model.input_size "
                           f"({m.input_size}) must be a multiple of the mask resolution ({cfg.mask_res})")
     return cfg
-
-
-def atomic_write_text(path: str, text: str):
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_config(cfg: Config, path: str):
@@ -632,4 +651,8 @@ def config_from_args(args) -> Config:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Print a resolved configuration as YAML.")
     add_config_args(ap)
-    print(yaml.safe_dump(config_from_args(ap.parse_args()).to_dict(), sort_keys=False), end="")
+    try:
+        resolved = config_from_args(ap.parse_args())
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    print(yaml.safe_dump(resolved.to_dict(), sort_keys=False), end="")

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from fileio import check_writable_file
+
 SIGNATURE = "serving_default"
 FORMATS = ("saved_model", "tflite")
 META_FILE = "model.json"
@@ -352,6 +354,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
         raise ExportError("--fp16 applies to --format tflite (float16 weights); a SavedModel stays float32")
     if os.path.exists(out):
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
+    check_writable_file(out, "--out", ExportError)    # before the minutes of tracing, not after
     if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
     t0 = time.time()

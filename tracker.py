@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import os
 import sys
 import time
@@ -16,11 +16,13 @@ import time
 import cv2
 import numpy as np
 
+from fileio import InputError, check_writable_dir, check_writable_file, confined_path, read_json
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class FrameError(RuntimeError):
+class FrameError(InputError):
     """A frame cannot be read or does not fit its video."""
 
 
@@ -38,13 +40,9 @@ def read_rgb(path: str, video_id, index: int) -> np.ndarray:
 def dataset_source(data_root: str, ann_path: str | None = None):
     """Videos of a YouTube-VIS split in JSON order; frames in `file_names` order."""
     ann_path = ann_path or os.path.join(data_root, "instances.json")
-    try:
-        with open(ann_path) as f:
-            ann = json.load(f)
-    except FileNotFoundError:
-        raise FrameError(f"annotation file not found: {ann_path}") from None
-    except json.JSONDecodeError as e:
-        raise FrameError(f"{ann_path}: not valid JSON ({e})") from None
+    ann = read_json(ann_path, "annotation file", FrameError)
+    if not isinstance(ann, dict):
+        raise FrameError(f"{ann_path}: the top level must be a JSON object")
     for key in ("videos", "categories"):
         if key not in ann:
             raise FrameError(f"{ann_path}: missing key '{key}'")
@@ -58,10 +56,12 @@ def dataset_source(data_root: str, ann_path: str | None = None):
             raise FrameError(f"{ann_path}: video {v['id']} has {len(v['file_names'])} file_names but length "
                              f"{v['length']}")
         rec = {k: v[k] for k in ("id", "width", "height", "length", "file_names")}
+        paths = [confined_path(image_root, name, f"{ann_path}: video {v['id']}, file_names[{t}]", FrameError)
+                 for t, name in enumerate(v["file_names"])]
 
-        def frames(v=v):
-            for t, name in enumerate(v["file_names"]):
-                yield t, read_rgb(os.path.join(image_root, name), v["id"], t)
+        def frames(v=v, paths=paths):
+            for t, path in enumerate(paths):
+                yield t, read_rgb(path, v["id"], t)
         videos.append((rec, frames))
     cats = [{"id": int(c["id"]), "name": c["name"]} for c in ann["categories"]]
     return videos, cats
@@ -280,14 +280,25 @@ def main(argv=None):
         ap.error("--mask-rois and --bfloat16 go with --run-dir (an export's graph is fixed when it is written)")
     if args.mask_rois is not None and args.mask_rois < 1:
         ap.error("--mask-rois must be at least 1")
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
+        ap.error(f"--lam must be a finite number >= 0, got {args.lam}")
+    if args.score_floor is not None and not 0.0 <= args.score_floor <= 1.0:
+        ap.error(f"--score-floor is a score, in [0, 1]; got {args.score_floor}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        ap.error(f"--fps must be a positive number, got {args.fps}")
 
     from tracking.io import write_frame_predictions
     from train import load_run
-    errors = (FrameError,)
+    errors = (InputError,)
     if args.exported:
         import export
         errors += (export.ExportError,)
     try:
+        # an output that cannot be written is found now, not after the inference
+        if args.data:
+            check_writable_file(args.out, "--out")
+        else:
+            check_writable_dir(args.out_dir, "--out-dir")
         if args.data:
             videos, _ = dataset_source(args.data, args.ann)
             videos = videos[:args.max_videos] if args.max_videos else videos

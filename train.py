@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import numpy as np
 
 import config as config_lib
 from config import atomic_write_text
+from fileio import InputError
 
 # Test-only hook: the total loss becomes NaN at this global step (1-based), to exercise the NaN guard.
 NAN_HOOK_ENV = "YOLOV4P1_TEST_NAN_AT_STEP"
@@ -588,12 +590,19 @@ def worker_steps(strategy, step: int):
 
 
 def next_batch(iterator, locate):
-    """next(iterator), where a frame TensorFlow cannot decode (its header passed the loader's checks, so the
-    error names no file) becomes a TrainError naming it: `locate()` decodes every frame to find it."""
+    """next(iterator), where the loader's error raised inside the pipeline (a missing, truncated or mis-sized
+    frame, bad run lengths) becomes a TrainError with its message, and a frame TensorFlow cannot decode (its
+    header passed the loader's checks, so the error names no file) one naming it: `locate()` decodes every frame
+    to find it."""
     import tensorflow as tf
     try:
         return next(iterator)
     except tf.errors.InvalidArgumentError as e:
+        loader_error = re.search(r"\b(FrameError|AnnotationError): ([^\n]+)", e.message)
+        if loader_error:
+            hint = ("; data.skip_bad_frames=true skips such frames (reported)"
+                    if loader_error.group(1) == "FrameError" and "data.skip_bad_frames" not in e.message else "")
+            raise TrainError(loader_error.group(2) + hint) from None
         print(f"the input pipeline failed ({e.message.splitlines()[0][:160]}); decoding every frame to find "
               f"the bad one ...", flush=True)
         bad = locate()
@@ -799,7 +808,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (TrainError, config_lib.ConfigError) as e:
+    except (TrainError, InputError) as e:            # InputError: config, annotations, frames, Darknet weights
         sys.exit(f"train.py: {e}")
 
 

@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import AtomicVideoWriter, VisError, letterbox_into, natural_key, read_frames  # noqa: E402
+from fileio import InputError, check_writable_file  # noqa: E402
 
 
 def list_inputs(folder: str, pattern: str = "vis_v*.mp4"):
@@ -51,6 +52,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.width < 2 or args.height < 2 or args.fps <= 0:
         raise SystemExit("error: --width/--height must be >= 2 and --fps positive")
+    check_writable_file(args.output, "--output")
     paths = list_inputs(args.input, args.pattern)
     n = concat_videos(paths, args.output, args.width, args.height, args.fps)
     print(f"wrote {args.output} ({len(paths)} videos, {n} frames)")
@@ -60,5 +62,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except VisError as e:
+    except InputError as e:
         raise SystemExit(f"error: {e}")

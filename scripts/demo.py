@@ -167,7 +167,7 @@ class Demo:
             print(f"  {name:<12} {secs:8.1f} s" + ("  (reused)" if how == "reused" else ""))
         print(f"  {'total':<12} {total:8.1f} s")
         summary = {"stats": stats, "identity": ident, "timings": {n: s for n, s, _ in self.timings}}
-        from config import atomic_write_text
+        from fileio import atomic_write_text
         atomic_write_text(self.path("demo_summary.json"), json.dumps(summary, indent=2))
         print(f"\nsummary written to {os.path.relpath(self.path('demo_summary.json'), ROOT)}")
 

@@ -33,8 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compute_ap import EvalInputError, _read_json, evaluate_vis, frame_map, load_gt, load_results, to_rle  # noqa: E402
 from compute_hota import evaluate_hota  # noqa: E402
-from config import ConfigError, TrackConfig, atomic_write_text, load_config  # noqa: E402
-from tracking.io import FramePredictionsError, read_frame_predictions  # noqa: E402
+from config import TrackConfig, load_config  # noqa: E402
+from fileio import InputError, atomic_write_text, check_writable_file  # noqa: E402
+from tracking.io import read_frame_predictions  # noqa: E402
 
 AREA_BINS = [0.0, 0.01, 0.03, 0.1, 1.01]    # object area as a share of the frame area
 
@@ -279,6 +280,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = ap.parse_args(argv)
     try:
+        if args.out:
+            check_writable_file(args.out, "--out")
         floor = args.score_floor
         if floor is None:
             floor = load_config(args.config).track.score_floor if args.config else TrackConfig().score_floor
@@ -290,7 +293,7 @@ def main(argv=None):
             load_results(args.results, gt_checked)
             results, _ = _read_json(args.results, "results")
         d = diagnose(gt, pred, floor, results)
-    except (EvalInputError, ConfigError, FramePredictionsError) as e:
+    except InputError as e:
         sys.exit(f"diagnose: {e}")
     print(report(d))
     if args.out:

@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 from compute_ap import IOU_THRS, REC_THRS, EvalInputError, evaluate_vis, format_stats  # noqa: E402
 from compute_hota import evaluate_hota, format_hota  # noqa: E402
-from config import atomic_write_text  # noqa: E402
+from fileio import InputError, atomic_write_text, check_writable_dir, check_writable_file  # noqa: E402
 
 
 def format_per_category(metrics: dict) -> str:
@@ -115,8 +115,12 @@ def main(argv=None) -> int:
                   end="\n" if n == total or not tty else "", file=sys.stderr, flush=True)
 
     try:
+        if args.out:
+            check_writable_file(args.out, "--out")
+        if args.plot:
+            check_writable_dir(args.plot, "--plot")
         metrics, E = evaluate_vis(args.gt, args.results, progress=progress)
-    except EvalInputError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t_ap = time.time() - t0
@@ -131,6 +135,13 @@ def main(argv=None) -> int:
     if E.dropped:
         print(f"warning: {E.dropped} result(s) name a category that is not in the GT; ignored, as the official "
               f"evaluation does", file=sys.stderr)
+    if E.short:
+        print(f"warning: {len(E.short)} result(s) list fewer segmentations than their video has frames (entries "
+              f"{E.short[:5]}, 1-based); the video IoU leaves those frames out, as the official evaluation does",
+              file=sys.stderr)
+    if E.odd_scores:
+        print(f"warning: {len(E.odd_scores)} result(s) have a score outside [0, 1] (entries {E.odd_scores[:5]}, "
+              f"1-based); only their order matters to the official evaluation", file=sys.stderr)
     print(format_stats(E.stats))
     if not args.no_hota:
         print()

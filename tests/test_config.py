@@ -1,10 +1,14 @@
 """Config presets, overrides, validation errors and run-directory round trips (info/DESIGN.md#configuration)."""
 import json
+import os
+import sys
 
 import pytest
 
 import config
 from config import ConfigError, apply_overrides, get_preset, load_config, save_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_yolov4p1_preset_has_the_original_head_values():
@@ -219,3 +223,25 @@ def test_saved_config_with_the_retired_shuffle_buffer_still_loads(tmp_path, caps
     assert config.apply_dict(get_preset("tiny"), {"data.shuffle_buffer": 8}) == cfg
     with pytest.raises(ConfigError, match="unknown config key 'data.shuffle_buffer'"):
         apply_overrides(cfg, ["data.shuffle_buffer=1024"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+    ("train.lr=0", "train.lr must be positive, got 0"),
+    ("data.scale_jitter=[0.5, .inf]", r"data.scale_jitter\[1\] must be a finite number"),
+    ("track.tau=.nan", "track.tau must be a finite number, got nan"),
+    ("track.lam=-0.5", "track.lam, track.gamma and track.refind must be >= 0"),
+    ("track.min_score=1.5", r"track.min_score is a score, in \[0, 1\]; got 1.5"),
+    ("track.max_age=-1", "track.max_age must be >= 0, got -1"),
+])
+def test_non_finite_and_out_of_range_values_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(get_preset("tiny"), [override])
+
+
+@pytest.mark.slow
+def test_config_command_prints_one_line_for_a_bad_value():
+    import subprocess
+    r = subprocess.run([sys.executable, "config.py", "--preset", "tiny", "--set", "train.lr=.nan"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr == "error: train.lr must be a finite number, got nan\n"

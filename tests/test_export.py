@@ -374,3 +374,11 @@ def test_tflite_conversion_error_names_the_op(tmp_path):
     with pytest.raises(export.ExportError, match="CropAndResize.*--graph portable.*--select-tf-ops"):
         export._convert_tflite(str(tmp_path / "sm"), fp16=False, select_tf_ops=False)
     assert export._convert_tflite(str(tmp_path / "sm"), fp16=False, select_tf_ops=True)   # Flex allowed
+
+
+def test_unwritable_out_is_found_before_loading_the_run(tmp_path):
+    import export
+    (tmp_path / "file").write_text("")
+    # the run directory does not exist: the output is checked first
+    with pytest.raises(export.ExportError, match=r"--out .*file/exported: .*file is not a folder"):
+        export.export(str(tmp_path / "no_run"), "saved_model", str(tmp_path / "file" / "exported"))

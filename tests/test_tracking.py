@@ -478,6 +478,15 @@ def bad(mutate):
     (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(category_id=7), r"video 5 frame 0 detection 0: 'category_id' 7"),
     (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=None), r"video 5 frame 0 detection 0: 'score'"),
     (lambda d: d["videos"][0].pop("height"), r"'height' must be an int"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=1e308),
+     r"video 5 frame 0 detection 0: 'score' must be a number in \[0, 1\], got 1e\+308"),
+    (lambda d: d["videos"][0]["frames"][1]["detections"][0].update(score=-5),
+     r"video 5 frame 1 detection 0: 'score' must be a number in \[0, 1\], got -5"),
+    # pycocotools reads any string as run lengths; these cover 1 + 31 + ... pixels, not the 24x32 frame
+    (lambda d: d["videos"][0]["frames"][1]["detections"][0]["segmentation"].update(counts="garbage!!"),
+     r"video 5 frame 1 detection 0: malformed compressed RLE: its runs do not cover the 24x32 frame"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0]["segmentation"].update(counts="0é"),
+     r"video 5 frame 0 detection 0: compressed RLE counts hold non-ASCII characters"),
 ])
 def test_bad_input_errors_name_file_video_frame(tmp_path, mutate, message):
     path = tmp_path / "frames.json"
@@ -567,6 +576,22 @@ def test_cli_bad_input_exits_with_the_message(tmp_path):
         track_cli.main(["--pred", str(path), "--out", str(tmp_path / "results.json")])
     assert f"{path}: video 5 frame 1: 'index' is 0" in str(err.value.code)
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tau", "nan"], "--tau must be a finite number, got nan"),
+    (["--lam", "nan"], "--lam must be a finite number, got nan"),
+    (["--lam", "-1"], "--lam, --gamma and --refind must be >= 0, got -1.0"),
+    (["--score-floor", "1.5"], "--score-floor is a score, in [0, 1]; got 1.5"),
+    (["--min-hits", "0"], "--min-hits must be at least 1, got 0"),
+    (["--out", "/proc/results.json"], "--out /proc/results.json: cannot write in /proc"),
+])
+def test_cli_bad_flags_and_unwritable_out_exit_before_reading(tmp_path, flags, message):
+    pred = tmp_path / "missing.json"          # never read: the flags and --out are checked first
+    args = ["--pred", str(pred), "--out", str(tmp_path / "results.json")] + flags
+    with pytest.raises(SystemExit) as err:
+        track_cli.main(args)
+    assert str(err.value.code).startswith(f"tracking.track: {message}"), err.value.code
 
 
 def test_cli_flags_override_config_file(tmp_path):

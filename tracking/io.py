@@ -9,13 +9,14 @@ import os
 import tempfile
 import zipfile
 
-from config import atomic_write_text
+from compute_ap import _compressed_totals
+from fileio import InputError, atomic_write_text, read_json
 
 FORMAT = "ytvis-frame-predictions"
 VERSION = 1
 
 
-class FramePredictionsError(ValueError):
+class FramePredictionsError(InputError):
     """A frame-predictions file or object that does not follow info/DESIGN.md#frame-predictions."""
 
 
@@ -29,9 +30,10 @@ def _is_number(value):
 
 def validate_segmentation(seg, height, width, where):
     """Check one detection mask: null, or an RLE dict of size [height, width] with `counts` a string (compressed)
-    or a list of ints (uncompressed). `where` prefixes the error message."""
+    or a list of ints (uncompressed). `where` prefixes the error message. Returns compressed counts as bytes (their
+    run lengths are checked by `check_compressed_totals`, many at once), else None."""
     if seg is None:
-        return
+        return None
     if not isinstance(seg, dict) or "size" not in seg or "counts" not in seg:
         raise FramePredictionsError(f"{where}: segmentation must be null or an RLE dict with 'size' and 'counts'")
     size = seg["size"]
@@ -41,20 +43,40 @@ def validate_segmentation(seg, height, width, where):
         raise FramePredictionsError(f"{where}: segmentation size {list(size)} is not the video's [height, width] "
                                     f"[{height}, {width}]")
     counts = seg["counts"]
-    if isinstance(counts, (str, bytes)):
-        return
+    if isinstance(counts, str):
+        try:
+            return counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise FramePredictionsError(f"{where}: compressed RLE counts hold non-ASCII characters") from None
+    if isinstance(counts, bytes):
+        return counts
     if isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
         if sum(counts) != height * width:
             raise FramePredictionsError(f"{where}: uncompressed RLE counts sum to {sum(counts)}, "
                                         f"expected height*width = {height * width}")
-        return
+        return None
     raise FramePredictionsError(f"{where}: segmentation counts must be a compressed RLE string or a list of "
                                 f"non-negative ints")
 
 
-def validate_video(video, category_ids, source, position):
+def check_compressed_totals(compressed):
+    """Raise for the first of `compressed` [(where, counts bytes, (height, width))] whose run lengths are not a
+    valid compressed RLE covering the frame (pycocotools would decode garbage into a wrong or empty mask). One
+    numpy pass over all of them: call it once a file."""
+    if not compressed:
+        return
+    totals = _compressed_totals([c for _, c, _ in compressed])
+    for (where, _, (height, width)), total in zip(compressed, totals):
+        if total != height * width:
+            raise FramePredictionsError(f"{where}: malformed compressed RLE: its runs do not cover the "
+                                        f"{height}x{width} frame")
+
+
+def validate_video(video, category_ids, source, position, compressed=None):
     """Check one entry of `videos`: id, width, height, length, `frames` with exactly `length` entries whose
-    `index` equals their position, and well-formed detections (info/DESIGN.md#t6-histories)."""
+    `index` equals their position, and well-formed detections (info/DESIGN.md#t5-score-floor,
+    info/DESIGN.md#t6-histories). The run lengths of compressed
+    masks are checked here, or, given a `compressed` list, appended to it for one `check_compressed_totals`."""
     if not isinstance(video, dict):
         raise FramePredictionsError(f"{source}: videos[{position}] must be an object")
     for key in ("id", "width", "height", "length"):
@@ -74,6 +96,8 @@ def validate_video(video, category_ids, source, position):
         raise FramePredictionsError(f"{where_video}: 'frames' must be a list")
     if len(frames) != length:
         raise FramePredictionsError(f"{where_video}: 'frames' has {len(frames)} entries but length is {length}")
+    check_here = compressed is None
+    compressed = [] if check_here else compressed
     for t, frame in enumerate(frames):
         if not isinstance(frame, dict):
             raise FramePredictionsError(f"{where_video} frame {t}: must be an object")
@@ -87,8 +111,8 @@ def validate_video(video, category_ids, source, position):
             where = f"{where_video} frame {t} detection {k}"
             if not isinstance(det, dict):
                 raise FramePredictionsError(f"{where}: must be an object")
-            if not _is_number(det.get("score")):
-                raise FramePredictionsError(f"{where}: 'score' must be a finite number, got {det.get('score')!r}")
+            if not _is_number(det.get("score")) or not 0.0 <= det["score"] <= 1.0:
+                raise FramePredictionsError(f"{where}: 'score' must be a number in [0, 1], got {det.get('score')!r}")
             if not _is_int(det.get("category_id")) or det["category_id"] not in category_ids:
                 raise FramePredictionsError(f"{where}: 'category_id' {det.get('category_id')!r} is not one of "
                                             f"the file's categories")
@@ -101,7 +125,11 @@ def validate_video(video, category_ids, source, position):
                 raise FramePredictionsError(f"{where}: 'bbox' must be [x, y, w, h], got {box!r}")
             if "segmentation" not in det:
                 raise FramePredictionsError(f"{where}: missing 'segmentation' (null is allowed)")
-            validate_segmentation(det["segmentation"], height, width, where)
+            counts = validate_segmentation(det["segmentation"], height, width, where)
+            if counts is not None:
+                compressed.append((where, counts, (height, width)))
+    if check_here:
+        check_compressed_totals(compressed)
 
 
 def validate_frame_predictions(data, source="<frame predictions>"):
@@ -118,24 +146,19 @@ def validate_frame_predictions(data, source="<frame predictions>"):
     videos = data.get("videos")
     if not isinstance(videos, list):
         raise FramePredictionsError(f"{source}: 'videos' must be a list")
-    seen = set()
+    seen, compressed = set(), []
     for position, video in enumerate(videos):
-        validate_video(video, category_ids, source, position)
+        validate_video(video, category_ids, source, position, compressed)
         if video["id"] in seen:
             raise FramePredictionsError(f"{source}: video {video['id']} appears twice")
         seen.add(video["id"])
+    check_compressed_totals(compressed)
     return data
 
 
 def read_frame_predictions(path):
     """Read and validate a frame-predictions JSON file (info/DESIGN.md#frame-predictions)."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise FramePredictionsError(f"{path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise FramePredictionsError(f"{path}: not valid JSON ({e})") from None
+    data = read_json(path, "frame-predictions file", FramePredictionsError)
     return validate_frame_predictions(data, source=path)
 
 

@@ -11,7 +11,8 @@ import os
 import sys
 import time
 
-from config import ConfigError, TrackConfig, load_config
+from config import TrackConfig, load_config, validate_track
+from fileio import InputError, check_writable_file
 from tracking.io import FramePredictionsError, read_frame_predictions, write_results, write_submission_zip
 from tracking.tracks import track_predictions
 
@@ -53,16 +54,20 @@ def resolve_config(args) -> TrackConfig:
     flags = {"lam": args.lam, "tau": args.tau, "gamma": args.gamma, "score_floor": args.score_floor,
              "min_hits": args.min_hits, "min_score": args.min_score, "max_age": args.max_age,
              "keep_doubtful": args.keep_doubtful, "motion": args.motion, "refind": args.refind}
-    return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    return validate_track(cfg, prefix="--")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
+        check_writable_file(args.out, "--out")
+        if args.zip is not None:
+            check_writable_file(args.zip or os.path.splitext(args.out)[0] + ".zip", "--zip")
         start = time.time()
         data = read_frame_predictions(args.pred)
-    except (ConfigError, FramePredictionsError) as e:
+    except InputError as e:
         sys.exit(f"tracking.track: {e}")
     num_frames = sum(int(v["length"]) for v in data["videos"])
     print(f"read {len(data['videos'])} videos, {num_frames} frames from {args.pred}", flush=True)
