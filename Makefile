@@ -14,6 +14,9 @@ setup: $(STAMP)
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@# trackeval declares opencv-python, which would shadow opencv-python-headless: installed without its
+	@# declared dependencies; the ones it imports at run time are in requirements.txt.
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps 'trackeval>=1.3,<1.4'
 	@cp requirements.txt $(STAMP)
 	@echo "set-up done: $(VENV) ($$($(PY) -c 'import tensorflow as tf; print("tensorflow", tf.__version__)' 2>/dev/null))"
 

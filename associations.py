@@ -1,7 +1,7 @@
 """Association heuristics of the YOLOV4+1Tr tracker: mask-IoU + class cost, Gating, Best Friend, Lonely Best Friend.
 
-Implements decisions.md §4 T1-T2 (the report's "class+mask IoU" cost; the original `associations.py` of
-original-tracking-eval.md §1.5 is the lam=0 case). Pure numpy + pycocotools on RLE, no dense full-frame masks.
+Implements info/DESIGN.md#t1-cost and T2 (the report's "class+mask IoU" cost; the original `associations.py`
+is the lam=0 case, info/DESIGN.md#the-original-association). Pure numpy + pycocotools on RLE, no dense full-frame masks.
 
     cost = cost_matrix(det_rles, det_classes, track_rles, track_classes, lam=0.5)   # [D, T] float64
     matches, new_dets, doubtful = associate(cost, tau=0.99, gamma=0.01)
@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 
 
 def cost_matrix(det_rles, det_classes, track_rles, track_classes, lam):
-    """Cost [D, T] float64: (1 - maskIoU) + lam * [class_i != class_j] (decisions T1).
+    """Cost [D, T] float64: (1 - maskIoU) + lam * [class_i != class_j] (info/DESIGN.md#t1-cost).
 
     det_rles / track_rles are COCO RLE dicts ({"size": [h, w], "counts": str or bytes}) of one frame size;
     maskIoU is pycocotools `mask.iou` with iscrowd=0, computed for all pairs in one call.
@@ -78,7 +78,7 @@ def lonely_best_friend(cost, pairs, gamma):
 
 
 def associate(cost, tau, gamma):
-    """Gating, Best Friend and Lonely Best Friend on one frame's cost matrix (decisions T2).
+    """Gating, Best Friend and Lonely Best Friend on one frame's costs (info/DESIGN.md#t2-gating-and-best-friends).
 
     Returns (matches, new_dets, doubtful): matches a list of (det, track) in ascending detection order;
     new_dets the detections whose best cost is >= tau (or all of them when there is no track); doubtful the

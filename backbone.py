@@ -1,4 +1,4 @@
-"""CSPDarknet53 + SPP backbone of YOLOV4+1 (original-model.md §2) and the Darknet weight reader (decisions M1, M2).
+"""CSPDarknet53 + SPP backbone (info/DESIGN.md#backbone) and the Darknet reader (info/DESIGN.md#m2-darknet-weights).
 
 The 78 conv+BN layers are named `bb_conv_{i}` / `bb_bn_{i}` in Darknet order, so weight loading and freezing go by
 name. The backbone returns b2..b5 at strides 4/8/16/32.
@@ -11,12 +11,14 @@ import os
 import keras
 import numpy as np
 
+from fileio import InputError
+
 NUM_BACKBONE_CONVS = 78
-# conv indices whose outputs are b2, b3, b4, b5 (the four convs the faithful schedule unfreezes, §2.4)
+# conv indices whose outputs are b2, b3, b4, b5 (unfrozen by the faithful schedule, info/DESIGN.md#backbone)
 OUTPUT_CONVS = (16, 37, 58, 77)
 
 
-class DarknetWeightsError(ValueError):
+class DarknetWeightsError(InputError):
     """A Darknet weights file does not fit the backbone."""
 
 
@@ -36,7 +38,7 @@ def bn_conv_initializer(cfg):
 
 
 def batch_norm(cfg, name):
-    """BN with the config's epsilon, momentum and cross-replica synchronisation (decisions M2, M14)."""
+    """BN with the config's epsilon, momentum and cross-replica synchronisation (info/DESIGN.md#m14-synchronised-bn)."""
     return keras.layers.BatchNormalization(epsilon=cfg.model.bn_epsilon, momentum=cfg.model.bn_momentum,
                                            synchronized=cfg.model.sync_bn, name=name)
 
@@ -157,7 +159,11 @@ def load_darknet_weights(model, path, verbose=True):
         raise DarknetWeightsError(f"Darknet weights need model.width = 1.0; {convs[0]} has kernel shape "
                                   f"{tuple(kernel.shape)}, Darknet's is (3, 3, 3, 32)")
     total = 0
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DarknetWeightsError(f"Darknet weights {path}: cannot read ({e.strerror})") from None
+    with f:
         header = read_darknet_header(f, path)
         for i in range(NUM_BACKBONE_CONVS):
             conv, bn = model.get_layer(convs[i]), model.get_layer(bns[i])
@@ -173,6 +179,11 @@ def load_darknet_weights(model, path, verbose=True):
                                           f"expected {need_k} floats, found {k.size} "
                                           f"({total + need_bn} floats read before)")
             beta, gamma, mean, var = bn_vals.reshape(4, cout)
+            if not (np.isfinite(bn_vals).all() and (var > 0).all()):
+                # Darknet's BN variances are positive: anything else means the floats are read out of step
+                raise DarknetWeightsError(f"{path}: Darknet conv {i} ({convs[i]}) would get BN variances that are "
+                                          f"not positive and finite: the file does not fit the backbone (written "
+                                          f"for another width or network?)")
             bn.set_weights([gamma, beta, mean, var])                  # Keras order
             conv.set_weights([k.reshape(cout, cin, kh, kw).transpose(2, 3, 1, 0)])
             total += need_bn + need_k
@@ -215,4 +226,7 @@ if __name__ == "__main__":
         print(name, tuple(t.shape))
     print("backbone", model.count_params())
     if args.weights:
-        load_darknet_weights(model, args.weights)
+        try:
+            load_darknet_weights(model, args.weights)
+        except DarknetWeightsError as e:
+            raise SystemExit(f"error: {e}")

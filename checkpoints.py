@@ -16,9 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 import config as config_lib
+from fileio import InputError
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError):
     """A run directory or checkpoint cannot be read: missing, truncated, or written for another configuration."""
 
 

@@ -1,4 +1,4 @@
-"""Anchor k-means with the 1 - IoU distance (original-model.md §9.1, with the fixes its §10 asks for).
+"""Anchor k-means with the 1 - IoU distance (info/DESIGN.md#anchor-k-means).
 
 Every non-null box is letterboxed into the input size with its VIDEO's width and height, clustered on
 corner-aligned (w, h) with seeded k-means++, sorted by area and split evenly over the levels in true pixels.
@@ -9,16 +9,16 @@ corner-aligned (w, h) with seeded k-means++, sorted by area and split evenly ove
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import numpy as np
 
 from config import write_anchor_file
+from fileio import InputError, check_writable_file, read_json
 
 
-class ClusterError(ValueError):
+class ClusterError(InputError):
     """Bad annotation input; the message names the file, annotation and frame."""
 
 
@@ -36,13 +36,7 @@ def letterbox_factors(height, width, size):
 
 def load_box_sizes(ann_path: str, size: int) -> np.ndarray:
     """[N, 2] float64 (w, h) of every non-null annotation box, in pixels of the size x size letterboxed input."""
-    try:
-        with open(ann_path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise ClusterError(f"annotation file {ann_path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ClusterError(f"annotation file {ann_path}: not valid JSON ({e})") from None
+    data = read_json(ann_path, "annotation file", ClusterError)
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list) \
             or not isinstance(data.get("annotations"), list):
         raise ClusterError(f"annotation file {ann_path}: expected 'videos' and 'annotations' lists")
@@ -215,6 +209,9 @@ def main(argv=None):
     if args.levels < 1 or args.per_level < 1 or args.size < 1 or args.max_iter < 1:
         raise SystemExit("error: --levels, --per-level, --size and --max-iter must be positive")
     k = args.levels * args.per_level
+    check_writable_file(args.out, "--out")
+    if args.plot:
+        check_writable_file(args.plot, "--plot")
     boxes = load_box_sizes(args.ann, args.size)
     empty = int(((boxes[:, 0] <= 0) | (boxes[:, 1] <= 0)).sum())
     print(f"{len(boxes)} boxes from {args.ann}" + (f" ({empty} of zero width or height left out)" if empty else "")
@@ -239,5 +236,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except ClusterError as e:
+    except InputError as e:
         sys.exit(f"error: {e}")

@@ -1,6 +1,6 @@
 """Mask metrics: the YouTube-VIS video AP with the official youtubevos/cocoapi semantics, and frame-level mask mAP.
 
-Video AP follows original-tracking-eval.md §3 (every quirk of §3.6 reproduced) and decisions.md §5; the
+Video AP follows info/DESIGN.md#video-ap (each quirk of the official code) and info/DESIGN.md#evaluation-inputs; the
 frame mAP used during training drives pycocotools' COCOeval on frame-level "images". numpy + pycocotools only.
 
     gt = load_gt("instances.json"); res = load_results("results.json", gt)
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import numbers
 import os
@@ -19,13 +18,15 @@ from collections import defaultdict
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from fileio import InputError, read_json
+
 # The official Params (ytvoseval.py). int(...) patches quirk 1 (a float `num` breaks modern NumPy); same values.
 IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
 REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
 MAX_DETS = [1, 10, 100]
 AREA_RNG = [[0 ** 2, 1e5 ** 2], [0 ** 2, 128 ** 2], [128 ** 2, 256 ** 2], [256 ** 2, 1e5 ** 2]]
 AREA_LBL = ["all", "small", "medium", "large"]
-# (name in metrics.json, ap?, iouThr, area, maxDets): the order of the official `stats` array (§3.5).
+# (name in metrics.json, ap?, iouThr, area, maxDets): the order of the official `stats` array (info/DESIGN.md#video-ap).
 STAT_SPECS = [("AP", 1, None, "all", 100), ("AP50", 1, .5, "all", 100), ("AP75", 1, .75, "all", 100),
               ("APs", 1, None, "small", 100), ("APm", 1, None, "medium", 100), ("APl", 1, None, "large", 100),
               ("AR1", 0, None, "all", 1), ("AR10", 0, None, "all", 10), ("AR100", 0, None, "all", 100),
@@ -33,7 +34,7 @@ STAT_SPECS = [("AP", 1, None, "all", 100), ("AP50", 1, .5, "all", 100), ("AP75",
 STAT_NAMES = [s[0] for s in STAT_SPECS]
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """A GT or results file that cannot be evaluated; the message names the file and the entry."""
 
 
@@ -41,11 +42,126 @@ class EvalInputError(ValueError):
 # Segmentation parsing and validation
 
 def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    return type(x) is int or (isinstance(x, numbers.Integral) and not isinstance(x, bool))
+
+
+def _plain_rle(seg):
+    """The common case of to_rle without its general checks: a dict with a [h, w] list of ints and ASCII string
+    counts -> (compressed RLE dict, h * w). None when `seg` is anything else (to_rle then decides)."""
+    if type(seg) is not dict:
+        return None
+    size, counts = seg.get("size"), seg.get("counts")
+    if (type(counts) is not str or type(size) is not list or len(size) != 2 or type(size[0]) is not int
+            or type(size[1]) is not int or size[0] < 0 or size[1] < 0 or not counts.isascii()):
+        return None
+    return {"size": [size[0], size[1]], "counts": counts.encode("ascii")}
+
+
+def _areas(rles) -> list:
+    """Pixel count of each RLE (0 for None), in batched pycocotools calls (its `area` takes at most 255)."""
+    present = [r for r in rles if r is not None]
+    got = []
+    for i in range(0, len(present), 255):
+        got.extend(mask_utils.area(present[i:i + 255]).tolist())
+    it = iter(got)
+    return [next(it) if r is not None else 0 for r in rles]
+
+
+_SIGNED5 = np.array([i - 32 if i & 16 else i for i in range(32)] + [0] * 224, dtype=np.int64)
 
 
 def _compressed_totals(strings) -> np.ndarray:
-    """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed.
+    """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed
+    (a character outside the alphabet, a string stopping inside a value, a run length < 0 or >= 2**32).
+
+    Answers as `_decode_compressed` does, with a third of its passes over the values: a count is a running sum of
+    the deltas two places apart, so every count of a string is a difference of two entries of one cumulative sum
+    over the values of one global parity (its base is fixed per string), and the checks and the total need only
+    per-string minima, maxima and sums of those cumulative sums. Integer overflow of the sums wraps in int64 and
+    cancels in the differences, which are small for a well-formed string."""
+    n = len(strings)
+    lens = np.fromiter((len(c) for c in strings), dtype=np.int64, count=n)
+    totals = np.zeros(n, dtype=np.int64)
+    if lens.sum() == 0:
+        return totals
+    bad = np.zeros(n, dtype=bool)
+    v = np.frombuffer(b"".join(strings), dtype=np.uint8)
+    bounds = np.cumsum(lens)
+    starts = bounds - lens
+    if v.min() < 48 or v.max() > 111:
+        outside = np.flatnonzero((v < 48) | (v > 111))
+        bad[np.searchsorted(bounds, outside, side="right")] = True
+        v = np.clip(v, 48, 111)
+    c = v - np.uint8(48)
+    ends = c < 32
+    nonempty = lens > 0
+    last = bounds[nonempty] - 1
+    bad[np.flatnonzero(nonempty)[~ends[last]]] = True  # a string that stops inside a value
+    ends[last] = True  # keep values from running into the next string
+    x = _SIGNED5.take(c[ends])  # a one-chunk value: 5 bits, two's complement
+    n_all = x.size
+    after_cont = np.empty_like(ends)  # the character before is the middle of a value
+    after_cont[0] = False
+    np.logical_not(ends[:-1], out=after_cont[1:])
+    long_vals = np.flatnonzero(after_cont[ends])  # the few values longer than one chunk
+    if long_vals.size:
+        end_char = np.flatnonzero(ends & after_cont)
+        k = np.ones(long_vals.size, dtype=np.int64)  # chunks of each long value
+        active = np.ones(long_vals.size, dtype=bool)
+        for i in range(1, 8):
+            # the string's own last character is an end: a value never runs over into the previous string
+            active &= (end_char - i >= 0) & ~ends[np.maximum(end_char - i, 0)]
+            k += active
+        bad[np.searchsorted(bounds, end_char[active], side="right")] = True  # > 35 bits: no valid count
+        first_char = end_char - k + 1
+        xl = (c[first_char] & 0x1f).astype(np.int64)
+        for i in range(1, int(k.max())):
+            sel = k > i
+            xl[sel] |= (c[first_char[sel] + i] & 0x1f).astype(np.int64) << (5 * i)
+        neg = (c[end_char] & 0x10) != 0
+        xl[neg] -= np.int64(1) << (5 * k[neg])
+        x[long_vals] = xl
+    # values of string s: first[s] .. first[s] + n_vals[s] - 1 (global indices g)
+    n_vals = np.zeros(n, dtype=np.int64)
+    n_vals[nonempty] = np.add.reduceat(ends, starts[nonempty], dtype=np.int64)
+    first = np.cumsum(n_vals) - n_vals
+    cs = [np.cumsum(x[p::2]) for p in (0, 1)]
+    totals = np.where(n_vals > 0, x[np.minimum(first, n_all - 1)], 0)  # count 0 is x_0 itself
+    for p in (0, 1):
+        m = cs[p].size
+        lo = (first + 1 - p) // 2  # the string's first value of parity p in cs[p]
+        hi = np.append(lo[1:], m)
+        cnt = hi - lo
+        # the chain in this parity: odd j if g of j = 0 has the other parity (base: the sum before it), even j >= 2
+        # otherwise (base: the sum at j = 0, whose own count then reads 0 and adds nothing)
+        odd_chain = (first % 2) != p
+        base_idx = np.where(odd_chain, lo - 1, lo)
+        base = np.where(base_idx >= 0, cs[p][np.clip(base_idx, 0, max(m - 1, 0))] if m else 0, 0)
+        has = cnt > 0
+        if has.any():
+            idx = np.minimum(lo[has], m - 1)
+            mn = np.minimum.reduceat(cs[p], idx)
+            mx = np.maximum.reduceat(cs[p], idx)
+            b = base[has]
+            bad[np.flatnonzero(has)[(mn - b < 0) | (mx - b >= 2 ** 32)]] = True
+            # the segments of the strings without a value here are empty: skipping them moves no boundary
+            totals[has] += np.add.reduceat(cs[p], idx) - cnt[has] * b
+    x0 = x[np.minimum(first, n_all - 1)]
+    bad[(n_vals > 0) & ((x0 < 0) | (x0 >= 2 ** 32))] = True
+    totals[bad] = -1
+    return totals
+
+
+def compressed_counts(strings) -> list:
+    """The run lengths of each well-formed compressed RLE string as a list of ints (the uncompressed RLE
+    `counts`), None for a malformed one."""
+    totals, cnts, first, n_vals = _decode_compressed(strings)
+    return [None if tot < 0 else cnts[f:f + n].tolist() for tot, f, n in zip(totals, first, n_vals)]
+
+
+def _decode_compressed(strings):
+    """(totals, counts, first, n_vals): per string the sum of its run lengths (-1 where malformed), and all run
+    lengths concatenated, string i's being counts[first[i]:first[i] + n_vals[i]].
 
     All strings are decoded together in numpy (no per-character Python), so checking the 36 frames of a result
     costs about as much as one frame. The format: each count is 5-bit chunks (+48, bit 0x20 = more follow,
@@ -54,7 +170,8 @@ def _compressed_totals(strings) -> np.ndarray:
     lens = np.array([len(c) for c in strings], dtype=np.int64)
     bad = np.zeros(n, dtype=bool)
     if lens.sum() == 0:
-        return np.zeros(n, dtype=np.int64)
+        zeros = np.zeros(n, dtype=np.int64)
+        return zeros, zeros, zeros, zeros
     v = np.frombuffer(b"".join(strings), dtype=np.uint8)
     bounds = np.cumsum(lens)
     if v.min() < 48 or v.max() > 111:
@@ -95,19 +212,7 @@ def _compressed_totals(strings) -> np.ndarray:
     totals = np.zeros(n, dtype=np.int64)
     totals[nonempty] = np.add.reduceat(cnts, first[nonempty])  # a non-empty string holds at least one value
     totals[bad] = -1
-    return totals
-
-
-def _check_rle_totals(rles, where: str):
-    """Raise for the first frame whose compressed RLE does not cover exactly its height x width pixels."""
-    frames = [t for t, r in enumerate(rles) if r is not None]
-    if not frames:
-        return
-    totals = _compressed_totals([rles[t]["counts"] for t in frames])
-    for t, total in zip(frames, totals):
-        h, w = rles[t]["size"]
-        if total != h * w:
-            raise EvalInputError(f"{where} frame {t}: malformed compressed RLE (runs do not cover {h}x{w} pixels)")
+    return totals, cnts, first, n_vals
 
 
 def to_rle(seg, height, width, where: str, allow_polygon: bool = True, check: bool = True):
@@ -116,7 +221,7 @@ def to_rle(seg, height, width, where: str, allow_polygon: bool = True, check: bo
     Accepts uncompressed RLE (counts a list), compressed RLE (counts str/bytes) and, if `allow_polygon`,
     polygons (a list of flat [x0, y0, x1, y1, ...] lists, rasterised at `height` x `width`). A falsy value (null,
     [], {}) is an absent frame, as in the official `if seg:` tests. `where` names the entry in error messages.
-    `check=False` leaves the run-length total of compressed strings to a batched `_check_rle_totals`."""
+    `check=False` leaves the run-length total of compressed strings to the caller's batched check."""
     if not seg:
         return None
     if isinstance(seg, list):
@@ -152,18 +257,14 @@ def to_rle(seg, height, width, where: str, allow_polygon: bool = True, check: bo
 
 
 def _avg_area(areas) -> float:
-    """The official avg_area: mean over truthy per-frame areas (null and 0 excluded), 0 if none (§3.3)."""
+    """The official avg_area: mean of the truthy per-frame areas (null, 0 left out), or 0 (info/DESIGN.md#video-ap)."""
     kept = [a for a in areas if a]
     return np.array(kept).mean() if kept else 0
 
 
 def _read_json(src, what: str):
     if isinstance(src, (str, os.PathLike)):
-        try:
-            with open(src) as f:
-                return json.load(f), str(src)
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvalInputError(f"{what} {src}: cannot read JSON ({e})") from e
+        return read_json(os.fspath(src), what, EvalInputError), str(src)
     return src, f"<{what}>"
 
 
@@ -185,6 +286,10 @@ def load_gt(src) -> dict:
     for i, v in enumerate(data["videos"]):
         if not isinstance(v, dict) or not _is_int(v.get("id")):
             raise EvalInputError(f"GT {name}: videos[{i}] has no integer 'id'")
+        for key, low in (("height", 1), ("width", 1), ("length", 0)):
+            if key in v and not (_is_int(v[key]) and v[key] >= low):
+                raise EvalInputError(f"GT {name}: video {v['id']}: '{key}' must be an integer >= {low}, "
+                                     f"got {v[key]!r}")
         videos[v["id"]] = v
     cats = []
     for i, c in enumerate(data["categories"]):
@@ -192,38 +297,69 @@ def load_gt(src) -> dict:
             raise EvalInputError(f"GT {name}: categories[{i}] has no integer 'id'")
         cats.append({"id": c["id"], "name": str(c.get("name", c["id"]))})
     cats.sort(key=lambda c: c["id"])
-    anns = []
-    for i, a in enumerate(data.get("annotations") or []):
-        where = f"GT {name}: annotations[{i}]"
-        if not isinstance(a, dict):
-            raise EvalInputError(f"{where} is not an object")
-        for key in ("id", "video_id", "category_id"):
-            if not _is_int(a.get(key)):
-                raise EvalInputError(f"{where}: field '{key}' missing or not an integer")
-        vid = a["video_id"]
-        where += f" (video_id {vid})"
-        if vid not in videos:
-            raise EvalInputError(f"{where}: video_id not among the GT videos")
-        segs = a.get("segmentations")
-        if not isinstance(segs, list):
-            raise EvalInputError(f"{where}: 'segmentations' must be a list (one entry per frame)")
-        h, w = videos[vid].get("height"), videos[vid].get("width")
-        rles = []
-        for t, s in enumerate(segs):
-            if s and isinstance(s, list) and not (_is_int(h) and _is_int(w)):
-                raise EvalInputError(f"{where} frame {t}: polygon needs the video's height and width")
-            rles.append(to_rle(s, h, w, f"{where} frame {t}", check=False))
-        _check_rle_totals(rles, where)
-        mask_areas = [int(mask_utils.area(r)) if r else 0 for r in rles]
-        areas = a.get("areas")
-        if areas is None:
-            areas = mask_areas
-        elif not isinstance(areas, list) or not all(x is None or (isinstance(x, numbers.Real)
-                                                                  and not isinstance(x, bool)) for x in areas):
-            raise EvalInputError(f"{where}: 'areas' must be a list of numbers or nulls")
-        anns.append({"id": a["id"], "video_id": vid, "category_id": a["category_id"],
-                     "iscrowd": int(a.get("iscrowd") or 0), "segmentations": rles,
-                     "mask_areas": mask_areas, "avg_area": _avg_area(areas)})
+    cat_ids = {c["id"] for c in cats}
+    anns, pending = [], []  # pending: annotations whose run-length totals are not checked yet
+
+    def check_pending():
+        """Totals of the pending annotations' strings in batches; raises for the first bad one."""
+        frames = [(k, t) for k in pending for t, rle in enumerate(anns[k]["segmentations"]) if rle is not None]
+        for j in range(0, len(frames), 1000):
+            part = frames[j:j + 1000]
+            totals = _compressed_totals([anns[k]["segmentations"][t]["counts"] for k, t in part])
+            for (k, t), total in zip(part, totals):
+                h, w = anns[k]["segmentations"][t]["size"]
+                if total != h * w:
+                    raise EvalInputError(f"GT {name}: annotations[{k}] (video_id {anns[k]['video_id']}) frame {t}: "
+                                         f"malformed compressed RLE (runs do not cover {h}x{w} pixels)")
+        pending.clear()
+
+    try:
+        for i, a in enumerate(data.get("annotations") or []):
+            where = f"GT {name}: annotations[{i}]"
+            if not isinstance(a, dict):
+                raise EvalInputError(f"{where} is not an object")
+            for key in ("id", "video_id", "category_id"):
+                if not _is_int(a.get(key)):
+                    raise EvalInputError(f"{where}: field '{key}' missing or not an integer")
+            vid = a["video_id"]
+            where += f" (video_id {vid})"
+            if vid not in videos:
+                raise EvalInputError(f"{where}: video_id not among the GT videos")
+            if a["category_id"] not in cat_ids:
+                raise EvalInputError(f"{where}: category_id {a['category_id']} is not among the GT categories "
+                                     f"{sorted(cat_ids)[:10]}")
+            segs = a.get("segmentations")
+            if not isinstance(segs, list):
+                raise EvalInputError(f"{where}: 'segmentations' must be a list (one entry per frame)")
+            h, w = videos[vid].get("height"), videos[vid].get("width")
+            rles = []
+            for t, s in enumerate(segs):
+                rle = _plain_rle(s) if s else None
+                if rle is None:
+                    if s and isinstance(s, list) and not (_is_int(h) and _is_int(w)):
+                        raise EvalInputError(f"{where} frame {t}: polygon needs the video's height and width")
+                    rle = to_rle(s, h, w, f"{where} frame {t}", check=False)
+                rles.append(rle)
+            anns.append({"id": a["id"], "video_id": vid, "category_id": a["category_id"],
+                         "iscrowd": int(a.get("iscrowd") or 0), "segmentations": rles, "areas": a.get("areas")})
+            pending.append(i)
+            areas = a.get("areas")
+            if areas is not None and (not isinstance(areas, list) or not all(
+                    x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+                                  and x >= 0) for x in areas)):
+                check_pending()  # a malformed string of this or an earlier annotation is reported first
+                raise EvalInputError(f"{where}: 'areas' must be a list of finite numbers >= 0 or nulls")
+    except EvalInputError:
+        check_pending()  # a malformed string in an earlier annotation is reported first, as one by one
+        raise
+    check_pending()
+    if not anns:
+        raise EvalInputError(f"GT {name}: no annotations, nothing to evaluate against (a split without ground "
+                             f"truth, such as the challenge's valid or test split?)")
+    for a in anns:
+        a["mask_areas"] = _areas(a["segmentations"])
+        areas = a.pop("areas")
+        a["avg_area"] = _avg_area(a["mask_areas"] if areas is None else areas)
     return {"videos": videos, "categories": cats, "annotations": anns, "name": name}
 
 
@@ -236,7 +372,34 @@ def load_results(src, gt: dict) -> list:
     data, name = _read_json(src, "results")
     if not isinstance(data, list):
         raise EvalInputError(f"results {name}: want a list of results, got {type(data).__name__}")
-    out = []
+    out, pending = [], []  # pending: entries whose run-length totals are not checked yet
+
+    def check_pending():
+        """Totals of the pending entries' strings in a few batched calls; raises for the first bad one."""
+        frames = [(k, t) for k in pending for t, rle in enumerate(out[k]["segmentations"]) if rle is not None]
+        for j in range(0, len(frames), 1000):  # batches that stay in the CPU's caches
+            part = frames[j:j + 1000]
+            totals = _compressed_totals([out[k]["segmentations"][t]["counts"] for k, t in part])
+            for (k, t), total in zip(part, totals):
+                h, w = out[k]["segmentations"][t]["size"]
+                if total != h * w:
+                    raise EvalInputError(f"results {name}: entry {k} (video_id {out[k]['video_id']}) frame {t}: "
+                                         f"malformed compressed RLE (runs do not cover {h}x{w} pixels)")
+        pending.clear()
+
+    try:
+        _load_result_entries(data, gt, name, out, pending)
+    except EvalInputError:
+        check_pending()  # a malformed string in an earlier entry is reported first, as entry by entry
+        raise
+    check_pending()
+    for r in out:
+        r["mask_areas"] = _areas(r["segmentations"])
+        r["avg_area"] = _avg_area([a if s else None for a, s in zip(r["mask_areas"], r["segmentations"])])
+    return out
+
+
+def _load_result_entries(data, gt, name, out, pending):
     for i, r in enumerate(data):
         where = f"results {name}: entry {i}"
         if not isinstance(r, dict):
@@ -253,26 +416,28 @@ def load_results(src, gt: dict) -> list:
         segs = r.get("segmentations")
         if not isinstance(segs, list):
             raise EvalInputError(f"{where}: 'segmentations' must be a list (one RLE or null per frame)")
-        rles = [to_rle(s, None, None, f"{where} frame {t}", allow_polygon=False, check=False)
-                for t, s in enumerate(segs)]
-        _check_rle_totals(rles, where)
-        mask_areas = [int(mask_utils.area(s)) if s else 0 for s in rles]
+        rles = []
+        for t, s in enumerate(segs):
+            rle = _plain_rle(s) if s else None
+            rles.append(rle if rle is not None else
+                        to_rle(s, None, None, f"{where} frame {t}", allow_polygon=False, check=False))
+        pending.append(len(out))
         out.append({"id": i + 1, "video_id": vid, "category_id": r["category_id"], "score": float(score),
-                    "segmentations": rles, "mask_areas": mask_areas,
-                    "avg_area": _avg_area([a if s else None for a, s in zip(mask_areas, rles)])})
-    return out
+                    "segmentations": rles})
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Video IoU and matching
 
-def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
-    """[D, G] video IoU = sum_t |D_t & G_t| / sum_t |D_t | G_t| over zip(dt, gt) frames (§3.4).
+def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt_groups=None) -> np.ndarray:
+    """[D, G] video IoU = sum_t |D_t & G_t| / sum_t |D_t | G_t| over zip(dt, gt) frames (info/DESIGN.md#video-ap).
 
     Sequences are lists of compressed RLE or None. Frames beyond the shorter sequence of a pair are skipped; a
     frame present on one side only adds its area to the union; masks of different sizes add nothing; U == 0 gives
     0. Intersections come from one pycocotools `iou` call per frame and are recovered as exact integers
-    (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5 pixel)."""
+    (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5 pixel). With `dt_groups` / `gt_groups` (a
+    label per sequence, e.g. the category), only pairs of one label are compared (one call per frame and label);
+    the other cells are left at 0."""
     D, G = len(dt_seqs), len(gt_seqs)
     if D == 0 or G == 0:
         return np.zeros((D, G))
@@ -282,43 +447,66 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None) -> np.ndarray:
         gt_areas = [[int(mask_utils.area(s)) if s else 0 for s in seq] for seq in gt_seqs]
     d_len = np.array([len(s) for s in dt_seqs])
     g_len = np.array([len(s) for s in gt_seqs])
+    T = int(min(d_len.max(), g_len.max()))
+    d_a, g_a = np.zeros((D, T), dtype=np.int64), np.zeros((G, T), dtype=np.int64)
+    for a, areas in ((d_a, dt_areas), (g_a, gt_areas)):
+        for k, seq in enumerate(areas):
+            n = min(len(seq), T)
+            a[k, :n] = seq[:n]  # 0 for an absent frame
+    # the pairs' common frames (zip): frame t counts for (d, g) iff t < both lengths
+    both_len = np.minimum(d_len[:, None], g_len[None, :])  # [D, G]
+    # every present frame adds its area to the union; pairs present on both sides are corrected below
+    cd = np.concatenate([np.zeros((D, 1), np.int64), np.cumsum(d_a, axis=1)], axis=1)
+    cg = np.concatenate([np.zeros((G, 1), np.int64), np.cumsum(g_a, axis=1)], axis=1)
+    union = np.take_along_axis(cd, both_len, axis=1) + np.take_along_axis(cg, both_len.T, axis=1).T
     inter = np.zeros((D, G), dtype=np.int64)
-    union = np.zeros((D, G), dtype=np.int64)
-    for t in range(int(min(d_len.max(), g_len.max()))):
-        d_idx = [i for i in range(D) if t < d_len[i]]
-        g_idx = [j for j in range(G) if t < g_len[j]]
-        if not d_idx or not g_idx:
+    d_at = [[k for k in range(D) if t < d_len[k] and dt_seqs[k][t] is not None] for t in range(T)]
+    g_at = [[k for k in range(G) if t < g_len[k] and gt_seqs[k][t] is not None] for t in range(T)]
+    one_size = len({tuple(r["size"]) for seq in (*dt_seqs, *gt_seqs) for r in seq if r is not None}) <= 1
+    # one pycocotools call a frame where some pair has both masks; the arithmetic for all frames at once below
+    ious, rows, cols, frames = [], [], [], []
+    if dt_groups is None:
+        blocks = [(d_at[t], g_at[t], t) for t in range(T)]
+    else:
+        blocks = []
+        for t in range(T):
+            for label in {gt_groups[k] for k in g_at[t]}:
+                blocks.append(([k for k in d_at[t] if dt_groups[k] == label],
+                               [k for k in g_at[t] if gt_groups[k] == label], t))
+    for dk, gk, t in blocks:
+        if not dk or not gk:
             continue
-        d_on = np.array([dt_seqs[i][t] is not None for i in d_idx])
-        g_on = np.array([gt_seqs[j][t] is not None for j in g_idx])
-        if not d_on.any() and not g_on.any():
-            continue
-        d_a = np.array([dt_areas[i][t] for i in d_idx], dtype=np.int64) * d_on
-        g_a = np.array([gt_areas[j][t] for j in g_idx], dtype=np.int64) * g_on
-        # only-dt / only-gt frames add their own area; both-present pairs are overwritten below
-        u_t = np.where(d_on[:, None], d_a[:, None], 0) + np.where(g_on[None, :], g_a[None, :], 0)
-        i_t = np.zeros_like(u_t)
-        both_d = [k for k in range(len(d_idx)) if d_on[k]]
-        both_g = [k for k in range(len(g_idx)) if g_on[k]]
-        if both_d and both_g:
-            u_t[np.ix_(both_d, both_g)] = 0  # a pair of different sizes merges to an empty mask: adds nothing
-            for size in {tuple(dt_seqs[d_idx[k]][t]["size"]) for k in both_d}:
-                dk = [k for k in both_d if tuple(dt_seqs[d_idx[k]][t]["size"]) == size]
-                gk = [k for k in both_g if tuple(gt_seqs[g_idx[k]][t]["size"]) == size]
-                if not gk:
-                    continue
-                iou = np.asarray(mask_utils.iou([dt_seqs[d_idx[k]][t] for k in dk],
-                                                [gt_seqs[g_idx[k]][t] for k in gk], [0] * len(gk)))
-                iou = iou.reshape(len(dk), len(gk))
-                ab = d_a[dk][:, None] + g_a[gk][None, :]
-                i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
-                i_t[np.ix_(dk, gk)] = i_exact
-                u_t[np.ix_(dk, gk)] = ab - i_exact
-        rows, cols = np.array(d_idx), np.array(g_idx)
-        inter[np.ix_(rows, cols)] += i_t
-        union[np.ix_(rows, cols)] += u_t
+        d_rles, g_rles = [dt_seqs[k][t] for k in dk], [gt_seqs[k][t] for k in gk]
+        if one_size:  # the common case
+            ious.append(np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(gk)), dtype=np.float64).ravel())
+        else:
+            d_sizes, g_sizes = [tuple(r["size"]) for r in d_rles], [tuple(r["size"]) for r in g_rles]
+            iou = np.full((len(dk), len(gk)), -1.0)  # -1: sizes differ, the pair merges to an empty mask
+            for size in set(d_sizes) & set(g_sizes):
+                ri = [i for i, ds in enumerate(d_sizes) if ds == size]
+                ci = [j for j, gs in enumerate(g_sizes) if gs == size]
+                block = mask_utils.iou([d_rles[i] for i in ri], [g_rles[j] for j in ci], [0] * len(ci))
+                iou[np.ix_(ri, ci)] = np.asarray(block).reshape(len(ri), len(ci))
+            ious.append(iou.ravel())
+        rows.append(np.repeat(dk, len(gk)))
+        cols.append(np.tile(gk, len(dk)))
+        frames.append(np.full(len(dk) * len(gk), t))
+    if ious:
+        iou, r, c, t = (np.concatenate(x) for x in (ious, rows, cols, frames))
+        ab = d_a[r, t] + g_a[c, t]
+        same = iou >= 0
+        iou = np.maximum(iou, 0.0)
+        i_exact = np.rint(iou * ab / (1.0 + iou)).astype(np.int64)
+        # a pair of the same size: A + B - I instead of the A + B counted above; of different sizes: nothing
+        # (A + B taken back)
+        flat = r * G + c
+        inter += np.bincount(flat, weights=i_exact, minlength=D * G).astype(np.int64).reshape(D, G)
+        union -= np.bincount(flat, weights=np.where(same, i_exact, ab), minlength=D * G).astype(np.int64).reshape(D, G)
     # float sums of integers are exact, so this equals the official i / u
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    out = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    if dt_groups is not None:
+        out[np.asarray(dt_groups)[:, None] != np.asarray(gt_groups)[None, :]] = 0.0
+    return out
 
 
 def _greedy_match(ious, gt_ignore, gt_crowd, gt_ids, dt_ids):
@@ -362,12 +550,19 @@ class YTVISEval:
     `per_category` ({category id: AP@[.5:.95], area all, maxDets 100})."""
 
     def __init__(self, gt: dict, results: list):
-        self.gt = gt
+        self.gt, self.results = gt, results
         self.vid_ids = sorted(gt["videos"])
         self.cat_ids = sorted(c["id"] for c in gt["categories"])
         cat_set = set(self.cat_ids)
         # results for a category the GT does not list are dropped, as getAnnIds(catIds=...) does (quirk 8)
         self.dropped = sum(1 for r in results if r["category_id"] not in cat_set)
+        # results with fewer frames than their video: the official IoU leaves the frames past the shorter
+        # sequence out of both the intersection and the union, so such a result can score higher (kept; warned)
+        lengths = {vid: v.get("length") for vid, v in gt["videos"].items()}
+        self.short = [r["id"] for r in results
+                      if _is_int(lengths[r["video_id"]]) and len(r["segmentations"]) < lengths[r["video_id"]]]
+        # the official evaluation only ranks scores; outside [0, 1] they are most likely a bug upstream
+        self.odd_scores = [r["id"] for r in results if not 0.0 <= r["score"] <= 1.0]
         self._gts, self._dts = defaultdict(list), defaultdict(list)
         for g in gt["annotations"]:  # file order within a (video, category), as the official index
             if g["category_id"] in cat_set:
@@ -377,43 +572,80 @@ class YTVISEval:
                 self._dts[d["video_id"], d["category_id"]].append(d)
         self.ious, self.eval_vids, self.eval, self.stats, self.per_category = {}, {}, {}, [], {}
 
-    def compute_iou(self, vid, cat):
-        gt, dt = self._gts[vid, cat], self._dts[vid, cat]
+    def _top_dts(self, vid, cat):
+        """The (video, category)'s results in the official order: by descending score (stable), at most 100."""
+        dt = self._dts[vid, cat]
         order = np.argsort([-d["score"] for d in dt], kind="mergesort")[:MAX_DETS[-1]]
-        dt = [dt[i] for i in order]
+        return [dt[i] for i in order]
+
+    def compute_iou(self, vid, cat):
+        gt, dt = self._gts[vid, cat], self._top_dts(vid, cat)
         return video_iou([d["segmentations"] for d in dt], [g["segmentations"] for g in gt],
                          [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt])
 
-    def evaluate_vid(self, vid, cat, a_rng, max_det):
+    def compute_video_ious(self, vid, cats):
+        """compute_iou for every category of one video from one video_iou over all its results and GT, pairs of
+        one category only (the frame loop and arithmetic once for the video); the same numbers."""
+        dts = {cat: self._top_dts(vid, cat) for cat in cats}
+        dt = [d for cat in cats for d in dts[cat]]
+        gt = [g for cat in cats for g in self._gts[vid, cat]]
+        ious = video_iou([d["segmentations"] for d in dt], [g["segmentations"] for g in gt],
+                         [d["mask_areas"] for d in dt], [g["mask_areas"] for g in gt],
+                         [d["category_id"] for d in dt], [g["category_id"] for g in gt])
+        out, r, c = {}, 0, 0
+        for cat in cats:
+            nd, ng = len(dts[cat]), len(self._gts[vid, cat])
+            out[cat] = ious[r:r + nd, c:c + ng] if ious.size else np.zeros((nd, ng))
+            r, c = r + nd, c + ng
+        return out
+
+    def evaluate_vid(self, vid, cat, a_rng, max_det, _dt=None):
         gt, dt = self._gts[vid, cat], self._dts[vid, cat]
         if not gt and not dt:
             return None
+        if _dt is None:
+            _dt = self._sorted_dts(vid, cat, max_det)
+        dt, scores, ids, areas = _dt
         g_ignore = [1 if (g["iscrowd"] or g["avg_area"] < a_rng[0] or g["avg_area"] > a_rng[1]) else 0
                     for g in gt]
         gt_order = np.argsort(g_ignore, kind="mergesort")
         gt = [gt[i] for i in gt_order]
         g_ignore = np.array([g_ignore[i] for i in gt_order])
+        ious = self.ious[vid, cat][:, gt_order]
+        dtm, gtm, dt_ig = _greedy_match(ious, g_ignore, [g["iscrowd"] for g in gt], [g["id"] for g in gt], ids)
+        # unmatched detections outside the area range are ignored (a gt id of 0 counts as unmatched, as official)
+        out = ((areas < a_rng[0]) | (areas > a_rng[1]))[None, :]
+        dt_ig = np.logical_or(dt_ig, np.logical_and(dtm == 0, out))
+        return {"dtScores": scores, "dtMatches": dtm, "gtMatches": gtm,
+                "gtIgnore": g_ignore, "dtIgnore": dt_ig, "dtIds": ids, "gtIds": [g["id"] for g in gt]}
+
+    def _sorted_dts(self, vid, cat, max_det):
+        """The results of one (video, category) by descending score (stable), at most `max_det`, with their
+        scores, ids and average areas: the same for the four area ranges."""
+        dt = self._dts[vid, cat]
         dt_order = np.argsort([-d["score"] for d in dt], kind="mergesort")
         dt = [dt[i] for i in dt_order[:max_det]]
-        ious = self.ious[vid, cat][:, gt_order]
-        dtm, gtm, dt_ig = _greedy_match(ious, g_ignore, [g["iscrowd"] for g in gt],
-                                        [g["id"] for g in gt], [d["id"] for d in dt])
-        # unmatched detections outside the area range are ignored (a gt id of 0 counts as unmatched, as official)
-        out = np.array([d["avg_area"] < a_rng[0] or d["avg_area"] > a_rng[1] for d in dt]).reshape(1, len(dt))
-        dt_ig = np.logical_or(dt_ig, np.logical_and(dtm == 0, np.repeat(out, len(IOU_THRS), 0)))
-        return {"dtScores": [d["score"] for d in dt], "dtMatches": dtm, "gtMatches": gtm,
-                "gtIgnore": g_ignore, "dtIgnore": dt_ig, "dtIds": [d["id"] for d in dt],
-                "gtIds": [g["id"] for g in gt]}
+        return (dt, [d["score"] for d in dt], [d["id"] for d in dt],
+                np.array([d["avg_area"] for d in dt], dtype=np.float64))
 
     def evaluate(self, progress=None):
         """IoUs for every (video, category) that has a gt or a result, then matching per area range."""
         pairs = sorted(set(self._gts) | set(self._dts))
-        for n, (vid, cat) in enumerate(pairs):
-            self.ious[vid, cat] = self.compute_iou(vid, cat)
+        by_video = defaultdict(list)
+        for vid, cat in pairs:
+            by_video[vid].append(cat)
+        done = 0
+        for vid, cats in by_video.items():
+            for cat, ious in self.compute_video_ious(vid, cats).items():
+                self.ious[vid, cat] = ious
+            done += len(cats)
             if progress:
-                progress(n + 1, len(pairs))
-        self.eval_vids = {(cat, a, vid): self.evaluate_vid(vid, cat, rng, MAX_DETS[-1])
-                          for (vid, cat) in pairs for a, rng in enumerate(AREA_RNG)}
+                progress(done, len(pairs))
+        self.eval_vids = {}
+        for vid, cat in pairs:
+            dts = self._sorted_dts(vid, cat, MAX_DETS[-1])
+            for a, rng in enumerate(AREA_RNG):
+                self.eval_vids[cat, a, vid] = self.evaluate_vid(vid, cat, rng, MAX_DETS[-1], dts)
 
     def accumulate(self):
         T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(self.cat_ids), len(AREA_RNG), len(MAX_DETS)
@@ -466,7 +698,7 @@ class YTVISEval:
         return -1 if len(s[s > -1]) == 0 else np.mean(s[s > -1])
 
     def summarize(self, verbose: bool = False) -> np.ndarray:
-        """The 12 official stats (§3.5) as float64; with `verbose` prints the official table."""
+        """The 12 official stats as float64; with `verbose` prints the official table."""
         if not self.eval:
             raise RuntimeError("run accumulate() first")
         self.stats = np.zeros((12,))
@@ -494,8 +726,8 @@ def format_stats(stats) -> str:
 def evaluate_vis(gt, results, verbose: bool = False, progress=None):
     """Load (paths or parsed JSON), evaluate, accumulate and summarize. Returns (metrics dict, YTVISEval).
 
-    `metrics` is the decisions.md §6.4 dict: the 12 stats by name plus per_category {name: {id, AP}}. An empty
-    results list gives AP 0 for categories with GT and -1 elsewhere (decisions.md §5)."""
+    `metrics` is the info/DESIGN.md#metrics-json dict: the 12 stats by name plus per_category {name: {id, AP}}. An empty
+    results list gives AP 0 for categories with GT and -1 elsewhere (info/DESIGN.md#evaluation-inputs)."""
     if not (isinstance(gt, dict) and isinstance(gt.get("videos"), dict)):  # not yet through load_gt
         gt = load_gt(gt)
     res = load_results(results, gt)

@@ -1,7 +1,7 @@
 """Configuration of YOLOV4+1Tr: one typed `Config` dataclass, named presets, overrides and run-directory I/O.
 
-Presets follow decisions.md §1: `yolov4p1` is the published system at 416x416 with the original HEAD values
-(original-model.md §1.1), `tiny` the same architecture narrowed and shrunk for CPU runs, tests and the demo, and
+Presets (info/DESIGN.md#configuration): `yolov4p1` is the published system at 416x416 with the original HEAD values
+(the original's config.py), `tiny` the same architecture narrowed and shrunk for CPU runs, tests and the demo, and
 `challenge2021` the state that produced the challenge submission (4 anchors a level).
 
     cfg = get_preset("tiny")
@@ -14,16 +14,17 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
+import math
 import sys
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
 
-# HEAD anchors of the original (original-model.md §1.2): 24 (w, h) pairs in pixels at 416, sorted by width,
+from fileio import InputError, atomic_write_text
+
+# HEAD anchors of the original (its config.py at HEAD): 24 (w, h) pairs in pixels at 416, sorted by width,
 # split in order into 4 levels of 6.
 HEAD_ANCHORS_416 = [
     [2, 2], [4, 4], [5, 6], [7, 7], [9, 8], [14, 11],
@@ -31,7 +32,7 @@ HEAD_ANCHORS_416 = [
     [56, 48], [72, 63], [86, 67], [106, 89], [113, 91], [143, 113],
     [184, 122], [253, 168], [287, 220], [323, 223], [376, 228], [398, 228],
 ]
-# Challenge-era anchors (original-model.md §1.3, line 2 of info/anchors_yt_16.txt): 16 pairs, 4 a level.
+# Challenge-era anchors (line 2 of its info/anchors_yt_16.txt): 16 pairs, 4 a level.
 CHALLENGE_ANCHORS_416 = [
     [2, 2], [4, 7], [6, 14], [8, 3],
     [20, 15], [22, 41], [25, 24], [34, 48],
@@ -40,7 +41,7 @@ CHALLENGE_ANCHORS_416 = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is unknown, of the wrong type or inconsistent."""
 
 
@@ -57,10 +58,9 @@ class ModelConfig:
     fg_thresh: float = 0.4                # anchor IoU > fg*tol: positive
     bg_thresh: float = 0.3                # anchor IoU < bg*tol: negative; between: ignored
     id_thresh: float = 0.4                # centroid anchor carries the class label if IoU > id*tol
-    class_targets: str = "centroid"       # centroid (decisions M6) | fg: every foreground anchor (tiny only)
+    class_targets: str = "centroid"       # centroid (info/DESIGN.md#m6-class-head) | fg: every foreground anchor
     obj_prior: float = 0.0                # 0: zero bias (original); p in (0, 1): objectness starts at p (tiny only)
-    class_conv: int = 0                   # 0: class logits are a Dense on n_k (original); N > 0: a 3x3 conv+BN+leaky of
-                                          # max(N, C_k) filters first (tiny only: n2 has 16 channels at width 0.25)
+    class_conv: int = 0                   # 0: a Dense on n_k (original); N: a 3x3 conv of max(N, C_k) filters first
     nms_thresh: float = 0.3               # IoU threshold of both NMS stages
     pre_nms_limit: int = 200              # proposals kept per level by the per-level NMS
     max_prop: int = 50                    # proposals kept by the global NMS (static)
@@ -70,15 +70,13 @@ class ModelConfig:
     mask_layers: int = 256                # channels of the mask-subnet convs
     mask_pool: int = 14                   # ROI-align output side
     mask_size: int = 28                   # mask prediction side
-    mask_box_scale: float = 1.0           # the mask's ROI is the proposal box scaled by this about its centre, in
-                                          # training and at inference (1.0: the box itself, original; tiny only)
-    mask_pixels: int = 0                  # 0: none (original); N > 0: a pixel branch, N-channel convs on the image
-                                          # crop at mask_size, fused before the mask output (tiny only)
+    mask_box_scale: float = 1.0           # mask ROI = the proposal box scaled about its centre (1.0: the box, original)
+    mask_pixels: int = 0                  # 0: none (original); N: a pixel branch of N-channel convs on the crop
     gn_groups: int = 32                   # group normalisation groups in the mask subnet
     mask_iou_thresh: float = 0.5          # proposal-GT box IoU for a mask target
-    sync_bn: bool = True                  # synchronised BN across replicas (decisions M14)
-    bn_epsilon: float = 1e-6              # Darknet's (and OpenCV's reader's) BN epsilon (decisions M2)
-    mixed_precision: bool = False         # mixed_float16 for GPUs (decisions M13)
+    sync_bn: bool = True                  # synchronised BN across replicas (info/DESIGN.md#m14-synchronised-bn)
+    bn_epsilon: float = 1e-6              # Darknet's BN epsilon, as OpenCV's reader (info/DESIGN.md#m2-darknet-weights)
+    mixed_precision: bool = False         # mixed_float16 for GPUs (info/DESIGN.md#m13-mixed-precision)
     conv_init: str = "normal"             # kernels of convs followed by BN: normal = N(0, 0.01) (original) | he
     bn_momentum: float = 0.99             # BN moving-statistics momentum (Keras default)
 
@@ -86,64 +84,58 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     max_instances: int = 15               # GT padding per frame
-    mask_res: int = 104                   # GT masks kept at this side (letterboxed frame, reduced resolution);
-                                          # 0: at model.input_size (Config.mask_res resolves it)
+    mask_res: int = 104                   # side of the GT masks over the canvas; 0: model.input_size
     frame_stride: int = 1                 # use every k-th annotated frame
-    augment: bool = True
-    flip_prob: float = 0.5
-    crop_prob: float = 0.5
-    translate_prob: float = 0.5
+    augment: bool = True                  # training augmentation on (validation and inference never augment)
+    flip_prob: float = 0.5                # horizontal flip
+    crop_prob: float = 0.5                # crop around the union of the objects
+    translate_prob: float = 0.5           # shift the frame on the canvas
     scale_jitter: list = field(default_factory=lambda: [0.75, 1.25])  # random scale range of the letterboxed frame
-    hsv_prob: float = 0.5
+    hsv_prob: float = 0.5                 # HSV jitter
     hsv_gains: list = field(default_factory=lambda: [0.015, 0.5, 0.3])  # hue, saturation, value jitter
-    pack_prob: float = 0.0                # training canvases holding strips of two frames, one over the other
-                                          # (loader_ytvos.pack_targets; an augmentation: off with augment=false;
-                                          # not in the original)
+    pack_prob: float = 0.0                # share of training canvases holding strips of two frames (not original)
     skip_bad_frames: bool = False         # skip missing/corrupt frames (reported) instead of failing
-    shuffle_buffer: int = 1024
     categories: list = field(default_factory=list)  # [{"id": i, "name": s}] from the training JSON
 
 
 @dataclass
 class TrainConfig:
     batch_size: int = 4                   # global batch (split over replicas)
-    lr: float = 1e-3
-    optimizer: str = "sgd"                # sgd (decisions §0) | adamw (Adam + the same decay; CPU demo only)
+    lr: float = 1e-3                      # base learning rate
+    optimizer: str = "sgd"                # sgd (info/DESIGN.md#optimizer) | adamw (Adam + the same decay and clipping)
     lr_schedule: str = "constant"         # constant | cosine
-    warmup_steps: int = 0
-    momentum: float = 0.9
+    warmup_steps: int = 0                 # linear warm-up steps before the schedule
+    momentum: float = 0.9                 # SGD momentum (Adam keeps its own betas)
     weight_decay: float = 1e-4            # decoupled (SGDW): v -= wd * v each step
     clip_norm: float = 5.0                # global-norm clipping after the cross-replica reduction
-    epochs: int = 60
+    epochs: int = 60                      # training epochs
     steps_per_epoch: int = 0              # 0: one pass over the training frames
     freeze_epochs: int = 2                # backbone frozen for these epochs
     unfreeze: str = "outputs"             # outputs (the four b2..b5 convs, faithful) | all
     alb: str = "per_level"                # per_level (report) | global (original code's 4 scalars)
     alb_lr_mult: float = 1.0              # ALB log-variances step at lr x this (>1: they settle within a short run)
-    loss_norm: str = "positives"          # positives (decisions M8) | all (original) | balanced (obj: fg + bg means)
-                                          # | focal (obj: focal loss summed over non-ignored anchors / positives)
+    loss_norm: str = "positives"          # positives (info/DESIGN.md#m8-loss-normalisation) | all | balanced | focal
     val_fraction: float = 0.1             # whole videos held out from the training JSON
     val_max_frames: int = 400             # cap on validation frames per epoch (0: all)
-    split_seed: int = 0
-    seed: int = 0
+    split_seed: int = 0                   # seed of the held-out videos
+    seed: int = 0                         # seed of initialisation and the data stream
     ckpt_every: int = 500                 # steps between checkpoints (also at each epoch end)
-    keep_ckpts: int = 3
-    log_every: int = 10
+    keep_ckpts: int = 3                   # checkpoints kept on disk
+    log_every: int = 10                   # steps between log lines and TensorBoard records
 
 
 @dataclass
 class InferConfig:
-    score_floor: float = 0.05             # detections stored in frame predictions (decisions §6.2)
-    conf_thresh: float = 0.5              # score gate for frame mAP and drawings
-    mask_thresh: float = 0.5
-    batch_size: int = 4
-    scale: float = 1.0                    # inference canvas = model.input_size x scale, to a multiple of 32
-                                          # (Config.infer_size); anchors keep their trained pixel sizes
+    score_floor: float = 0.05             # detections stored in frame predictions (info/DESIGN.md#frame-predictions)
+    conf_thresh: float = 0.5              # score gate of the validation confusion matrix (not the frame mAP)
+    mask_thresh: float = 0.5              # mask probability threshold when pasting
+    batch_size: int = 4                   # frames a batch in tracker.py
+    scale: float = 1.0                    # inference canvas = model.input_size x scale (Config.infer_size)
 
 
 @dataclass
 class TrackConfig:
-    lam: float = 0.5                      # class-mismatch cost (decisions T1)
+    lam: float = 0.5                      # class-mismatch cost (info/DESIGN.md#t1-cost)
     tau: float = 0.99                     # gate: cost < tau
     gamma: float = 0.01                   # Lonely Best Friend margin
     score_floor: float = 0.6              # detections with score >= floor take part
@@ -151,16 +143,13 @@ class TrackConfig:
     min_score: float = 0.6                # ... and mean score > min_score
     max_age: Optional[int] = None         # None: tracks never expire
     keep_doubtful: bool = False           # start tracks from detections failing BF/LBF
-    motion: bool = False                  # compare detections with the last mask moved at the track's velocity
-                                          # (not in the original: T4 compares the last mask where it was)
-    refind: float = 0.0                   # 0: off (original); r > 0: a detection that would start a track goes to
-                                          # the nearest same-class track unmatched in its frame whose expected
-                                          # centre is within r object sizes (tracking.tracks.refind; not original)
+    motion: bool = False                  # compare with the last mask moved at the track's velocity (not original)
+    refind: float = 0.0                   # r > 0: a lost track within r object sizes gets its object back
 
 
 @dataclass
 class Config:
-    preset: str = "yolov4p1"
+    preset: str = "yolov4p1"              # the preset the overrides apply to
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -217,121 +206,79 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# ---- presets -----------------------------------------------------------------------------------------------
+# ---- presets: override tables over the defaults above (the original's HEAD values) -----------------------
 
-def _scaled_anchors(anchors, size):
+def _scaled_anchors(anchors, size, from_size=416):
     # The original multiplies the 416 anchors by TRAIN_SIZE/416 and truncates to int; keep floats, floor at 1 px.
-    return [[max(1.0, round(w * size / 416.0, 2)), max(1.0, round(h * size / 416.0, 2))] for w, h in anchors]
+    f = size / float(from_size)
+    return [[max(1.0, round(w * f, 2)), max(1.0, round(h * f, 2))] for w, h in anchors]
 
 
-def _preset_yolov4p1() -> Config:
-    return Config(preset="yolov4p1")
+# Each preset is `{key: value}` applied over `Config()`; a comment gives the reason in one line. Every departure
+# from the original has a row in info/DIFFERENCES.md and its measurement an entry in info/RESULTS.md.
+PRESET_OVERRIDES = {
+    # The published system at 416x416: the defaults.
+    "yolov4p1": {},
 
+    # The same architecture narrowed for CPU runs, tests and the demo (info/DIFFERENCES.md#the-tiny-preset).
+    "tiny": {
+        "model.input_size": 192,                  # 320x180 demo frames -> 192x108; learns faster than 160 px
+        "model.width": 0.25,                      # a quarter of the channels: a CPU budget
+        "model.anchors": _scaled_anchors(HEAD_ANCHORS_416, 192),  # the demo passes k-means anchors instead
+        "model.emb_dim": 32,                      # narrow embeddings and mask subnet, in step with the width
+        "model.mask_layers": 32,
+        "model.gn_groups": 8,
+        "model.mask_box_scale": 1.25,             # short-run boxes are off by ~11 %; a mask cannot leave its box
+        "model.mask_pixels": 8,                   # e2 is a quarter of the canvas: small objects need the pixels
+        "model.pre_nms_limit": 100,
+        "model.max_prop": 16,                     # the shapes dataset has at most 8 instances a frame
+        "model.sync_bn": False,                   # one device
+        "model.conv_init": "he",                  # from scratch: N(0, 0.01) kernels starve the heads under clipping
+        "model.bn_momentum": 0.9,                 # moving statistics follow a network that changes fast
+        "model.class_targets": "fg",              # more class supervision in a short run
+        "model.class_conv": 64,                   # n2 has 16 channels at width 0.25: the class gets its own conv
+        "model.obj_prior": 0.01,                  # with the focal loss: objectness starts at p = 0.01
+        "data.mask_res": 0,                       # GT masks at the input size: coarser targets cap small objects
+        "data.pack_prob": 1.0,                    # two frames a canvas: a wide frame leaves 84 of 192 rows empty
+        "data.max_instances": 16,                 # two frames of at most 8 instances each
+        "train.batch_size": 8,
+        "train.optimizer": "adamw",               # a run of a few hundred steps
+        "train.lr": 2e-3,
+        "train.lr_schedule": "cosine",
+        "train.warmup_steps": 50,
+        "train.loss_norm": "focal",               # about 0.1 % of anchors are positive
+        "train.alb_lr_mult": 10.0,                # ALB settles within a short run
+        "train.epochs": 6,                        # one pass over the frames an epoch
+        "train.freeze_epochs": 0,                 # no pretrained backbone to protect
+        "train.unfreeze": "all",
+        "train.ckpt_every": 100,
+        "train.val_max_frames": 100,
+        "track.score_floor": 0.3,                 # the focal loss scores lower than the original's 0.6 assumes
+        "track.min_score": 0.3,
+        "track.motion": True,                     # crossings with a detection gap swapped identities
+        "track.refind": 2.0,                      # an object missed for a few frames was split in two
+        "infer.scale": 224 / 192,                 # train small, test large: objects are drawn larger in training
+    },
 
-def _preset_tiny() -> Config:
-    """The demo/test preset: the same architecture narrowed (width 0.25) at 192 px, tuned for short from-scratch
-    runs of the built-in shapes dataset on a 2-core CPU (`make demo`; README §3 has what it reaches).
-
-    Departures from the published recipe, for this preset only: He-initialised BN convs (no pretrained
-    backbone), Adam with the decoupled decay, a focal objectness loss with the foreground bias started at 0.01,
-    class labels on every foreground anchor, a 3x3 conv (64 filters) under each level's class Dense, ALB
-    log-variances stepping 10x faster, BN momentum 0.9 (moving statistics must follow a network that changes fast
-    in a few hundred steps), GT masks at the input resolution, two frames a training canvas (data.pack_prob), a
-    mask ROI 1.25x the box and a pixel branch in the mask subnet (model.mask_box_scale, model.mask_pixels),
-    inference on a 224 px canvas (infer.scale 7/6), and in the tracker the score floor and mean-score gate at 0.3
-    (focal-loss scores), motion and refind."""
-    cfg = Config(preset="tiny")
-    # 320x180 demo frames -> 192x108; ~11 img/s a training step on 2 cores. In the demo (1,364 steps) 192 against
-    # 160 px: frame mask mAP@.5 on the held-out training videos 0.30 / 0.55 / 0.66 / 0.69 after each pass against
-    # 0.24 / 0.38 / 0.51 / 0.59 (0.22 / 0.50 / 0.55 / 0.62 in a second run), for 22 % more time a step.
-    size = 192
-    cfg.model.input_size = size
-    cfg.model.width = 0.25
-    cfg.model.anchors = _scaled_anchors(HEAD_ANCHORS_416, size)   # the demo passes k-means anchors instead
-    cfg.model.emb_dim = 32
-    cfg.model.mask_layers = 32
-    cfg.model.gn_groups = 8
-    # Masks (the video AP's IoU is the masks'): boxes from the short run are off by ~11 % in size (median box IoU
-    # 0.78 with the object), and e2 is a quarter of the canvas, so the mask subnet saw a clipped, blurred object.
-    # The mask ROI is the box x 1.25 and a pixel branch reads the image crop (model.mask_pixels). Demo runs of
-    # 2026-11-30 on `valid`, before -> with both: median mask IoU of found objects 0.79 -> 0.89, frame mask mAP
-    # 0.355 -> 0.496 / 0.538, video AP (lam 0.5, before refind) 0.254 -> 0.342; ~8 % more time a step.
-    cfg.model.mask_box_scale = 1.25
-    cfg.model.mask_pixels = 8
-    cfg.model.pre_nms_limit = 100
-    cfg.model.max_prop = 16               # the shapes dataset has at most 8 instances a frame
-    cfg.model.sync_bn = False
-    cfg.model.conv_init = "he"
-    cfg.model.bn_momentum = 0.9
-    cfg.model.class_targets = "fg"
-    cfg.model.class_conv = 64
-    cfg.model.obj_prior = 0.01
-    # GT masks at the canvas resolution (0: the input size, whatever it is set to): at 64, 0.4 of it, the mask
-    # targets alone capped the mean mask IoU of the demo's objects at 0.83 (0.65 under 400 px); at 160, 0.92.
-    # Memory: 8 x 16 x 192 x 192 bytes (4.7 MB) a batch with max_instances 16 (below).
-    cfg.data.mask_res = 0
-    # Two frames a canvas (data.pack_prob): a 320x180 frame letterboxed at 192 is 108 rows of 192, so a packed
-    # canvas (a 96-row strip of one frame over one of another) shows up to 1.78x the picture for the same step.
-    # Demo runs of 2026-11-30 (the demo's 1,364 steps, inference at 224), without -> with, seeds 0 / 1: video AP
-    # (lam 0.5) on the held-out training videos 0.289 -> 0.292 / 0.219 -> 0.331, AP50 0.594 -> 0.702 /
-    # 0.550 -> 0.689; on `valid` 0.285 -> 0.265 / 0.191 -> 0.288, AP50 0.558 -> 0.612 / 0.447 -> 0.555; frame
-    # mask mAP on `valid` 0.363 -> 0.361 / 0.326 -> 0.389. Training time unchanged (1,053 s against 1,010-1,054).
-    cfg.data.pack_prob = 1.0
-    cfg.data.max_instances = 16           # two frames of at most 8 instances each
-    cfg.train.batch_size = 8
-    cfg.train.optimizer = "adamw"
-    cfg.train.lr = 2e-3
-    cfg.train.lr_schedule = "cosine"
-    cfg.train.warmup_steps = 50
-    cfg.train.loss_norm = "focal"
-    cfg.train.alb_lr_mult = 10.0
-    cfg.train.epochs = 6                  # one pass over the frames an epoch: ~640 steps, ~11 min with validation
-    cfg.train.freeze_epochs = 0
-    cfg.train.unfreeze = "all"
-    cfg.train.ckpt_every = 100
-    cfg.train.val_max_frames = 100
-    # The focal objectness loss gives lower scores than the original's cross entropy (on the demo's held-out
-    # training videos after 3,069 steps, true positives' median score is ~0.4), so the tracker's 0.6 floor and
-    # mean-score gate (decisions T5, T7) would drop most of them. Video AP there, lam 0.5: 0.057 at 0.6,
-    # 0.096 at 0.5, 0.112 at 0.4, 0.148 at 0.3, 0.151 at 0.25, 0.152 at 0.2.
-    cfg.track.score_floor = 0.3
-    cfg.track.min_score = 0.3
-    # Where a crossing hides both objects for a few frames, each last mask lies where the *other* object
-    # reappears. Compared at its velocity instead (track.motion), demo run of 2026-11-30, lam 0.5: on the held-out
-    # training videos video AP 0.132 -> 0.174, AP50 0.279 -> 0.444, identity switches at the crossings 16 -> 6;
-    # on `valid` 0.165 -> 0.186, 0.390 -> 0.480, 12 -> 6.
-    cfg.track.motion = True
-    # An object hidden or missed for a few frames often comes back where its last mask (even moved) no longer
-    # overlaps, and starts a second track: the video AP counts each half as a miss and a false track. track.refind
-    # gives such a detection to a same-class track that lost its object nearby (within 2 object sizes).
-    cfg.track.refind = 2.0
-    # Train small, test large (FixRes, Touvron et al. 2019): the crop augmentation letterboxes a window around
-    # the objects, so in training they are drawn larger than the test letterbox draws them (mean magnification
-    # 1.18, geometric mean 1.13, over 2,000 sampled training frames), and the smallest objects are the ones
-    # missed. Inference at 224 (scale 7/6), same weights, demo run of 2026-11-30 at 192: on the held-out training
-    # videos frame mask mAP 0.306 -> 0.344, oracle-association video AP 0.287 -> 0.352, tracker video AP
-    # 0.263 -> 0.289 (at 256: 0.314, 0.351, 0.272); on `valid` video AP 0.226 -> 0.285, AP75 0.136 -> 0.248.
-    cfg.infer.scale = 224 / 192
-    return cfg
-
-
-def _preset_challenge2021() -> Config:
-    cfg = Config(preset="challenge2021")
-    cfg.model.anchors = copy.deepcopy(CHALLENGE_ANCHORS_416)
-    cfg.model.anchors_per_level = 4
-    cfg.model.tolerance = [0.4, 0.6, 0.8, 1.0]
-    cfg.model.nms_thresh = 0.2
-    cfg.infer.conf_thresh = 0.7
-    return cfg
-
-
-PRESETS = {"yolov4p1": _preset_yolov4p1, "tiny": _preset_tiny, "challenge2021": _preset_challenge2021}
+    # The state that produced the challenge submission: 4 anchors a level (info/DESIGN.md#configuration).
+    "challenge2021": {
+        "model.anchors": CHALLENGE_ANCHORS_416,
+        "model.anchors_per_level": 4,
+        "model.tolerance": [0.4, 0.6, 0.8, 1.0],
+        "model.nms_thresh": 0.2,
+        "infer.conf_thresh": 0.7,
+    },
+}
+PRESETS = tuple(PRESET_OVERRIDES)
 
 
 def get_preset(name: str) -> Config:
-    if name not in PRESETS:
+    if name not in PRESET_OVERRIDES:
         raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return validate(PRESETS[name]())
+    cfg = Config(preset=name)
+    for key, value in PRESET_OVERRIDES[name].items():
+        _set(cfg, key, copy.deepcopy(value))
+    return validate(cfg)
 
 
 # ---- overrides, validation, I/O -------------------------------------------------------------------------
@@ -403,9 +350,26 @@ def _set(cfg: Config, key: str, value: Any, parsed: bool = True):
             obj = getattr(obj, part)
 
 
+def _leaf_keys(key: str, value) -> set:
+    """The dotted keys a `key: value` item sets (a mapping value sets each of its entries)."""
+    if isinstance(value, dict):
+        return set().union(*[_leaf_keys(f"{key}.{k}", v) for k, v in value.items()])
+    return {key}
+
+
+def _follow_input_size(cfg: Config, old_size: int, given: set):
+    """Overrides that change model.input_size without giving anchors scale the anchors by new / old size, as the
+    original scales its 416-pixel anchors by TRAIN_SIZE / 416. Anchors given with it are at the new size; an
+    anchor file is read at it by validate()."""
+    m = cfg.model
+    if m.input_size != old_size and not m.anchors_file and not given & {"model.anchors", "model.anchors_file"}:
+        m.anchors = _scaled_anchors(m.anchors, m.input_size, old_size)
+
+
 def apply_overrides(cfg: Config, overrides) -> Config:
     """Apply `key=value` strings (values parsed as YAML: numbers, booleans, lists, null) and validate."""
     cfg = copy.deepcopy(cfg)
+    old_size, given = cfg.model.input_size, set()
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -415,13 +379,33 @@ def apply_overrides(cfg: Config, overrides) -> Config:
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
         _set(cfg, key.strip(), value)
+        given |= _leaf_keys(key.strip(), value)
+    _follow_input_size(cfg, old_size, given)
     return validate(cfg)
+
+
+# Keys that configs saved by older versions may hold, which no longer exist and never changed a result: dropped
+# when a file is read, so those runs still load.
+RETIRED_KEYS = {"data.shuffle_buffer"}
+
+
+def _without_retired(data: dict) -> dict:
+    out = {}
+    for key, value in data.items():
+        if key in RETIRED_KEYS:
+            continue
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{key}.{k}" not in RETIRED_KEYS}
+        out[key] = value
+    return out
 
 
 def apply_dict(cfg: Config, data: dict, source: str = "<dict>") -> Config:
     cfg = copy.deepcopy(cfg)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the configuration must be a mapping")
+    data = _without_retired(data)
+    old_size, given = cfg.model.input_size, set()
     for key, value in data.items():
         if key == "preset":
             continue
@@ -429,6 +413,8 @@ def apply_dict(cfg: Config, data: dict, source: str = "<dict>") -> Config:
             _set(cfg, key, value)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+        given |= _leaf_keys(key, value)
+    _follow_input_size(cfg, old_size, given)
     return validate(cfg)
 
 
@@ -478,7 +464,44 @@ def write_anchor_file(path: str, level_anchors, input_size: int, comment: str = 
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _non_finite(value, key: str):
+    """The first key (`train.lr`, `model.anchors[3][1]`) under `key` holding NaN or an infinity, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _non_finite(v, f"{key}[{i}]")
+            if bad:
+                return bad
+    return None
+
+
+def validate_track(t: TrackConfig, prefix: str = "track.") -> TrackConfig:
+    """Check the tracker's settings (also those given as tracking.track flags: `prefix` "--" names them so)."""
+    name = (lambda k: f"--{k.replace('_', '-')}") if prefix == "--" else (lambda k: prefix + k)
+    for f in dataclasses.fields(t):
+        value = getattr(t, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name(f.name)} must be a finite number, got {value}")
+    if t.lam < 0 or t.gamma < 0 or t.refind < 0:
+        raise ConfigError(f"{name('lam')}, {name('gamma')} and {name('refind')} must be >= 0, got {t.lam}, "
+                          f"{t.gamma}, {t.refind}")
+    for key in ("score_floor", "min_score"):
+        if not 0.0 <= getattr(t, key) <= 1.0:
+            raise ConfigError(f"{name(key)} is a score, in [0, 1]; got {getattr(t, key)}")
+    if t.min_hits < 1:
+        raise ConfigError(f"{name('min_hits')} must be at least 1, got {t.min_hits}")
+    if t.max_age is not None and t.max_age < 0:
+        raise ConfigError(f"{name('max_age')} must be >= 0, got {t.max_age}")
+    return t
+
+
 def validate(cfg: Config) -> Config:
+    for section in SECTIONS:
+        for key, value in getattr(cfg, section).__dict__.items():
+            bad = _non_finite(value, f"{section}.{key}")
+            if bad:
+                raise ConfigError(f"{bad} must be a finite number, got {value!r}")
     m = cfg.model
     if m.anchors_file:
         anchors, per_level, n_levels = read_anchor_file(m.anchors_file, m.input_size)
@@ -507,8 +530,7 @@ def validate(cfg: Config) -> Config:
                           f"model.gn_groups ({m.gn_groups})")
     if not 1.0 <= m.mask_box_scale <= 2.0:
         raise ConfigError(f"model.mask_box_scale must be in [1, 2], got {m.mask_box_scale}")
-    if cfg.track.refind < 0:
-        raise ConfigError(f"track.refind must be >= 0, got {cfg.track.refind}")
+    validate_track(cfg.track)
     if m.mask_pixels < 0 or m.mask_pixels % m.gn_groups:
         raise ConfigError(f"model.mask_pixels must be 0 or a positive multiple of model.gn_groups "
                           f"({m.gn_groups}), got {m.mask_pixels}")
@@ -533,6 +555,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.categories lists {len(cfg.data.categories)} classes, model.num_classes is "
                           f"{m.num_classes}")
     t = cfg.train
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if t.lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', got {t.lr_schedule!r}")
     if t.optimizer not in ("sgd", "adamw"):
@@ -560,26 +584,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.pack_prob needs mask rows of a whole number of pixels: model.input_size "
                           f"({m.input_size}) must be a multiple of the mask resolution ({cfg.mask_res})")
     return cfg
-
-
-def atomic_write_text(path: str, text: str):
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_config(cfg: Config, path: str):
@@ -647,4 +651,8 @@ def config_from_args(args) -> Config:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Print a resolved configuration as YAML.")
     add_config_args(ap)
-    print(yaml.safe_dump(config_from_args(ap.parse_args()).to_dict(), sort_keys=False), end="")
+    try:
+        resolved = config_from_args(ap.parse_args())
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    print(yaml.safe_dump(resolved.to_dict(), sort_keys=False), end="")

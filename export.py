@@ -1,6 +1,6 @@
 """Deployment: the YOLOV4+1 inference model as a SavedModel or a TFLite model with one serving signature that takes
-a raw uint8 frame and returns the per-frame outputs of decisions M12 (letterboxing inside the graph), plus the
-runner `tracker.py --exported` uses to feed them into the §6.2 frame predictions. TFLite uses builtin ops only:
+a raw uint8 frame and returns the outputs of info/DESIGN.md#m12-outputs (letterboxed in the graph), plus the
+runner `tracker.py --exported` uses to write frame predictions (info/DESIGN.md#frame-predictions). TFLite: builtin ops:
 the tf.lite.Interpreter of the tensorflow 2.21 pip package has no Flex delegate.
 
     python export.py --run-dir runs/demo --format saved_model --out exported/demo_sm
@@ -18,6 +18,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from fileio import check_writable_file
 
 SIGNATURE = "serving_default"
 FORMATS = ("saved_model", "tflite")
@@ -352,6 +354,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
         raise ExportError("--fp16 applies to --format tflite (float16 weights); a SavedModel stays float32")
     if os.path.exists(out):
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
+    check_writable_file(out, "--out", ExportError)    # before the minutes of tracing, not after
     if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""Neck, heads, decoding, proposals and mask head of YOLOV4+1 (original-model.md §3, §4, §5; decisions M3-M6, M10).
+"""Neck, heads, decoding, proposals and mask head of YOLOV4+1 (info/DESIGN.md#architecture).
 
 Blocks are plain functions over tensors (`apply_neck`, `apply_heads`, `apply_mask_head`); everything that calls
 `tf.*` is a Keras layer with a round-tripping `get_config`: `LevelPrediction`, `DecodeLevel`, `ProposalLayer`,
@@ -18,7 +18,7 @@ NUM_OBJ = 2          # objectness logits [background, foreground]
 LEVELS = (2, 3, 4, 5)
 
 
-# ---- neck: the extended YOLOv4 PAN (§3) --------------------------------------------------------------------
+# ---- neck: the extended YOLOv4 PAN (info/DESIGN.md#neck) ---------------------------------------------------
 
 def neck_conv(x, filters, kernel, name, cfg, downsample=False):
     """Conv (no bias) + BN + leaky 0.1, named neck_conv_/neck_bn_/neck_leaky_<name>."""
@@ -57,13 +57,13 @@ def apply_neck(b, cfg):
     return [n[k] for k in LEVELS]
 
 
-# ---- heads (§4.1) ------------------------------------------------------------------------------------------
+# ---- heads (info/DESIGN.md#heads) --------------------------------------------------------------------------
 
 class LevelPrediction(keras.layers.Layer):
-    """Assembles one level's prediction from the detection and class heads (original-model.md §4.1).
+    """Assembles one level's prediction from the detection and class heads (info/DESIGN.md#heads).
 
     The detection output [B, S, S, nA*6] (channel = anchor*6 + j) becomes [B, nA, S, S, 6]; the per-cell class
-    logits [B, S, S, K] are tiled over the nA anchors (decisions M6) and appended: [B, nA, S, S, 6+K] with
+    logits [B, S, S, K] are tiled over the nA anchors (info/DESIGN.md#m6-class-head), appended: [B, nA, S, S, 6+K] with
     channels 0..3 deltas, 4..5 objectness logits [bg, fg], 6.. class logits; spatial axes [row=y, col=x].
 
     Args:
@@ -132,18 +132,21 @@ def apply_heads(n, cfg):
             c_in = keras.layers.LeakyReLU(negative_slope=0.1, name=f"head_cls_leaky_{lvl}")(c_in)
         cls = keras.layers.Dense(m.num_classes, name=f"head_cls_{lvl}")(c_in)     # [B, S, S, K]
         preds.append(LevelPrediction(m.anchors_per_level, name=f"head_pred_{lvl}")([d, cls]))
-        embs.append(keras.layers.Conv2D(m.emb_dim, 3, padding="same", name=f"head_emb_{lvl}")(x))  # [B, S, S, E]
+        # Linear like head_det_out, and initialised like it: N(0, 0.01) kernel, zero bias (the original's convs)
+        embs.append(keras.layers.Conv2D(m.emb_dim, 3, padding="same",
+                                        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                        bias_initializer="zeros", name=f"head_emb_{lvl}")(x))  # [B, S, S, E]
     return preds, embs
 
 
-# ---- decoding and proposals (§4.2, §4.3; decisions M4, M5) -------------------------------------------------
+# ---- decoding and proposals (info/DESIGN.md#proposals) ----------------------------------------
 
 class DecodeLevel(keras.layers.Layer):
     """Decodes one level's prediction into candidates [B, nA*S*S, 5+K] = x1, y1, x2, y2 (normalised to [0, 1] of
     the canvas, clipped), foreground probability, K class probabilities; order anchor, row, column.
 
     Anchors and deltas go through `utils.anchor_grid` / `utils.decode_deltas`, the pair the target encoder
-    uses, so anchors sit at cell centres (+0.5, decisions M4).
+    uses, so anchors sit at cell centres (+0.5, info/DESIGN.md#m4-anchor-grid).
 
     Args:
         anchors: [[w, h], ...] anchor sizes of this level in pixels at the input size.
@@ -199,7 +202,7 @@ def _nms_padded(boxes, scores, limit, iou_thresh):
 
 
 class ProposalLayer(keras.layers.Layer):
-    """Proposals from the decoded candidates of all levels (original-model.md §4.3, decisions M5).
+    """Proposals from the decoded candidates of all levels (info/DESIGN.md#m5-nms-valid-counts).
 
     Score = objectness x max class probability, class = argmax + 1. Degenerate boxes (side <= min_box_dim or
     aspect <= min_box_ratio, normalised units) and candidates whose score underflows to 0 are dropped. Per
@@ -274,10 +277,10 @@ class ProposalLayer(keras.layers.Layer):
                 "nms_thresh": self.nms_thresh, "min_box_dim": self.min_box_dim, "min_box_ratio": self.min_box_ratio}
 
 
-# ---- mask head (§5; decisions M3, M10) ---------------------------------------------------------------------
+# ---- mask head (info/DESIGN.md#mask-head) ------------------------------------------------------------------
 
 class PyramidROIAlign(keras.layers.Layer):
-    """Adaptive feature pooling input: crops every proposal from every embedding map (original-model.md §5.1).
+    """Adaptive feature pooling input: every proposal from every embedding map (info/DESIGN.md#m10-feature-pooling).
 
     `tf.image.crop_and_resize` (TF's normalised convention: 0..1 maps to pixel centres 0..S-1, one bilinear sample
     per bin) on each of e2..e5, gradients stopped at the boxes. ROIs are flattened to B*P so the mask subnet runs
@@ -561,7 +564,7 @@ class PadMaskLogits(keras.layers.Layer):
 
 
 def _mask_conv(x, filters, kernel, name, cfg, epsilon=1e-5):
-    """Conv + real GroupNorm (decisions M3) + ReLU, named mask_<name> / mask_gn_<name>."""
+    """Conv + real GroupNorm (info/DESIGN.md#m3-group-normalisation) + ReLU, named mask_<name> / mask_gn_<name>."""
     x = keras.layers.Conv2D(filters, kernel, padding="same", name=f"mask_{name}")(x)
     x = keras.layers.GroupNormalization(groups=cfg.model.gn_groups, epsilon=epsilon, name=f"mask_gn_{name}")(x)
     return keras.layers.ReLU(name=f"mask_relu_{name}")(x)
@@ -572,7 +575,7 @@ def apply_mask_head(rois, cfg, pixels=None):
 
     AFP: per-level 3x3 conv + GN + ReLU, element-wise max. Shared conv1, conv2. FCN branch: conv3, 2x2 deconv
     stride 2 + ReLU, 1x1 to 2. FC branch: conv4, conv5 (half width), flatten, Dense mask_size^2 + ReLU, reshape,
-    tiled to 2 channels. Fusion: concat and a learned 1x1 conv to 2 (faithful, original-model.md §5.2).
+    tiled to 2 channels. Fusion: concat and a learned 1x1 conv to 2 (faithful, info/DESIGN.md#mask-head).
 
     With `pixels` ([B*P, 28, 28, 3], `PixelROIAlign`; model.mask_pixels = N > 0, not in the original): two 3x3
     conv + GN + ReLU of N filters on the pixels, concatenated with the deconvolution's output, and a third before
@@ -606,7 +609,7 @@ def apply_mask_head(rois, cfg, pixels=None):
     return keras.layers.Conv2D(2, 1, name="mask_out")(x)                                          # [B*P, 28, 28, 2]
 
 
-# ---- inference outputs (decisions M12) ---------------------------------------------------------------------
+# ---- inference outputs (info/DESIGN.md#m12-outputs) ----------------------------------------------
 
 class DetectionOutputs(keras.layers.Layer):
     """Turns proposals and mask logits into the inference outputs, in original-frame pixels.

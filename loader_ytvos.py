@@ -1,5 +1,5 @@
-"""YouTube-VIS 2019/2021 annotations and the tf.data training/validation pipeline (decisions.md §3, §6.1, M11;
-the original loader and the bugs fixed here are in original-model.md §8: video-level split, crop on all four
+"""YouTube-VIS 2019/2021 annotations and the tf.data training/validation pipeline (info/DESIGN.md#data-pipeline;
+the original loader's bugs fixed here are rows of info/DIFFERENCES.md: video-level split, crop on all four
 sides, a working brightness (HSV) jitter, frames without instances kept, every segmentation form decoded).
 
     ytvis = load_annotations("data/shapes/train/instances.json")
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
+import numbers
 import os
 import sys
 import threading
@@ -25,16 +25,17 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+from fileio import InputError, check_writable_file, confined_path, read_json
 from utils import Letterbox
 
 GRAY = 128
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """The annotation file is malformed; the message names the file and the video/annotation/frame/field."""
 
 
-class FrameError(ValueError):
+class FrameError(InputError):
     """A frame file is missing or cannot be decoded; the message names the file, the video and the frame."""
 
 
@@ -68,6 +69,10 @@ class YTVIS(dict):
         return out
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _need(obj, key, where, path):
     if not isinstance(obj, dict) or key not in obj:
         raise AnnotationError(f"{path}: {where}: missing key {key!r}")
@@ -87,13 +92,7 @@ def _seg_size(seg, where, path):
 
 def load_annotations(path: str) -> YTVIS:
     """Read and validate an official YouTube-VIS (2019 or 2021) annotation JSON; one pass, O(size of the file)."""
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except OSError as e:
-        raise AnnotationError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{path}: malformed or truncated JSON ({e})") from None
+    data = read_json(path, "annotation file", AnnotationError)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: the top level must be a JSON object")
     for key in ("videos", "annotations", "categories"):
@@ -111,6 +110,14 @@ def load_annotations(path: str) -> YTVIS:
         for key in ("id", "width", "height", "length", "file_names"):
             _need(v, key, where, path)
         where = f"video {v['id']}"
+        for key, low in (("width", 1), ("height", 1), ("length", 0)):
+            if not _is_int(v[key]) or v[key] < low:
+                raise AnnotationError(f"{path}: {where}: field {key!r} must be an integer >= {low}, got {v[key]!r}")
+        if not isinstance(v["file_names"], list):
+            raise AnnotationError(f"{path}: {where}: field 'file_names' must be a list")
+        for t, name in enumerate(v["file_names"]):
+            # frames are read from the split's JPEGImages folder and nowhere else
+            confined_path("JPEGImages", name, f"{path}: {where}, file_names[{t}]", AnnotationError)
         if len(v["file_names"]) != v["length"]:
             raise AnnotationError(f"{path}: {where}: field 'file_names' has {len(v['file_names'])} entries but "
                                   f"'length' is {v['length']}")
@@ -223,7 +230,7 @@ def column_runs(counts: np.ndarray, height: int):
 
 
 def split_videos(ytvis: YTVIS, val_fraction: float, seed: int = 0):
-    """Seeded video-level split (decisions §3): whole videos go to one side. Returns (train_ids, val_ids)."""
+    """Seeded video-level split (info/DESIGN.md#validation-split): whole videos to one side; returns (train, val)."""
     ids = sorted(v["id"] for v in ytvis["videos"])
     n_val = int(round(len(ids) * float(val_fraction)))
     if val_fraction > 0 and len(ids) > 1:
@@ -277,7 +284,7 @@ def plan_geometry(h, w, union, size, cfg, draws=None) -> Plan:
     x1, y1, x2, y2 = 0, 0, w, h
     if u["crop"] < d.crop_prob:
         # Crop inside the margins around the union of the GT boxes, on all four sides (the original could
-        # never crop the right or bottom, original-model.md §10.1.4). Without instances: up to 25 % a side.
+        # never crop the right or bottom, info/DIFFERENCES.md#data-and-augmentation). No instances: up to 25 % a side.
         ux1, uy1, ux2, uy2 = union if union is not None else (0.25 * w, 0.25 * h, 0.75 * w, 0.75 * h)
         x1 = int(u["crop_left"] * max(ux1, 0))
         y1 = int(u["crop_top"] * max(uy1, 0))
@@ -414,7 +421,8 @@ def read_frame_file(path: str, width: int, height: int):
 def find_undecodable_frames(ytvis: YTVIS, image_root: str, video_ids=None, frame_stride: int = 1, log=None):
     """Frames whose header passes `read_frame_file` but whose body TensorFlow's decoder rejects (bit rot in the
     entropy-coded data): each frame decoded eagerly with the decoder the pipeline uses. Slow (a full decode a
-    frame), so it runs only after the pipeline has failed, to name the file. Returns FrameError messages."""
+    frame), so it runs only after the pipeline has failed, to name the file. Returns messages naming them. Frames
+    the header checks refuse are left out: the pipeline names those itself, and data.skip_bad_frames skips them."""
     import tensorflow as tf
     bad = []
     samples = ytvis.samples(video_ids, frame_stride)
@@ -424,8 +432,8 @@ def find_undecodable_frames(ytvis: YTVIS, image_root: str, video_ids=None, frame
         try:
             data, _ = read_frame_file(path, v["width"], v["height"])
             tf.io.decode_image(data, channels=3, expand_animations=False)
-        except FrameError as e:
-            bad.append(f"{e} (video {vid}, frame {t})")
+        except FrameError:
+            continue
         except tf.errors.OpError as e:
             bad.append(f"{path}: TensorFlow cannot decode it ({e.message.splitlines()[0][:120]}) "
                        f"(video {vid}, frame {t})")
@@ -632,6 +640,28 @@ def pack_targets(parts, size: int, mask_res: int, max_instances: int):
 
 STREAM_SHUFFLE, STREAM_AUGMENT, STREAM_PACK = 0, 1, 2   # independent random streams under one seed
 
+# One frame's sample as the Python half hands it to TensorFlow: (name, dtype, shape), where N is
+# data.max_instances and R the mask resolution. The output types of the `tf.numpy_function`, the static shapes
+# set on its outputs and the empty sample standing in for a skipped bad frame are all read from this table.
+SAMPLE_FIELDS = (
+    ("data", "string", ()),                  # the frame file's bytes, decoded by render_image
+    ("recipe", "int32", (len(RECIPE),)),     # how render_image makes the canvas
+    ("boxes", "float32", ("N", 4)),          # canvas pixels x1, y1, x2, y2
+    ("labels", "int32", ("N",)),             # 1..K, 0 in unused slots
+    ("masks", "uint8", ("N", "R", "R")),
+    ("num_instances", "int32", ()),
+    ("video_id", "int32", ()),
+    ("frame_index", "int32", ()),
+    ("image_hw", "int32", (2,)),             # the frame's height and width
+    ("ok", "bool", ()),                      # False: a bad frame skipped (data.skip_bad_frames), filtered out
+)
+# A packed canvas (data.pack_prob): the fields above for frame i (its file, recipe and ids) and the canvas's
+# targets, plus the file and recipe of frame j and the first canvas row of each frame's strip.
+PACKED_FIELDS = SAMPLE_FIELDS + (("data_b", "string", ()), ("recipe_b", "int32", (len(RECIPE),)),
+                                 ("starts", "int32", (2,)))
+# The targets an element of the pipeline carries beside its image.
+TARGET_KEYS = ("boxes", "labels", "masks", "num_instances", "video_id", "frame_index", "image_hw")
+
 
 def _stream_key(seed, stream, *parts):
     """A stateless seed [2] for (seed, stream, parts...): nothing global (tf.random.set_seed, op-seed counters)
@@ -643,11 +673,139 @@ def _stream_key(seed, stream, *parts):
     return key
 
 
+def field_shape(shape, max_instances: int, mask_res: int) -> tuple:
+    """A SAMPLE_FIELDS shape with N and R filled in."""
+    return tuple(max_instances if d == "N" else mask_res if d == "R" else d for d in shape)
+
+
+def empty_sample(max_instances: int, mask_res: int, video_id: int, frame: int, image_hw) -> dict:
+    """The sample standing in for a bad frame that is skipped: zeros (no bytes, no instances) with its ids."""
+    out = {name: np.zeros(field_shape(shape, max_instances, mask_res), dtype)
+           for name, dtype, shape in SAMPLE_FIELDS if dtype != "string"}
+    out.update(data=b"", video_id=np.int32(video_id), frame_index=np.int32(frame), image_hw=image_hw)
+    return out
+
+
+def python_sample(fn, args, fields, max_instances: int, mask_res: int) -> dict:
+    """Run `fn(*args)` (numpy in, a dict of `fields` out) as a tf.numpy_function: its outputs by name, with the
+    table's dtypes and static shapes."""
+    import tensorflow as tf
+
+    def call(*a):
+        sample = fn(*a)
+        return tuple(np.array(sample[name], dtype=object) if dtype == "string" else np.asarray(sample[name], dtype)
+                     for name, dtype, _ in fields)
+
+    out = tf.numpy_function(call, args, [tf.as_dtype(dtype) for _, dtype, _ in fields], stateful=False)
+    for tensor, (_, _, shape) in zip(out, fields):
+        tensor.set_shape(field_shape(shape, max_instances, mask_res))
+    return {name: tensor for tensor, (name, _, _) in zip(out, fields)}
+
+
+class _FramePipeline:
+    """The per-frame steps of `build_dataset` over its list of (video_id, frame) samples: the Python half
+    (`load`, `load_pair`) and the TensorFlow element built from it (`element`, `packed_element`)."""
+
+    def __init__(self, cfg, ytvis: YTVIS, image_root: str, samples, seed: int, augment: bool, stats,
+                 min_good: int = 1):
+        self.cfg, self.ytvis, self.image_root, self.seed, self.augment, self.stats = (
+            cfg, ytvis, image_root, seed, augment, stats)
+        self.min_good = min_good                                 # good frames a pass needs (one batch)
+        self.index = np.array(samples, np.int64)                 # [F, 2] video_id, frame
+        self.S, self.R, self.N = cfg.model.input_size, cfg.mask_res, cfg.data.max_instances
+        self.top = pack_split(self.S, self.R)                    # rows of a packed canvas's top strip
+        self.bad, self._lock = set(), threading.Lock()          # (video_id, frame) skipped as bad
+
+    def load(self, i, draws) -> dict:
+        """SAMPLE_FIELDS of sample i; with data.skip_bad_frames a bad frame gives `empty_sample` (reported)."""
+        vid, t = int(self.index[i, 0]), int(self.index[i, 1])
+        v = self.ytvis.video_by_id[vid]
+        hw = np.array([v["height"], v["width"]], np.int32)
+        try:
+            data, recipe, boxes, labels, masks, n = prepare_sample(self.cfg, self.ytvis, self.image_root, vid, t,
+                                                                   draws if self.augment else None)
+        except FrameError as e:
+            if not self.cfg.data.skip_bad_frames:
+                raise
+            with self._lock:
+                self.bad.add((vid, t))
+                n_bad = len(self.bad)
+            if 2 * n_bad > len(self.index) or len(self.index) - n_bad < self.min_good:
+                # skipping is for a few bad files; past half the frames the data itself is broken, and a pass
+                # with less than a batch of good frames would end the stream
+                raise FrameError(f"data.skip_bad_frames: {n_bad} of the {len(self.index)} frames are bad, more "
+                                 f"than half or too many for a batch of {self.min_good}; fix the data (the latest: "
+                                 f"{e})") from None
+            if self.stats is not None:
+                self.stats.add(str(e))
+            else:
+                print(f"skipping bad frame: {e}", file=sys.stderr)
+            return empty_sample(self.N, self.R, vid, t, hw)
+        return {"data": data, "recipe": recipe, "boxes": boxes, "labels": labels, "masks": masks,
+                "num_instances": n, "video_id": np.int32(vid), "frame_index": np.int32(t), "image_hw": hw,
+                "ok": True}
+
+    def load_pair(self, i, j, draws_i, draws_j, u_top, u_bottom) -> dict:
+        """PACKED_FIELDS: samples i and j as `load` makes them, then the targets of the packed canvas (the image
+        strips are cut in `packed_element`)."""
+        S, top = self.S, self.top
+        a, b = self.load(i, draws_i), self.load(j, draws_j)
+        start_a = strip_start(a["recipe"], S, top, u_top, self.R)
+        start_b = strip_start(b["recipe"], S, S - top, u_bottom, self.R)
+        strips = [(a["boxes"], a["labels"], a["masks"], a["num_instances"], start_a, top, 0),
+                  (b["boxes"], b["labels"], b["masks"], b["num_instances"], start_b, S - top, top)]
+        boxes, labels, masks, n = pack_targets(strips, S, self.R, self.N)
+        return {**a, "boxes": boxes, "labels": labels, "masks": masks, "num_instances": n,
+                "data_b": b["data"], "recipe_b": b["recipe"], "starts": np.array([start_a, start_b], np.int32),
+                "ok": np.bool_(a["ok"] and b["ok"])}
+
+    def draws(self, stream, epoch, i, *more):
+        import tensorflow as tf
+        return tf.random.stateless_uniform([len(DRAWS)], _stream_key(self.seed, stream, epoch, i, *more),
+                                           dtype=tf.float64, alg="philox")
+
+    def element(self, epoch, i) -> dict:
+        """Sample i of pass `epoch`: the image (uint8 [S, S, 3], zeros for a skipped frame), TARGET_KEYS, ok."""
+        import tensorflow as tf
+        draws = self.draws(STREAM_AUGMENT, epoch, i)
+        out = python_sample(self.load, [i, draws], SAMPLE_FIELDS, self.N, self.R)
+        image = tf.cond(out["ok"], lambda: render_image(out["data"], out["recipe"], draws, self.cfg, self.augment),
+                        lambda: tf.zeros([self.S, self.S, 3], tf.uint8))
+        return {"image": image, **{k: out[k] for k in TARGET_KEYS}, "ok": out["ok"]}
+
+    def packed_element(self, epoch, i) -> dict:
+        """With probability data.pack_prob a packed canvas: frame i's strip over a strip of frame j, drawn
+        uniformly over the frames; the draws of both come from (seed, epoch, i), so the stream stays a function
+        of the seed. With data.skip_bad_frames a bad partner drops the packed canvas too (both are reported).
+        Otherwise `element`."""
+        import tensorflow as tf
+        S, top, n = self.S, self.top, len(self.index)
+        u = tf.random.stateless_uniform([4], _stream_key(self.seed, STREAM_PACK, epoch, i), dtype=tf.float64,
+                                        alg="philox")
+
+        def packed():
+            j = tf.minimum(tf.cast(u[1] * n, tf.int64), n - 1)
+            draws_i, draws_j = self.draws(STREAM_AUGMENT, epoch, i), self.draws(STREAM_PACK, epoch, i, 1)
+            out = python_sample(self.load_pair, [i, j, draws_i, draws_j, u[2], u[3]], PACKED_FIELDS, self.N,
+                                self.R)
+            starts = out["starts"]
+
+            def render():
+                img_a = render_image(out["data"], out["recipe"], draws_i, self.cfg, self.augment)
+                img_b = render_image(out["data_b"], out["recipe_b"], draws_j, self.cfg, self.augment)
+                return tf.concat([img_a[starts[0]:starts[0] + top], img_b[starts[1]:starts[1] + S - top]], 0)
+
+            image = tf.ensure_shape(tf.cond(out["ok"], render, lambda: tf.zeros([S, S, 3], tf.uint8)), [S, S, 3])
+            return {"image": image, **{k: out[k] for k in TARGET_KEYS}, "ok": out["ok"]}
+
+        return tf.cond(u[0] < self.cfg.data.pack_prob, packed, lambda: self.element(epoch, i))
+
+
 def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training: bool = True, batch_size=None,
                   seed=None, shuffle=None, ytvis: YTVIS = None, stats: LoaderStats = None, input_context=None,
                   first_epoch: int = 0, skip_frames: int = 0):
     """tf.data pipeline over every annotated frame (every `cfg.data.frame_stride`-th; frames without instances
-    kept, decisions M11). Elements are dicts (shapes in the module docs of the project README / decisions):
+    kept, info/DESIGN.md#m11-frames-without-instances). Elements are dicts:
     image [B,S,S,3] float32, boxes [B,N,4], labels [B,N], masks [B,N,R,R] uint8, num_instances [B], video_id [B],
     frame_index [B], image_hw [B,2]. Training batches drop the remainder; `batch_size=0` leaves it unbatched.
 
@@ -668,94 +826,17 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     seed = cfg.train.seed if seed is None else int(seed)
     shuffle = training if shuffle is None else shuffle
     augment = training and cfg.data.augment
-    skip_bad = cfg.data.skip_bad_frames
     if batch_size is None:
         batch_size = cfg.train.batch_size if training else cfg.infer.batch_size
-    S, R, N = cfg.model.input_size, cfg.mask_res, cfg.data.max_instances
     samples = ytvis.samples(video_ids, cfg.data.frame_stride)
     if not samples:
-        raise ValueError(f"{ann_path}: no frames to load (video_ids={video_ids})")
-    index = np.array(samples, np.int64)                          # [F, 2] video_id, frame
+        raise AnnotationError(f"{ann_path}: no frames to load (video_ids={video_ids})")
     n_pipes, pipe_id = 1, 0
     if input_context is not None and input_context.num_input_pipelines > 1:
         n_pipes, pipe_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         batch_size = input_context.get_per_replica_batch_size(batch_size) if batch_size else batch_size
-
-    def load(i, draws):
-        vid, t = int(index[i, 0]), int(index[i, 1])
-        v = ytvis.video_by_id[vid]
-        hw = np.array([v["height"], v["width"]], np.int32)
-        try:
-            data, recipe, boxes, labels, masks, n = prepare_sample(cfg, ytvis, image_root, vid, t,
-                                                                   draws if augment else None)
-            ok = True
-        except FrameError as e:
-            if not skip_bad:
-                raise
-            if stats is not None:
-                stats.add(str(e))
-            else:
-                print(f"skipping bad frame: {e}", file=sys.stderr)
-            data, recipe, boxes = b"", np.zeros(len(RECIPE), np.int32), np.zeros((N, 4), np.float32)
-            labels, masks, n, ok = np.zeros((N,), np.int32), np.zeros((N, R, R), np.uint8), np.int32(0), False
-        return (np.array(data, dtype=object), recipe, boxes, labels, masks, n, np.int32(vid), np.int32(t), hw, ok)
-
-    def tf_load(epoch, i):
-        draws = tf.random.stateless_uniform([len(DRAWS)], _stream_key(seed, STREAM_AUGMENT, epoch, i),
-                                            dtype=tf.float64, alg="philox")
-        out = tf.numpy_function(load, [i, draws], [tf.string, tf.int32, tf.float32, tf.int32, tf.uint8, tf.int32,
-                                                  tf.int32, tf.int32, tf.int32, tf.bool], stateful=False)
-        for o, s in zip(out, [[], [len(RECIPE)], [N, 4], [N], [N, R, R], [], [], [], [2], []]):
-            o.set_shape(s)
-        data, recipe, ok = out[0], out[1], out[-1]
-        image = tf.cond(ok, lambda: render_image(data, recipe, draws, cfg, augment),
-                        lambda: tf.zeros([S, S, 3], tf.uint8))
-        keys = ["image", "boxes", "labels", "masks", "num_instances", "video_id", "frame_index", "image_hw", "ok"]
-        return dict(zip(keys, [image, *out[2:]]))
-
-    top = pack_split(S, R)
-
-    def load_pair(i, j, draws_i, draws_j, u_top, u_bottom):
-        # Both frames as load() makes them, then the packed targets; the image strips are cut in tf_load_packed.
-        a, b = load(i, draws_i), load(j, draws_j)
-        start_a = strip_start(a[1], S, top, u_top, R)
-        start_b = strip_start(b[1], S, S - top, u_bottom, R)
-        boxes, labels, masks, n = pack_targets([(*a[2:6], start_a, top, 0), (*b[2:6], start_b, S - top, top)],
-                                               S, R, N)
-        return (a[0], a[1], b[0], b[1], boxes, labels, masks, n, a[6], a[7], a[8],
-                np.array([start_a, start_b], np.int32), np.bool_(a[9] and b[9]))
-
-    def tf_load_packed(epoch, i):
-        # Pack with probability data.pack_prob: frame i's strip over a strip of frame j, drawn uniformly over the
-        # frames; the draws of both come from (seed, epoch, i), so the stream stays a function of the seed. With
-        # data.skip_bad_frames a bad partner drops the packed canvas too (both frames are reported).
-        u = tf.random.stateless_uniform([4], _stream_key(seed, STREAM_PACK, epoch, i), dtype=tf.float64,
-                                        alg="philox")
-
-        def packed():
-            j = tf.minimum(tf.cast(u[1] * len(samples), tf.int64), len(samples) - 1)
-            draws_i = tf.random.stateless_uniform([len(DRAWS)], _stream_key(seed, STREAM_AUGMENT, epoch, i),
-                                                  dtype=tf.float64, alg="philox")
-            draws_j = tf.random.stateless_uniform([len(DRAWS)], _stream_key(seed, STREAM_PACK, epoch, i, 1),
-                                                  dtype=tf.float64, alg="philox")
-            out = tf.numpy_function(load_pair, [i, j, draws_i, draws_j, u[2], u[3]],
-                                    [tf.string, tf.int32, tf.string, tf.int32, tf.float32, tf.int32, tf.uint8,
-                                     tf.int32, tf.int32, tf.int32, tf.int32, tf.int32, tf.bool], stateful=False)
-            shapes = [[], [len(RECIPE)], [], [len(RECIPE)], [N, 4], [N], [N, R, R], [], [], [], [2], [2], []]
-            for o, shape in zip(out, shapes):
-                o.set_shape(shape)
-            starts, ok = out[11], out[12]
-
-            def render():
-                img_a = render_image(out[0], out[1], draws_i, cfg, augment)
-                img_b = render_image(out[2], out[3], draws_j, cfg, augment)
-                return tf.concat([img_a[starts[0]:starts[0] + top], img_b[starts[1]:starts[1] + S - top]], 0)
-
-            image = tf.ensure_shape(tf.cond(ok, render, lambda: tf.zeros([S, S, 3], tf.uint8)), [S, S, 3])
-            keys = ["boxes", "labels", "masks", "num_instances", "video_id", "frame_index", "image_hw", "ok"]
-            return {"image": image, **dict(zip(keys, [*out[4:11], ok]))}
-
-        return tf.cond(u[0] < cfg.data.pack_prob, packed, lambda: tf_load(epoch, i))
+    frames = _FramePipeline(cfg, ytvis, image_root, samples, seed, augment, stats,
+                            min_good=batch_size * n_pipes if training and batch_size else 1)
 
     # The epoch number: how many times this dataset has been iterated before (a counter in Python, the only
     # state; every random choice is a stateless function of (seed, epoch, frame)).
@@ -776,9 +857,9 @@ def build_dataset(cfg, ann_path: str, image_root: str, video_ids=None, training:
     ds = tf.data.Dataset.range(1).map(
         lambda _: tf.ensure_shape(tf.numpy_function(lambda: np.int64(next(epochs)), [], tf.int64, stateful=True), []))
     ds = ds.flat_map(epoch_order)
-    ds = ds.map(tf_load_packed if augment and cfg.data.pack_prob > 0 else tf_load,
+    ds = ds.map(frames.packed_element if augment and cfg.data.pack_prob > 0 else frames.element,
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if skip_bad:
+    if cfg.data.skip_bad_frames:
         ds = ds.filter(lambda e: e["ok"])
     if batch_size:
         ds = ds.batch(batch_size, drop_remainder=training)
@@ -832,14 +913,18 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     config_lib.add_config_args(ap, default_preset="tiny")
     args = ap.parse_args(argv)
-    cfg = config_lib.config_from_args(args)
-    ann = args.ann or os.path.join(args.data, "instances.json")
-    ytvis = load_annotations(ann)
-    print(f"{ann}: {len(ytvis['videos'])} videos, {len(ytvis['annotations'])} instances, "
-          f"{sum(int(v['length']) for v in ytvis['videos'])} frames")
-    ds = build_dataset(cfg, ann, os.path.join(args.data, "JPEGImages"), training=not args.no_augment,
-                       seed=args.seed, ytvis=ytvis)
-    batch = {k: v.numpy() for k, v in next(iter(ds)).items()}
+    try:
+        check_writable_file(args.show, "--show")
+        cfg = config_lib.config_from_args(args)
+        ann = args.ann or os.path.join(args.data, "instances.json")
+        ytvis = load_annotations(ann)
+        print(f"{ann}: {len(ytvis['videos'])} videos, {len(ytvis['annotations'])} instances, "
+              f"{sum(int(v['length']) for v in ytvis['videos'])} frames")
+        ds = build_dataset(cfg, ann, os.path.join(args.data, "JPEGImages"), training=not args.no_augment,
+                           seed=args.seed, ytvis=ytvis)
+        batch = {k: v.numpy() for k, v in next(iter(ds)).items()}
+    except InputError as e:
+        sys.exit(f"error: {e}")
     draw_batch(batch, args.show, [c["name"] for c in ytvis["categories"]])
     print(f"wrote {args.show}")
 

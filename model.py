@@ -1,5 +1,5 @@
 """YOLOV4+1 assembled: train and inference models, mask pasting / RLE post-processing and frame letterboxing
-(original-model.md §0, §4.4, §5.3, §7.1; decisions M5, M7, M12).
+(info/DESIGN.md#architecture, info/DESIGN.md#m12-outputs, info/DESIGN.md#mask-pasting).
 
     python model.py --preset yolov4p1 --summary
 """
@@ -20,7 +20,7 @@ PARTS = (("backbone", "bb_"), ("neck", "neck_"), ("heads", "head_"), ("mask_head
 
 def build_model(cfg, mode="train", mask_rois=None, mask_floor=None, mask_positives=False) -> keras.Model:
     """YOLOV4+1 for `cfg`. mode "train": image -> {level_preds, proposals, num_valid, class_probs, mask_logits};
-    mode "infer": {image, image_hw} -> {boxes, scores, classes, class_probs, masks, num_valid} (decisions M12).
+    mode "infer": {image, image_hw} -> {boxes, scores, classes, class_probs, masks, num_valid}.
 
     Training only, what train.py builds: `mask_positives` takes {image, boxes, labels} (the batch's GT, canvas px)
     and runs the mask head on the proposals that get a mask target only (`layers.MaskPositiveGate`,
@@ -99,7 +99,7 @@ def build_model(cfg, mode="train", mask_rois=None, mask_floor=None, mask_positiv
                    "num_valid": num_valid,
                    "image_hw": det["image_hw"]}                               # passed through for postprocess
         model = keras.Model({"image": image, "image_hw": image_hw}, outputs, name="yolov4p1_infer")
-    # ALB log-variances (decisions M7) live on the model so checkpoints save them; inference ignores them.
+    # ALB log-variances (info/DESIGN.md#m7-automatic-loss-balancing) live on the model: checkpoints save them.
     model.alb = utils.AutoLossBalance(utils.alb_num_terms(cfg.train.alb, cfg.num_levels), name="alb")
     model.alb.build()
     return model

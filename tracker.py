@@ -1,26 +1,28 @@
-"""Runs a trained YOLOV4+1 model over videos and writes per-frame predictions (decisions §6.2).
+"""Runs a trained YOLOV4+1 model over videos and writes per-frame predictions (info/DESIGN.md#frame-predictions).
 
 Sources: a dataset split (JPEGImages/ + the split's JSON), a folder of frames, or a video file (OpenCV). For a
-video file or a frame folder it then runs the tracker (tracking/, decisions §4) and the overlay, so one command
-turns `clip.mp4` into `results.json` and an annotated mp4 (original-tracking-eval.md §1.1-§1.2, re-done).
+video file or a frame folder it then runs the tracker (info/DESIGN.md#tracker) and the overlay in this process,
+so one command turns `clip.mp4` into `results.json` and an annotated mp4 (the original's pipeline, re-done).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
+import math
 import os
-import subprocess
 import sys
 import time
 
 import cv2
 import numpy as np
 
+from fileio import InputError, check_writable_dir, check_writable_file, confined_path, read_json
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class FrameError(RuntimeError):
+class FrameError(InputError):
     """A frame cannot be read or does not fit its video."""
 
 
@@ -38,13 +40,9 @@ def read_rgb(path: str, video_id, index: int) -> np.ndarray:
 def dataset_source(data_root: str, ann_path: str | None = None):
     """Videos of a YouTube-VIS split in JSON order; frames in `file_names` order."""
     ann_path = ann_path or os.path.join(data_root, "instances.json")
-    try:
-        with open(ann_path) as f:
-            ann = json.load(f)
-    except FileNotFoundError:
-        raise FrameError(f"annotation file not found: {ann_path}") from None
-    except json.JSONDecodeError as e:
-        raise FrameError(f"{ann_path}: not valid JSON ({e})") from None
+    ann = read_json(ann_path, "annotation file", FrameError)
+    if not isinstance(ann, dict):
+        raise FrameError(f"{ann_path}: the top level must be a JSON object")
     for key in ("videos", "categories"):
         if key not in ann:
             raise FrameError(f"{ann_path}: missing key '{key}'")
@@ -58,10 +56,12 @@ def dataset_source(data_root: str, ann_path: str | None = None):
             raise FrameError(f"{ann_path}: video {v['id']} has {len(v['file_names'])} file_names but length "
                              f"{v['length']}")
         rec = {k: v[k] for k in ("id", "width", "height", "length", "file_names")}
+        paths = [confined_path(image_root, name, f"{ann_path}: video {v['id']}, file_names[{t}]", FrameError)
+                 for t, name in enumerate(v["file_names"])]
 
-        def frames(v=v):
-            for t, name in enumerate(v["file_names"]):
-                yield t, read_rgb(os.path.join(image_root, name), v["id"], t)
+        def frames(v=v, paths=paths):
+            for t, path in enumerate(paths):
+                yield t, read_rgb(path, v["id"], t)
         videos.append((rec, frames))
     cats = [{"id": int(c["id"]), "name": c["name"]} for c in ann["categories"]]
     return videos, cats
@@ -164,7 +164,7 @@ class FramePredictor:
 
 
 def predict_videos(predictor, videos, categories, log=print):
-    """Run `predictor` over every video; returns the frame-predictions document (decisions §6.2)."""
+    """Run `predictor` over every video; returns the frame-predictions document (info/DESIGN.md#frame-predictions)."""
     out_videos = []
     t_start, n_frames = time.time(), 0
     for k, (rec, frames) in enumerate(videos):
@@ -199,16 +199,48 @@ def predict_videos(predictor, videos, categories, log=print):
     return {"format": "ytvis-frame-predictions", "version": 1, "categories": categories, "videos": out_videos}
 
 
-def track_flags(track_cfg) -> list:
-    """`python -m tracking.track` flags that reproduce a config's `track` section."""
-    flags = ["--lam", str(track_cfg.lam), "--tau", str(track_cfg.tau), "--gamma", str(track_cfg.gamma),
-             "--score-floor", str(track_cfg.score_floor), "--min-hits", str(track_cfg.min_hits),
-             "--min-score", str(track_cfg.min_score)]
-    if track_cfg.max_age is not None:
-        flags += ["--max-age", str(track_cfg.max_age)]
-    flags += ["--keep-doubtful"] if track_cfg.keep_doubtful else []
-    flags += ["--motion"] if track_cfg.motion else []
-    return flags + (["--refind", str(track_cfg.refind)] if track_cfg.refind else [])
+def _scripts_on_path():
+    """The overlay lives in scripts/, a folder of standalone commands, not a package: import it from there."""
+    folder = os.path.join(ROOT, "scripts")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+def track_and_draw(doc, videos, track_cfg, out_dir: str, fps: float | None = None, source: str = "<frames>",
+                   log=print):
+    """Track the frame predictions `doc` of `videos` (as the frame sources above give them) with `track_cfg`
+    (tracking.tracks, info/DESIGN.md#tracker) and draw each video's tracks over its frames, labelled with the doc's
+    category names (scripts/overlay_vis_on_video.py). Writes <out_dir>/results.json and
+    <out_dir>/overlay/vis_v<id>.mp4; returns their paths."""
+    from tracking.io import write_results
+    from tracking.tracks import track_predictions
+    _scripts_on_path()
+    import overlay_vis_on_video as overlay
+    from vis_common import category_names
+
+    def progress(position, num_videos, video, tracks, kept):
+        log(f"tracking [{position + 1}/{num_videos}] video {video['id']}: {len(tracks)} tracks, {len(kept)} kept",
+            flush=True)
+
+    results = track_predictions(doc, track_cfg, source=source, progress=progress)
+    results_json = os.path.join(out_dir, "results.json")
+    write_results(results_json, results)
+    log(f"wrote {len(results)} tracks to {results_json}", flush=True)
+    names = category_names(doc["categories"])
+    fps = fps or overlay.build_parser().get_default("fps")
+    written = [results_json]
+    for rec, frames in videos:
+        # the tracks as the overlay reads them from a results file (vis_common.load_results): numbered from 1 in
+        # creation order within their video, which picks their colours
+        tracks = [{"track_id": k + 1, "category_id": int(r["category_id"]), "score": float(r["score"]),
+                   "segmentations": r["segmentations"]}
+                  for k, r in enumerate(r for r in results if r["video_id"] == rec["id"])]
+        out = os.path.join(out_dir, "overlay", f"vis_v{rec['id']}.mp4")
+        bgr = (cv2.cvtColor(img, cv2.COLOR_RGB2BGR) for _, img in frames())
+        overlay.render_video(rec["id"], bgr, rec["length"], tracks, out, names, fps=fps, results_path=results_json)
+        log(f"wrote {out}", flush=True)
+        written.append(out)
+    return written
 
 
 def main(argv=None):
@@ -235,7 +267,7 @@ def main(argv=None):
                     help="run the convolutions in bfloat16: about 2x faster on CPUs with AMX / AVX512-BF16, "
                          "approximate (scores move by ~1e-3..1e-2)")
     ap.add_argument("--max-videos", type=int, default=None, help="only the first N videos (with --data)")
-    ap.add_argument("--fps", type=float, default=None, help="overlay fps (with --video; default: the video's)")
+    ap.add_argument("--fps", type=float, default=None, help="overlay fps (with --video; default 6)")
     ap.add_argument("--lam", type=float, default=None, help="tracking class-mismatch cost (with --video)")
     args = ap.parse_args(argv)
     if args.data and not args.out:
@@ -248,15 +280,25 @@ def main(argv=None):
         ap.error("--mask-rois and --bfloat16 go with --run-dir (an export's graph is fixed when it is written)")
     if args.mask_rois is not None and args.mask_rois < 1:
         ap.error("--mask-rois must be at least 1")
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam >= 0):
+        ap.error(f"--lam must be a finite number >= 0, got {args.lam}")
+    if args.score_floor is not None and not 0.0 <= args.score_floor <= 1.0:
+        ap.error(f"--score-floor is a score, in [0, 1]; got {args.score_floor}")
+    if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
+        ap.error(f"--fps must be a positive number, got {args.fps}")
 
     from tracking.io import write_frame_predictions
-    import config as config_lib
-    from checkpoints import CheckpointError, load_run
-    errors = (FrameError, CheckpointError, config_lib.ConfigError)
+    from checkpoints import load_run        # its CheckpointError is an InputError
+    errors = (InputError,)
     if args.exported:
         import export
         errors += (export.ExportError,)
     try:
+        # an output that cannot be written is found now, not after the inference
+        if args.data:
+            check_writable_file(args.out, "--out")
+        else:
+            check_writable_dir(args.out_dir, "--out-dir")
         if args.data:
             videos, _ = dataset_source(args.data, args.ann)
             videos = videos[:args.max_videos] if args.max_videos else videos
@@ -285,25 +327,17 @@ def main(argv=None):
         return
     os.makedirs(args.out_dir, exist_ok=True)
     frames_json = os.path.join(args.out_dir, "frames.json")
-    results_json = os.path.join(args.out_dir, "results.json")
     write_frame_predictions(frames_json, doc)
     print(f"frame predictions written to {frames_json}")
-    track_cmd = [sys.executable, "-m", "tracking.track", "--pred", frames_json, "--out", results_json]
-    track_cmd += track_flags(cfg.track)   # the run's tracker settings (a preset may match them to its scores)
-    if args.lam is not None:
-        track_cmd += ["--lam", str(args.lam)]
-    overlay_cmd = [sys.executable, os.path.join(ROOT, "scripts", "overlay_vis_on_video.py"), "--results",
-                   results_json, "--out-dir", os.path.join(args.out_dir, "overlay")]
-    if os.path.isdir(args.video):
-        overlay_cmd += ["--pred", frames_json, "--frames-root", os.path.dirname(os.path.normpath(args.video))]
-    else:
-        overlay_cmd += ["--video", args.video]
-    if args.fps:
-        overlay_cmd += ["--fps", str(args.fps)]
-    for cmd in (track_cmd, overlay_cmd):
-        r = subprocess.run(cmd, cwd=ROOT)
-        if r.returncode:
-            sys.exit(f"tracker.py: '{' '.join(cmd[1:3])}' failed with exit code {r.returncode}")
+    # the run's tracker settings (a preset may match them to its scores)
+    track_cfg = cfg.track if args.lam is None else dataclasses.replace(cfg.track, lam=args.lam)
+    from tracking.io import FramePredictionsError
+    _scripts_on_path()
+    from vis_common import VisError
+    try:
+        results_json = track_and_draw(doc, videos, track_cfg, args.out_dir, args.fps, frames_json)[0]
+    except (FrameError, FramePredictionsError, VisError) as e:
+        sys.exit(f"tracker.py: {e}")
     print(f"results written to {results_json}; overlay in {os.path.join(args.out_dir, 'overlay')}")
 
 

@@ -1,4 +1,4 @@
-"""Distributed training loop of YOLOV4+1Tr (info/DESIGN.md, training).
+"""Distributed training loop of YOLOV4+1Tr (info/DESIGN.md#training).
 
 A custom loop (`strategy.run` inside a `tf.function`) that is the same on one device, several GPUs and several
 machines; decoupled SGDW, global-norm clipping after the cross-replica sum, ALB, checkpoints (`checkpoints.py`),
@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import rundir
 import utils
 import validation
 from config import atomic_write_text
+from fileio import InputError
 
 # Test-only hook: the total loss becomes NaN at this global step (1-based), to exercise the NaN guard.
 NAN_HOOK_ENV = "YOLOV4P1_TEST_NAN_AT_STEP"
@@ -130,7 +132,7 @@ class DecoupledAdam(DecoupledDecay, keras.optimizers.Adam):
 def make_optimizer(cfg, schedule):
     """SGD with momentum and decoupled weight decay; train.optimizer=adamw swaps SGD for Adam with the same decay
     and clipping: a departure for CPU runs of the tiny preset only (from scratch, the backbone's gradients are ~1e3
-    times the heads', and a per-parameter step size lets the heads learn within minutes; info/DIFFERENCES.md)."""
+    times the heads', and a per-parameter step size lets the heads learn within minutes; info/DIFFERENCES.md#the-tiny-preset)."""
     kwargs = {"decoupled_decay": cfg.train.weight_decay, "alb_lr_mult": cfg.train.alb_lr_mult,
               "learning_rate": schedule}
     if cfg.train.optimizer == "adamw":
@@ -261,7 +263,7 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
         global_batch = global_sum(tf.cast(tf.shape(batch["image"])[0], tf.float32))
         with tf.GradientTape() as tape:
             outputs = model(model_lib.train_inputs(model, batch), training=True)
-            # targets and losses in float32 whatever the compute dtype (mixed precision)
+            # targets and losses in float32 whatever the compute dtype (info/DESIGN.md#m13-mixed-precision)
             outputs = tf.nest.map_structure(lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs)
             losses = utils.compute_losses(cfg, outputs, batch, model.alb, global_sum, global_batch, n_rep)
             total = tf.where(nan_flag > 0, tf.constant(float("nan")), losses["total"])
@@ -292,11 +294,18 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
 # ---- the data stream -----------------------------------------------------------------------------------------------
 
 def next_batch(iterator, locate):
-    """next(iterator), where a frame TensorFlow cannot decode (its header passed the loader's checks, so the
-    error names no file) becomes a TrainError naming it: `locate()` decodes every frame to find it."""
+    """next(iterator), where the loader's error raised inside the pipeline (a missing, truncated or mis-sized
+    frame, bad run lengths) becomes a TrainError with its message, and a frame TensorFlow cannot decode (its
+    header passed the loader's checks, so the error names no file) one naming it: `locate()` decodes every frame
+    to find it."""
     try:
         return next(iterator)
     except tf.errors.InvalidArgumentError as e:
+        loader_error = re.search(r"\b(FrameError|AnnotationError): ([^\n]+)", e.message)
+        if loader_error:
+            hint = ("; data.skip_bad_frames=true skips such frames (reported)"
+                    if loader_error.group(1) == "FrameError" and "data.skip_bad_frames" not in e.message else "")
+            raise TrainError(loader_error.group(2) + hint) from None
         print(f"the input pipeline failed ({e.message.splitlines()[0][:160]}); decoding every frame to find "
               f"the bad one ...", flush=True)
         bad = locate()
@@ -578,8 +587,8 @@ def main(argv=None):
     except Stopped as e:
         print(f"train.py: {e}", file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (TrainError, config_lib.ConfigError, checkpoints.CheckpointError, validation.ValidationError,
-            rundir.RunDirError) as e:
+    except (TrainError, InputError, validation.ValidationError, rundir.RunDirError) as e:
+        # InputError: config, annotations, frames, Darknet weights, checkpoints
         sys.exit(f"train.py: {e}")
 
 

@@ -1,8 +1,8 @@
 """Boxes, letterboxing, anchor grids and the one delta encode/decode pair shared by the decoder and the targets.
 
-Conventions (decisions M4): boxes are (x1, y1, x2, y2) unless a name says cxcywh; grid tensors are laid out
+Conventions (info/DESIGN.md#m4-anchor-grid): boxes are (x1, y1, x2, y2) unless a name says cxcywh; grid tensors are
 [anchor, row = y, column = x]; an anchor's centre is its cell centre (i + 0.5, j + 0.5) in grid units.
-Deltas are Faster R-CNN style without variances: dx = (gx - ax) / aw, dw = ln(gw / aw) (original-model.md §6.3).
+Deltas are Faster R-CNN style without variances: dx = (gx - ax) / aw, dw = ln(gw / aw) (info/DESIGN.md#box-deltas).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import tensorflow as tf
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a (height, width) frame maps into a size x size canvas (original-model.md §8.4.2).
+    """How a (height, width) frame maps into a size x size canvas (info/DESIGN.md#letterbox).
 
     The frame is resized to (nh, nw) = int(scale * h), int(scale * w) with scale = min(size / w, size / h) and
     pasted at (dh, dw) = ((size - nh) // 2, (size - nw) // 2). Coordinates use the exact resize factors nw / w and
@@ -130,50 +130,68 @@ def decode_deltas(deltas, anchors_cxcywh, clip_log_scale: bool = True):
     return tf.stack([ax + dx * aw, ay + dy * ah, aw * tf.exp(dw), ah * tf.exp(dh)], axis=-1)
 
 
-# ---- Automatic Loss Balancing (decisions M7) ---------------------------------------------------------------
+# ---- Automatic Loss Balancing (info/DESIGN.md#m7-automatic-loss-balancing) ---------------------------------
+
+# Range of the ALB log-variances. A term's own optimum is s = ln L (the minimum of 0.5 * (exp(-s) L + s)), so
+# [-10, 10] admits every loss between 4.5e-5 and 2.2e4 and does not bind on a term that trains. A term that is
+# exactly 0 has no optimum: its s falls at a constant rate, and below -88.7 exp(-s) overflows float32 and
+# inf * 0 is NaN. The original's weight decay on these variables held them (near -50 at its step size); here
+# they are not decayed, and the range holds them (info/DIFFERENCES.md).
+ALB_LOG_VAR_RANGE = (-10.0, 10.0)
+
 
 class AutoLossBalance(keras.layers.Layer):
     """Automatic Loss Balancing (Kendall et al.; report eq. 1): total = sum_i 0.5 * (exp(-s_i) * L_i + s_i).
 
     One learnable log-variance per loss term, initialised to 0 (weight 1). With `alb="per_level"` the terms are
     box, objectness and class for each of the 4 levels plus the mask loss (13); with `alb="global"` the original
-    code's 4 scalars (box, objectness, class, mask), whose total 0.5 * (L_det + L_m) is the same formula.
+    code's 4 scalars (box, objectness, class, mask), whose total 0.5 * (L_det + L_m) is the same formula. After
+    every optimizer step the log-variances are clipped into `log_var_range` (a Keras weight constraint), so a
+    term that stays 0 rests on the lower bound instead of running to -inf.
 
     Args:
         num_terms: number of loss terms, one log-variance each.
+        log_var_range: (low, high) bounds of the log-variances.
 
     Example:
         alb = AutoLossBalance(13); total = alb(tf.stack(terms))   # terms: [13] scalar losses
     """
 
-    def __init__(self, num_terms, **kwargs):
+    def __init__(self, num_terms, log_var_range=ALB_LOG_VAR_RANGE, **kwargs):
         kwargs.setdefault("dtype", "float32")   # the loss total stays float32 under mixed precision (M13)
         super().__init__(**kwargs)
         self.num_terms = int(num_terms)
+        self.log_var_range = (float(log_var_range[0]), float(log_var_range[1]))
+        if not self.log_var_range[0] < self.log_var_range[1]:
+            raise ValueError(f"AutoLossBalance: log_var_range must be (low, high) with low < high, "
+                             f"got {log_var_range}")
 
     def build(self, input_shape=None):
         self.alb_log_vars = self.add_weight(shape=(self.num_terms,), initializer="zeros", name="alb_log_vars",
-                                            trainable=True)
+                                            trainable=True, constraint=self._clip)
         self.built = True
+
+    def _clip(self, log_vars):
+        return tf.clip_by_value(log_vars, *self.log_var_range)
 
     def call(self, losses):
         s = tf.cast(self.alb_log_vars, losses.dtype)
         return tf.reduce_sum(0.5 * (tf.exp(-s) * losses + s))
 
     def get_config(self):
-        return {**super().get_config(), "num_terms": self.num_terms}
+        return {**super().get_config(), "num_terms": self.num_terms, "log_var_range": list(self.log_var_range)}
 
 
 def alb_num_terms(alb: str, num_levels: int = 4) -> int:
     return num_levels * 3 + 1 if alb == "per_level" else 4
 
 
-# ---- detection targets (original-model.md §6.2-6.3) -------------------------------------------------------
+# ---- detection targets (info/DESIGN.md#anchor-assignment) -------------------------------------------------
 # A level target is [B, nA, S, S, 7] like the original label: 0..3 tbox (deltas of the argmax GT, 0 off fg),
 # 4 tconf (1 fg, 0 bg, -1 ignored), 5 tid (class index 0..K-1 at the centroid anchor, -1 elsewhere), 6 iou.
 TARGET_CHANNELS = 7
 
-# Anchor positions whose IoU with a GT equals that GT's best IoU are all "centroid" candidates (§6.2 step 4).
+# Anchor positions whose IoU with a GT equals that GT's best IoU are all "centroid" candidates .
 # Identical anchors at different cells give IoUs that differ by float rounding only, so equality is taken
 # within this tolerance rather than bit-exactly.
 CENTROID_IOU_TOL = 1e-6
@@ -181,14 +199,14 @@ CENTROID_IOU_TOL = 1e-6
 
 def level_targets(boxes, labels, anchors_cxcywh, stride, tol, fg_thresh, bg_thresh, id_thresh,
                   class_targets: str = "centroid"):
-    """Targets of one pyramid level for a batch, vectorised over instances (original-model.md §6.2).
+    """Targets of one pyramid level for a batch, vectorised over instances (info/DESIGN.md#anchor-assignment).
 
     Args:
         boxes: [B, N, 4] GT x1, y1, x2, y2 in canvas pixels (0-padded).
         labels: [B, N] int class 1..K, 0 = padding (padded rows never match anything).
         anchors_cxcywh: [nA, S, S, 4] from `anchor_grid` (grid units, [anchor, y, x], centres at +0.5).
         stride: pixels per grid cell of this level; tol: TOLERANCE of this level.
-        class_targets: "centroid" (decisions M6, faithful): the class label sits at each GT's centroid anchor
+        class_targets: "centroid" (info/DESIGN.md#m6-class-head, faithful): the class label at each GT's centroid anchor
             only; "fg": at every foreground anchor (tiny-preset departure: a short run then also trains the
             class logits of the anchors that end up scoring the detections).
     Returns:
@@ -205,7 +223,7 @@ def level_targets(boxes, labels, anchors_cxcywh, stride, tol, fg_thresh, bg_thre
     iou_map = tf.maximum(tf.reduce_max(iou, axis=-1), 0.0)                     # [B, M]
     gt_index = tf.argmax(iou, axis=-1, output_type=tf.int32)                   # [B, M]
 
-    # Centroid point (§6.2 step 4): per GT, the positions at its global best IoU; per anchor plane holding any,
+    # Centroid point: per GT, the positions at its global best IoU; per anchor plane holding any,
     # one point at the floor of the mean (row, col) of those positions; union over GTs.
     best = tf.reduce_max(iou, axis=1, keepdims=True)                           # [B, 1, N]
     marked = (iou >= best - CENTROID_IOU_TOL) & (best > 0.0) & valid[:, None, :]
@@ -248,7 +266,7 @@ def build_targets(cfg, boxes, labels):
     return targets
 
 
-# ---- mask targets (original-model.md §6.5) ------------------------------------------------------------------
+# ---- mask targets (info/DESIGN.md#mask-targets) -------------------------------------------------------------
 
 def scale_boxes(boxes, scale: float):
     """Boxes [..., 4] (x1, y1, x2, y2, or y1, x1, y2, x2: any order of two corners) scaled by `scale` about their
@@ -321,7 +339,7 @@ def mask_targets(proposals, num_valid, boxes, labels, masks, input_size: int, io
     return crops * positive[:, :, None, None], positive
 
 
-# ---- losses (original-model.md §6.4, §6.6; decisions M7-M9) ------------------------------------------------
+# ---- losses (info/DESIGN.md#losses) ------------------------------------------------------------------------
 
 FOCAL_ALPHA = 0.25     # loss_norm="focal": weight of the foreground term (RetinaNet's alpha; gamma is 2)
 
@@ -391,7 +409,7 @@ def level_losses(pred, target, loss_norm: str = "positives", global_sum=_identit
 
 
 def mask_loss(mask_logits, targets, positive, global_sum=_identity):
-    """2-way softmax cross entropy over every pixel of the positive proposals (class-agnostic, §6.6)."""
+    """2-way softmax cross entropy over each pixel of the positive proposals, class-agnostic (info/DESIGN.md#losses)."""
     logits = tf.cast(mask_logits, tf.float32)                                  # [B, P, m, m, 2]
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(targets, tf.int32), logits=logits)
     pixels = float(np.prod(targets.shape[2:4]))

@@ -1,17 +1,30 @@
 """Benchmark of the YouTube-VIS video AP (compute_ap.py): 300 videos x 36 frames at 1280x720, 10 results a video.
 
 GT and results are synthetic (random ellipses and rectangles, written as compressed RLE JSON in a temp folder, as
-a real results file is); the figure is the wall time of `evaluate_vis` from the two files to the 12 stats.
+a real results file is); the figure is the wall time of `evaluate_vis` from the two files to the 12 stats, and of
+`scripts/evaluate.py --no-hota` as a process. With `--official DIR` (a folder holding the official
+youtubevos/cocoapi `ytvos.py` and `ytvoseval.py`, e.g. PythonAPI/pycocotools of a checkout; nothing is downloaded)
+the official evaluation runs beside ours in each repeat, in-process and as a process, and its 12 stats must equal
+ours to the last digit. CPU seconds are printed beside wall seconds: on a shared machine the wall time follows
+the others' load, the CPU time much less.
+
+    python bench/bench_eval.py [--official /tmp/cocoapi/PythonAPI/pycocotools] [--data /tmp/bench_eval_data]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import io
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -79,6 +92,66 @@ def make_data(videos, frames, h, w, per_video, n_cats, seed=0):
     return gt, results
 
 
+def import_official(folder: str):
+    """The official ytvos / ytvoseval modules from `folder`, as package `ytvis_official` whose `mask` is the
+    installed pycocotools.mask (the one they were written against; `from . import mask` in both files)."""
+    for name in ("ytvos.py", "ytvoseval.py"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            sys.exit(f"bench_eval: --official {folder}: no {name} there (want youtubevos/cocoapi's "
+                     f"PythonAPI/pycocotools folder)")
+    pkg = types.ModuleType("ytvis_official")
+    pkg.__path__ = [os.path.abspath(folder)]
+    sys.modules["ytvis_official"] = pkg
+    sys.modules["ytvis_official.mask"] = mask_utils
+    return importlib.import_module("ytvis_official.ytvos"), importlib.import_module("ytvis_official.ytvoseval")
+
+
+@contextlib.contextmanager
+def modern_numpy_shims():
+    """The two calls of the official code that NumPy 2 rejects, accepted for its run only: np.linspace with a
+    float `num` (Params) and the removed alias np.float (accumulate). Neither changes a value."""
+    linspace = np.linspace
+    np.linspace = lambda start, stop, num=50, **kw: linspace(start, stop, int(num), **kw)
+    np.float = float
+    try:
+        yield
+    finally:
+        np.linspace = linspace
+        del np.float
+
+
+def run_official(folder: str, gt_path: str, res_path: str) -> np.ndarray:
+    """The official evaluation from the two files to the 12 stats (its progress prints swallowed)."""
+    ytvos, ytvoseval = import_official(folder)
+    with modern_numpy_shims(), contextlib.redirect_stdout(io.StringIO()):
+        gt = ytvos.YTVOS(gt_path)
+        dt = gt.loadRes(res_path)
+        E = ytvoseval.YTVOSeval(gt, dt, "segm")
+        E.evaluate()
+        E.accumulate()
+        E.summarize()
+    return np.asarray(E.stats)
+
+
+def timed(fn):
+    """(result, wall s, CPU s) of fn() in this process."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t, time.process_time() - c
+
+
+def timed_process(cmd):
+    """(stdout, wall s, CPU s) of a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        sys.exit(f"bench_eval: {' '.join(cmd[:3])} ... failed:\n{r.stderr[-2000:]}")
+    return r.stdout, wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=300)
@@ -87,36 +160,68 @@ def main(argv=None):
     ap.add_argument("--per-video", type=int, default=10, help="results a video")
     ap.add_argument("--categories", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--official", default=None, metavar="DIR",
+                    help="folder with the official youtubevos/cocoapi ytvos.py and ytvoseval.py: timed beside ours")
+    ap.add_argument("--data", default=None, metavar="DIR",
+                    help="keep the generated gt.json / results.json here and reuse them when present")
+    ap.add_argument("--official-once", nargs=3, metavar=("DIR", "GT", "RESULTS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.official_once:  # the child process of the official 'as a process' timing: prints its 12 stats
+        print(json.dumps(run_official(*args.official_once).tolist()))
+        return
     w, h = (int(x) for x in args.size.lower().split("x"))
 
-    t0 = time.time()
-    gt, results = make_data(args.videos, args.frames, h, w, args.per_video, args.categories)
     with tempfile.TemporaryDirectory() as tmp:
-        gt_path, res_path = os.path.join(tmp, "gt.json"), os.path.join(tmp, "results.json")
-        with open(gt_path, "w") as f:
-            json.dump(gt, f)
-        with open(res_path, "w") as f:
-            json.dump(results, f)
-        print(f"data: {args.videos} videos x {args.frames} frames at {w}x{h}, {len(gt['annotations'])} GT tracks, "
-              f"{len(results)} results ({os.path.getsize(res_path) / 2**20:.1f} MiB results JSON; "
-              f"made in {time.time() - t0:.1f} s)", flush=True)
-        total, load = [], []
+        folder = args.data or tmp
+        gt_path, res_path = os.path.join(folder, "gt.json"), os.path.join(folder, "results.json")
+        if not (args.data and os.path.isfile(gt_path) and os.path.isfile(res_path)):
+            t0 = time.time()
+            os.makedirs(folder, exist_ok=True)
+            gt, results = make_data(args.videos, args.frames, h, w, args.per_video, args.categories)
+            for path, obj in ((gt_path, gt), (res_path, results)):
+                with open(path + ".tmp", "w") as f:
+                    json.dump(obj, f)
+                os.replace(path + ".tmp", path)
+            print(f"data made in {time.time() - t0:.1f} s", flush=True)
+        with open(gt_path) as f:
+            g = json.load(f)
+        print(f"data ({folder}): {len(g['videos'])} videos, {len(g['annotations'])} GT tracks, "
+              f"{os.path.getsize(res_path) / 2**20:.1f} MiB results JSON", flush=True)
+        del g
+        rows = {}
+        evaluate_py = [sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--gt", gt_path,
+                       "--results", res_path, "--no-hota", "--quiet"]
         for r in range(args.repeats):
-            t = time.perf_counter()
-            g = load_gt(gt_path)
-            load_results(res_path, g)
-            load.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            metrics, _ = evaluate_vis(gt_path, res_path)
-            total.append(time.perf_counter() - t)
-            print(f"  run {r + 1}/{args.repeats}: {total[-1]:.2f} s (AP {metrics['AP']:.3f}, AP50 "
-                  f"{metrics['AP50']:.3f})", flush=True)
+            (metrics, E), wall, cpu = timed(lambda: evaluate_vis(gt_path, res_path))
+            rows.setdefault("ours: evaluate_vis, files to 12 stats (in-process)", []).append((wall, cpu))
+            line = f"  run {r + 1}/{args.repeats}: ours {wall:.2f} s wall / {cpu:.2f} s CPU (AP {metrics['AP']:.3f})"
+            _, wall, cpu = timed_process(evaluate_py)
+            rows.setdefault("ours: scripts/evaluate.py --no-hota (process)", []).append((wall, cpu))
+            (_, wall, cpu) = timed(lambda: (load_results(res_path, load_gt(gt_path)), None)[1])
+            rows.setdefault("ours: load + validate GT and results", []).append((wall, cpu))
+            if args.official:
+                stats, wall, cpu = timed(lambda: run_official(args.official, gt_path, res_path))
+                rows.setdefault("official: YTVOS, loadRes, evaluate/accumulate/summarize (in-process)",
+                                []).append((wall, cpu))
+                same = np.array_equal(stats, E.stats)
+                line += f"; official {wall:.2f} s wall / {cpu:.2f} s CPU, 12 stats identical: {same}"
+                if not same:
+                    sys.exit(f"bench_eval: the stats differ:\n ours     {E.stats.tolist()}\n official "
+                             f"{stats.tolist()}")
+                out, wall, cpu = timed_process([sys.executable, os.path.abspath(__file__), "--official-once",
+                                                args.official, gt_path, res_path])
+                rows.setdefault("official: the same as a process", []).append((wall, cpu))
+                if json.loads(out.strip().splitlines()[-1]) != E.stats.tolist():
+                    sys.exit("bench_eval: the official process's stats differ from ours")
+            print(line, flush=True)
     print()
-    print("| stage | median s | min s | max s |")
-    print("|---|---|---|---|")
-    for name, xs in (("load + validate GT and results", load), ("evaluate_vis, files to 12 stats", total)):
-        print(f"| {name} | {statistics.median(xs):.2f} | {min(xs):.2f} | {max(xs):.2f} |")
+    print(f"load average {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} CPUs")
+    print("| stage | median wall s | min wall s | median CPU s | min CPU s |")
+    print("|---|---|---|---|---|")
+    for name, xs in rows.items():
+        walls, cpus = [x[0] for x in xs], [x[1] for x in xs]
+        print(f"| {name} | {statistics.median(walls):.2f} | {min(walls):.2f} | {statistics.median(cpus):.2f} | "
+              f"{min(cpus):.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark of the tracking stage (decisions.md §4 T1, original-tracking-eval.md §5.1 H10): association on RLE
+"""Benchmark of the tracking stage (info/DESIGN.md#t1-cost): association on RLE
 with pycocotools against the original's dense full-frame masks (decode to HxW, flatten, matrix product), at
 1280x720, per frame with 10 and 50 detections, and frames/s of a 300-frame video from frame predictions to results.
 
@@ -52,7 +52,7 @@ def frame_masks(objects, t):
 
 
 def dense_cost_matrix(det_rles, det_classes, track_rles, track_classes, lam):
-    """The original's approach (original-tracking-eval.md §1.5): decode every mask to dense HxW (here with
+    """The original's approach (info/DESIGN.md#the-original-association): decode every mask to dense HxW (here with
     pycocotools' C decoder, much faster than the original's pure-Python one), flatten, IoU by a float32 matrix
     product; the same class term as cost_matrix so decisions can be compared."""
     if len(det_rles) == 0 or len(track_rles) == 0:
@@ -96,7 +96,7 @@ def bench_association(rng, n, reps, dense_reps):
 
 
 def synthetic_predictions(rng, frames, n):
-    """Frame predictions (decisions §6.2) of one video: n moving objects, each missed in ~10% of frames."""
+    """Frame predictions (info/DESIGN.md#frame-predictions) of one video: n moving objects, each missed ~10 %."""
     objects = random_objects(rng, n)
     classes = rng.integers(1, 41, size=n)
     video = {"id": 1, "width": W, "height": H, "length": frames,

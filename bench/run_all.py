@@ -64,6 +64,11 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--only", default=None, help="run only scripts whose name contains this")
     args = ap.parse_args(argv)
+    from fileio import InputError, check_writable_file
+    try:
+        check_writable_file(args.out, "--out")
+    except InputError as e:
+        sys.exit(f"error: {e}")
     scripts = sorted(glob.glob(os.path.join(ROOT, "bench", "bench_*.py")))
     if args.only:
         scripts = [s for s in scripts if args.only in os.path.basename(s)]
@@ -82,7 +87,7 @@ def main(argv=None):
         sections += ["", f"## `python {name}`", "",
                      f"exit code {r.returncode}, {took:.0f} s; 1-minute load average {load0} before, "
                      f"{load_average()} after", "", "```", out, "```"]
-    from config import atomic_write_text
+    from fileio import atomic_write_text
     atomic_write_text(args.out, "\n".join(sections) + "\n")
     print(f"benchmarks written to {args.out}")
 

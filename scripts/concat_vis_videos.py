@@ -1,6 +1,6 @@
 """Concatenate per-video overlays (vis_v<N>.mp4) into one video, in numeric order of N, letterboxed to one size.
 
-Re-implements `concat_vis_videos.py` of original-tracking-eval.md §2.2 with `--pattern` honoured (§5.4).
+Re-implements `concat_vis_videos.py` of the original with `--pattern` honoured (info/DESIGN.md#visualisation-scripts).
 
     python scripts/concat_vis_videos.py --input runs/demo/overlay --output runs/demo/overlay_all.mp4
 """
@@ -13,6 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import AtomicVideoWriter, VisError, letterbox_into, natural_key, read_frames  # noqa: E402
+from fileio import InputError, check_writable_file  # noqa: E402
 
 
 def list_inputs(folder: str, pattern: str = "vis_v*.mp4"):
@@ -51,6 +52,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.width < 2 or args.height < 2 or args.fps <= 0:
         raise SystemExit("error: --width/--height must be >= 2 and --fps positive")
+    check_writable_file(args.output, "--output")
     paths = list_inputs(args.input, args.pattern)
     n = concat_videos(paths, args.output, args.width, args.height, args.fps)
     print(f"wrote {args.output} ({len(paths)} videos, {n} frames)")
@@ -60,5 +62,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except VisError as e:
+    except InputError as e:
         raise SystemExit(f"error: {e}")

@@ -1,7 +1,8 @@
 """`make demo`: the whole YOLOV4+1Tr pipeline on the built-in synthetic YouTube-VIS dataset, stage by stage.
 
 dataset -> k-means anchors -> training (tiny preset) -> per-frame inference on the held-out `valid` split ->
-tracking (lam 0, 0.5, 1) -> YouTube-VIS evaluation -> overlay videos, a concatenated demo video and a GIF -> plots.
+tracking (lam 0, 0.5, 1) -> YouTube-VIS evaluation (AP and HOTA) -> diagnosis -> the tracker's options side by side
+(scripts/tracker_table.py) -> overlay videos, a concatenated demo video and a GIF -> plots.
 Every stage reuses its outputs when they exist (pass --fresh, or FRESH=1 to make, to redo everything) and the run
 ends with a summary: the 12 stats, where every output is and how long each stage took.
 """
@@ -20,6 +21,7 @@ sys.path.insert(0, ROOT)
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 LAMS = ["0", "0.5", "1"]
+HOTA_NAMES = ["HOTA", "DetA", "AssA", "LocA"]  # TrackEval's, in the metrics files since scripts/evaluate.py has them
 
 
 class Demo:
@@ -114,6 +116,11 @@ class Demo:
                    [[self.py, "scripts/diagnose.py", "--gt", gt, "--pred", frames, "--results", results["0.5"],
                      "--config", self.path("config.yaml"), "--out", diagnosis]])
 
+        table = self.path("tracker_table.json")
+        self.stage("tracker table", [table],
+                   [[self.py, "scripts/tracker_table.py", "--gt", gt, "--pred", frames,
+                     "--config", self.path("config.yaml"), "--out", table]])
+
         overlay = self.path("overlay")
         demo_mp4, demo_gif = self.path("demo.mp4"), self.path("demo.gif")
         self.stage("overlay", [demo_mp4, demo_gif], [
@@ -126,16 +133,19 @@ class Demo:
         t0 = time.time()
         curves = plot_training_curves(self.path("metrics.jsonl"), self.path("plots", "training_curves.png"))
         self.timings.append(("plots", time.time() - t0, "ran"))
-        self.summary(metrics, results, curves, diagnosis)
+        self.summary(metrics, results, curves, diagnosis, table)
 
-    def summary(self, metrics, results, curves, diagnosis):
+    def summary(self, metrics, results, curves, diagnosis, table=None):
         stats = {lam: json.load(open(p)) for lam, p in metrics.items()}
         print("\n" + "=" * 78)
         print("YOLOV4+1Tr demo summary (held-out synthetic `valid` split, YouTube-VIS video AP)")
         print("=" * 78)
         print(f"{'stat':<8}" + "".join(f"{'lam=' + lam:>12}" for lam in LAMS))
-        for k in STAT_NAMES:
+        for k in STAT_NAMES + [k for k in HOTA_NAMES if all(k in stats[lam] for lam in LAMS)]:
             print(f"{k:<8}" + "".join(f"{stats[lam][k]:>12.3f}" for lam in LAMS))
+        if table and os.path.exists(table):  # scripts/tracker_table.py: the tracker's options, AssA apart from DetA
+            from tracker_table import format_table
+            print("\ntracker options x lam (scripts/tracker_table.py):\n" + format_table(json.load(open(table))))
         from diagnose import report
         diag = json.load(open(diagnosis))
         ident = diag["tracks"]["crossings"]
@@ -145,7 +155,7 @@ class Demo:
                          ("checkpoints", self.path("checkpoints")), ("TensorBoard logs", self.path("logs")),
                          ("frame predictions", self.path("valid_frames.json")),
                          ("results (lam 0.5)", results["0.5"]), ("metrics (lam 0.5)", metrics["0.5"]),
-                         ("diagnosis", diagnosis),
+                         ("diagnosis", diagnosis), ("tracker table", table),
                          ("overlay videos", self.path("overlay")), ("demo video", self.path("demo.mp4")),
                          ("demo GIF", self.path("demo.gif")), ("plots", self.path("plots")),
                          ("training curves", curves)]:
@@ -158,7 +168,7 @@ class Demo:
             print(f"  {name:<12} {secs:8.1f} s" + ("  (reused)" if how == "reused" else ""))
         print(f"  {'total':<12} {total:8.1f} s")
         summary = {"stats": stats, "identity": ident, "timings": {n: s for n, s, _ in self.timings}}
-        from config import atomic_write_text
+        from fileio import atomic_write_text
         atomic_write_text(self.path("demo_summary.json"), json.dumps(summary, indent=2))
         print(f"\nsummary written to {os.path.relpath(self.path('demo_summary.json'), ROOT)}")
 
@@ -194,19 +204,15 @@ def main(argv=None):
     ap.add_argument("--run-dir", default=os.path.join(ROOT, "runs", "demo"), help="run directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="redo every stage (FRESH=1 make demo)")
-    # 150 training videos (the generator's default is 48): ~590 instances instead of ~200. Measured on the
-    # --shape-only variant, same `valid` split, after 636 steps: class accuracy at foreground anchors 0.29 against
-    # 0.18 and class-agnostic mask mAP@.5 0.34 against 0.23; with ~200 instances the class memorises them.
+    # 150 training videos (the generator's default is 48): ~590 instances instead of ~200, which the class head
+    # memorises (info/RESULTS.md#2026-11-22-150-training-videos).
     ap.add_argument("--train-videos", type=int, default=150, help="training videos of the synthetic dataset")
-    # 48 held-out videos (~200 objects): the first 12 (53 objects) held 5 objects visible in only 1-2 frames, where
-    # the training split has 1 % of such objects; on the same run's detections video AP (lam 0.5) was 0.389 on
-    # those 12 and 0.477 on all 48 (2026-12-01). Inference over the 36 more videos takes ~15 s.
+    # 48 held-out videos (~200 objects): the first 12 (53 objects) held 5 objects visible in only 1-2 frames, which
+    # no kept track can cover (info/RESULTS.md#2026-12-01-48-video-valid-split).
     ap.add_argument("--valid-videos", type=int, default=48, help="held-out `valid` videos of the synthetic dataset")
     ap.add_argument("--epochs", type=int, default=4, help="training epochs (4 x 340 steps, ~17 minutes on 2 cores)")
-    # One pass over the demo's ~2,700 training frames is 341 steps of 8; the mask ROI and pixel branch of the tiny
-    # preset made a step ~8 % slower, and `FRESH=1 make demo` took 20 min 14 s with 4 x 341 (2026-11-30), so the
-    # demo ran 4 x 320. Since the mask head runs on the positive proposals only (2026-12-01), a step takes ~10 %
-    # less: 4 x 340.
+    # One pass over the demo's ~2,700 training frames is 341 steps of 8; 4 x 340 keeps `FRESH=1 make demo` near
+    # 20 minutes on a 2-core CPU (info/RESULTS.md#2026-12-01-demo-run-k).
     ap.add_argument("--steps-per-epoch", type=int, default=340,
                     help="training steps an epoch (0: one pass over the frames, 341 steps here)")
     ap.add_argument("--overlay-videos", type=int, default=6, help="validation videos drawn in the overlay")

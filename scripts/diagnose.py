@@ -1,16 +1,17 @@
 """What bounds a video AP: the per-frame detections against the ground truth, before and after tracking.
 
-From tracker.py's frame predictions (decisions.md §6.2), the GT of the same split and, optionally, the tracker's
-results (§6.3), it prints:
+From tracker.py's frame predictions (info/DESIGN.md#frame-predictions), the split's GT and, optionally, the tracker's
+results (info/DESIGN.md#results-json), it prints:
   - frame mask mAP@[.5:.95] and @.5 over every annotated frame, with the class and class-agnostic;
   - found: the share of object-frames that have a detection at the score floor with mask IoU >= 0.5, by the
     object's area as a share of the frame, and the median mask IoU of those best detections;
   - oracle association: the YouTube-VIS AP / AP50 / AP75 of tracks made by giving every GT object its
     best-overlapping detection (score >= floor, IoU >= 0.1) in every frame, with the detections' most frequent class
-    and with the GT class: the best any tracker could do with these detections;
+    and with the GT class: the best any tracker could do with these detections; with HOTA, DetA and AssA
+    (TrackEval), and the same for the tracker's results when given: AssA below the oracle's is association lost;
   - with --results: object-frames covered by a kept track (mask IoU >= 0.5), objects with no track or split over
     several, and identity through same-class crossings (`identity_report`).
-numpy + pycocotools only (no TensorFlow).
+numpy + pycocotools + trackeval only (no TensorFlow).
 
     python scripts/diagnose.py --gt data/shapes/valid/instances.json --pred runs/demo/valid_frames.json \
         --results runs/demo/results_lam0.5.json --config runs/demo/config.yaml [--out runs/demo/diagnosis.json]
@@ -31,8 +32,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compute_ap import EvalInputError, _read_json, evaluate_vis, frame_map, load_gt, load_results, to_rle  # noqa: E402
-from config import ConfigError, TrackConfig, atomic_write_text, load_config  # noqa: E402
-from tracking.io import FramePredictionsError, read_frame_predictions  # noqa: E402
+from compute_hota import evaluate_hota  # noqa: E402
+from config import TrackConfig, load_config  # noqa: E402
+from fileio import InputError, atomic_write_text, check_writable_file  # noqa: E402
+from tracking.io import read_frame_predictions  # noqa: E402
 
 AREA_BINS = [0.0, 0.01, 0.03, 0.1, 1.01]    # object area as a share of the frame area
 
@@ -111,11 +114,19 @@ def diagnose(gt: dict, pred: dict, score_floor: float, results=None) -> dict:
                               "found": int(found[i])} for i in range(len(seen))],
            "median_mask_iou_found": float(np.median(best_ious)) if best_ious else 0.0}
     for name, res in (("oracle_det_class", oracle_det), ("oracle_gt_class", oracle_gt)):
-        m, _ = evaluate_vis(gt, res)
-        out[name] = {k: m[k] for k in ("AP", "AP50", "AP75")}
+        out[name] = video_scores(gt, res)
     if results is not None:
+        out["tracker"] = video_scores(gt, results)
         out["tracks"] = track_coverage(gt, results)
     return out
+
+
+def video_scores(gt, results) -> dict:
+    """AP, AP50, AP75 (compute_ap) and HOTA, DetA, AssA (TrackEval) of a results list: DetA moves with the
+    detections, AssA with the association, so a tracker change shows apart from the detector's."""
+    m, E = evaluate_vis(gt, results)
+    h = evaluate_hota(E.gt, E.results)
+    return {**{k: m[k] for k in ("AP", "AP50", "AP75")}, **{k: h[k] for k in ("HOTA", "DetA", "AssA")}}
 
 
 def covering_tracks(gt: dict, results: list) -> dict:
@@ -236,9 +247,13 @@ def report(d: dict) -> str:
             lo, hi = b["area_share"]
             lines.append(f"  objects of {100 * lo:g}-{100 * hi:g} % of the frame: {b['found']} of {b['objects']} "
                          f"({b['found'] / b['objects']:.2f})")
-    for name, label in (("oracle_det_class", "detections' class"), ("oracle_gt_class", "GT class")):
-        m = d[name]
-        lines.append(f"oracle association ({label}): AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f}")
+    for name, label in (("tracker", "the tracker's results"), ("oracle_det_class", "oracle association, "
+                                                                    "detections' class"),
+                        ("oracle_gt_class", "oracle association, GT class")):
+        if name in d:
+            m = d[name]
+            hota = (f"; HOTA {m['HOTA']:.3f}, DetA {m['DetA']:.3f}, AssA {m['AssA']:.3f}" if "AssA" in m else "")
+            lines.append(f"{label}: AP {m['AP']:.3f}, AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f}{hota}")
     if "tracks" in d:
         t = d["tracks"]
         lines.append(f"tracker: {t['covered']} of {t['object_frames']} object-frames covered by a kept track; of "
@@ -265,6 +280,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="also write the numbers as JSON here")
     args = ap.parse_args(argv)
     try:
+        if args.out:
+            check_writable_file(args.out, "--out")
         floor = args.score_floor
         if floor is None:
             floor = load_config(args.config).track.score_floor if args.config else TrackConfig().score_floor
@@ -276,7 +293,7 @@ def main(argv=None):
             load_results(args.results, gt_checked)
             results, _ = _read_json(args.results, "results")
         d = diagnose(gt, pred, floor, results)
-    except (EvalInputError, ConfigError, FramePredictionsError) as e:
+    except InputError as e:
         sys.exit(f"diagnose: {e}")
     print(report(d))
     if args.out:

@@ -1,7 +1,8 @@
 """YouTube-VIS video AP of a results JSON against a GT JSON: the official 12-stat table, per-category AP, metrics JSON.
 
-Semantics of the official youtubevos/cocoapi evaluation (original-tracking-eval.md §3, decisions.md §5); metrics
-file as decisions.md §6.4. numpy + pycocotools only (no TensorFlow).
+Semantics of the official youtubevos/cocoapi evaluation (info/DESIGN.md#video-ap); metrics file as
+info/DESIGN.md#metrics-json, plus HOTA, DetA, AssA, LocA and their parts computed by TrackEval (compute_hota.py).
+numpy + pycocotools + trackeval only (no TensorFlow).
 
     python scripts/evaluate.py --gt data/shapes/valid/instances.json --results runs/demo/results.json \
         --out runs/demo/metrics.json [--plot runs/demo/plots]
@@ -18,15 +19,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from compute_ap import IOU_THRS, REC_THRS, EvalInputError, evaluate_vis, format_stats  # noqa: E402
-from config import atomic_write_text  # noqa: E402
+from compute_hota import evaluate_hota, format_hota  # noqa: E402
+from fileio import InputError, atomic_write_text, check_writable_dir, check_writable_file  # noqa: E402
 
 
 def format_per_category(metrics: dict) -> str:
-    rows = [f" {'category':<24} {'id':>4}  {'AP':>6}"]
+    keys = [k for k in ("AP", "HOTA", "DetA", "AssA") if k in next(iter(metrics["per_category"].values()), {})]
+    rows = [f" {'category':<24} {'id':>4}" + "".join(f"  {k:>6}" for k in keys)]
     for name, v in metrics["per_category"].items():
-        ap = "   n/a" if v["AP"] < 0 else f"{v['AP']:6.3f}"  # -1: no GT of this category
-        rows.append(f" {name[:24]:<24} {v['id']:>4}  {ap}")
+        # -1: no GT of this category (AP), neither GT nor result (HOTA)
+        rows.append(f" {name[:24]:<24} {v['id']:>4}" + "".join("     n/a" if v[k] < 0 else f"  {v[k]:6.3f}"
+                                                               for k in keys))
     return "\n".join(rows)
+
+
+def add_hota(metrics: dict, hota: dict) -> dict:
+    """The metrics dict with the HOTA fields after the 12 stats and HOTA, DetA, AssA in each category."""
+    out = {k: v for k, v in metrics.items() if k != "per_category"}
+    out.update({k: v for k, v in hota.items() if k not in ("det_averaged", "per_category")})
+    out["hota_det_averaged"] = hota["det_averaged"]
+    out["per_category"] = {name: {**v, **hota["per_category"][name]} for name, v in metrics["per_category"].items()}
+    return out
 
 
 def _savefig(fig, path: str):
@@ -84,32 +97,60 @@ def main(argv=None) -> int:
                     help="GT JSON (YouTube-VIS schema; RLE, compressed RLE or polygons)")
     ap.add_argument("--results", default="runs/demo/results.json",
                     help="results JSON: list of {video_id, category_id, score, segmentations}")
-    ap.add_argument("--out", default=None, help="metrics JSON to write (decisions.md §6.4)")
+    ap.add_argument("--out", default=None, help="metrics JSON to write (info/DESIGN.md#metrics-json)")
     ap.add_argument("--plot", default=None, metavar="DIR", help="also save an AP bar chart and PR curves here")
+    ap.add_argument("--no-hota", action="store_true", help="the AP only: skip TrackEval's HOTA")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     args = ap.parse_args(argv)
 
     t0 = time.time()
 
-    def progress(n, total):
-        if not args.quiet and (n == total or n % 200 == 0):
+    shown = [0]
+
+    def progress(n, total):  # called a video at a time: a line each 200 (video, category) pairs
+        if not args.quiet and (n == total or n - shown[0] >= 200):
+            shown[0] = n
             tty = sys.stderr.isatty()          # one rewritten line on a terminal, a line each in a log
             print(f"{chr(13) if tty else ''}  video IoUs: {n}/{total} (video, category) pairs",
                   end="\n" if n == total or not tty else "", file=sys.stderr, flush=True)
 
     try:
+        if args.out:
+            check_writable_file(args.out, "--out")
+        if args.plot:
+            check_writable_dir(args.plot, "--plot")
         metrics, E = evaluate_vis(args.gt, args.results, progress=progress)
-    except EvalInputError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    t_ap = time.time() - t0
+    if not args.no_hota:
+        if not args.quiet:
+            print("  HOTA (TrackEval) ...", file=sys.stderr, flush=True)
+        try:
+            metrics = add_hota(metrics, evaluate_hota(E.gt, E.results))
+        except EvalInputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if E.dropped:
         print(f"warning: {E.dropped} result(s) name a category that is not in the GT; ignored, as the official "
               f"evaluation does", file=sys.stderr)
+    if E.short:
+        print(f"warning: {len(E.short)} result(s) list fewer segmentations than their video has frames (entries "
+              f"{E.short[:5]}, 1-based); the video IoU leaves those frames out, as the official evaluation does",
+              file=sys.stderr)
+    if E.odd_scores:
+        print(f"warning: {len(E.odd_scores)} result(s) have a score outside [0, 1] (entries {E.odd_scores[:5]}, "
+              f"1-based); only their order matters to the official evaluation", file=sys.stderr)
     print(format_stats(E.stats))
+    if not args.no_hota:
+        print()
+        print(format_hota({**metrics, "det_averaged": metrics["hota_det_averaged"]}))
     print()
     print(format_per_category(metrics))
+    hota_time = "" if args.no_hota else f", HOTA in {time.time() - t0 - t_ap:.1f} s"
     print(f"({len(E.vid_ids)} videos, {len(E.cat_ids)} categories, IoU thresholds {IOU_THRS[0]:.2f}:"
-          f"{IOU_THRS[-1]:.2f}; evaluated in {time.time() - t0:.1f} s)")
+          f"{IOU_THRS[-1]:.2f}; AP evaluated in {t_ap:.1f} s{hota_time})")
     if args.out:
         atomic_write_text(args.out, json.dumps(metrics, indent=2) + "\n")
         print(f"metrics written to {args.out}")

@@ -1,5 +1,5 @@
 """Write the built-in synthetic video-instance-segmentation dataset ("shapes") in the exact YouTube-VIS 2021
-layout and schema (decisions.md §6.1): `OUT/{train,valid}/JPEGImages/<video>/<frame>.jpg` + `instances.json`.
+layout and schema (info/DESIGN.md#dataset-layout): `OUT/{train,valid}/JPEGImages/<video>/<frame>.jpg`, `instances.json`.
 
 Classes differ by shape and by the hue of their texture (each class owns a 30-degree hue band; the texture's
 pattern, saturation and brightness are drawn independently of the class); backgrounds are muted gradients with
@@ -8,7 +8,7 @@ enter, leave and occlude each other in a depth order, and
 some videos script two same-class instances crossing paths. Same seed, same bytes.
 
 The hue cue and the 24 px smallest extent make the classes learnable by the `tiny` preset from scratch within the
-demo's CPU budget (README §3); the muted backdrop keeps a frame-wide gradient in a class's hue from being read as
+demo's CPU budget (info/RESULTS.md); the muted backdrop keeps a frame-wide gradient in a class's hue from being read as
 that class (measured before it: one magenta `valid` video drew 303 of the 439 false detections scoring 0.3 or
 more). `--shape-only --min-size 12` writes the harder variant of earlier versions: colour says nothing about the
 class, backdrops keep their full colour, and the smallest shapes are 7 px at the tiny preset's 192 px input
@@ -22,11 +22,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fileio import InputError, atomic_write_bytes, check_writable_dir  # noqa: E402
 
 CLASSES = ["disc", "square", "triangle", "star", "ring", "cross"]
 POLYGON_CLASSES = {"square", "triangle", "star", "cross"}   # outlines that are exact polygons
@@ -40,21 +42,6 @@ SPLIT_CODES = {"train": 1, "valid": 2}   # part of each video's RNG seed so the 
 
 
 # ---- low-level helpers -------------------------------------------------------------------------------------
-
-def atomic_write_bytes(path: str, data: bytes):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)   # mkstemp creates 0600; the dataset is meant to be read by anyone
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
 
 def uncompressed_rle(mask: np.ndarray) -> dict:
     """Official uncompressed RLE: run lengths of the column-major flattened mask, starting with a run of 0s."""
@@ -359,7 +346,17 @@ def main(argv=None):
         ap.error("--width and --height must be at least 32")
     if not 2.0 <= args.min_size <= args.max_size:
         ap.error("need 2 <= --min-size <= --max-size")
+    if args.train_videos < 1 or args.valid_videos < 0:
+        ap.error(f"need --train-videos >= 1 and --valid-videos >= 0 (0: no valid split), got {args.train_videos} "
+                 f"and {args.valid_videos}")
+    try:
+        check_writable_dir(args.out, "--out")
+    except InputError as e:
+        ap.exit(2, f"error: {e}\n")
     for split, n, first in (("train", args.train_videos, 1), ("valid", args.valid_videos, 100001)):
+        if n == 0:
+            print(f"{split}: --{split}-videos 0, not written")
+            continue
         data = make_split(args.out, split, n, args.seed, args.min_frames, args.max_frames, args.height, args.width,
                           first_video_id=first, progress=not args.quiet, sizes=(args.min_size, args.max_size),
                           class_hues=not args.shape_only)

@@ -1,7 +1,7 @@
-"""Draw a YouTube-VIS results JSON (decisions §6.3) over its frames: one annotated mp4 per video.
+"""Draw a YouTube-VIS results JSON (info/DESIGN.md#results-json) over its frames: one annotated mp4 per video.
 
-Re-implements original-tracking-eval.md §2.1 with the fixes of §5.4: frames come from a dataset split, a
-frame-predictions file (§6.2) or a video file, both RLE kinds decode, and mismatches are errors, never skips.
+Re-implements the original's overlay (info/DESIGN.md#visualisation-scripts): frames come from a dataset split, a
+frame-predictions file or a video file, both RLE kinds decode, and mismatches are errors, never skips.
 
     python scripts/overlay_vis_on_video.py --results runs/demo/results.json --data data/shapes/valid \
         --out-dir runs/demo/overlay
@@ -15,8 +15,9 @@ import sys
 import cv2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vis_common import (AtomicVideoWriter, VisError, category_names, count_frames, decode_rle,  # noqa: E402
-                        draw_frame, load_results, read_frames, read_json)
+from vis_common import (AtomicVideoWriter, VisError, _is_int, category_names, count_frames,  # noqa: E402
+                        decode_rle, draw_frame, load_results, read_frames, read_json)
+from fileio import InputError, check_writable_dir, confined_path  # noqa: E402
 
 
 # ---- frame sources: {video_id: {"paths": [...]} or {"video": path}} plus class names ------------------------
@@ -29,11 +30,14 @@ def _videos_with_file_names(data, path, frames_root, what):
     for i, v in enumerate(data["videos"]):
         if not isinstance(v, dict) or "id" not in v or not isinstance(v.get("file_names"), list):
             raise VisError(f"{what} {path}: videos[{i}] needs 'id' and a 'file_names' list")
-        vid = int(v["id"])
-        if "length" in v and v["length"] is not None and int(v["length"]) != len(v["file_names"]):
-            raise VisError(f"{what} {path}: video {vid} has length {v['length']} but {len(v['file_names'])} "
+        vid = v["id"]
+        if not _is_int(vid):
+            raise VisError(f"{what} {path}: videos[{i}]: 'id' must be an integer, got {vid!r}")
+        if "length" in v and v["length"] is not None and v["length"] != len(v["file_names"]):
+            raise VisError(f"{what} {path}: video {vid} has length {v['length']!r} but {len(v['file_names'])} "
                            f"file_names")
-        videos[vid] = [os.path.join(frames_root, fn) for fn in v["file_names"]]
+        videos[vid] = [confined_path(frames_root, fn, f"{what} {path}: video {vid}, file_names[{t}]", VisError)
+                       for t, fn in enumerate(v["file_names"])]
     return videos
 
 
@@ -129,7 +133,7 @@ def build_parser():
                                                      "segmentations}")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="split root holding JPEGImages/ and instances.json (frame order from it)")
-    src.add_argument("--pred", help="frame-predictions JSON (decisions §6.2) giving file_names; needs --frames-root")
+    src.add_argument("--pred", help="frame-predictions JSON (info/DESIGN.md#frame-predictions); needs --frames-root")
     src.add_argument("--video", help="a video file; the results must hold one video (or give --video-id)")
     ap.add_argument("--frames-root", help="folder the --pred file_names are relative to")
     ap.add_argument("--out-dir", required=True, help="output folder")
@@ -150,6 +154,7 @@ def main(argv=None):
         raise SystemExit("error: --pred needs --frames-root (the folder its file_names are relative to)")
     if not 0.0 <= args.alpha <= 1.0:
         raise SystemExit(f"error: --alpha must be in [0, 1], got {args.alpha}")
+    check_writable_dir(args.out_dir, "--out-dir")
     results = load_results(args.results)
 
     if args.video:
@@ -202,5 +207,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except VisError as e:
+    except InputError as e:
         raise SystemExit(f"error: {e}")

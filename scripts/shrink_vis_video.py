@@ -1,6 +1,6 @@
 """Shrink an overlay video: keep its first frames to meet a size budget or a fraction, or export a looping GIF.
 
-Merges `shrink_vis_video.py` and `video_to_gif.py` of original-tracking-eval.md §2.2 (same fps and frame size
+Merges `shrink_vis_video.py` and `video_to_gif.py` of the original (info/DESIGN.md#visualisation-scripts; same fps, size
 for mp4; GIF frames sampled at the requested fps from the first seconds, resized to the requested width).
 
     python scripts/shrink_vis_video.py -i overlay_all.mp4 -o overlay_10mb.mp4 --max-mb 10
@@ -17,6 +17,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import AtomicVideoWriter, VisError, count_frames, make_temp, open_video, read_frames  # noqa: E402
+from fileio import InputError, check_writable_file  # noqa: E402
 
 SIZE_SAFETY = 0.75  # first guess of the frames to keep leaves room, as the original did (mp4v size varies)
 
@@ -99,6 +100,7 @@ def main(argv=None):
         if args.fps <= 0 or args.seconds <= 0 or args.width < 2:
             raise SystemExit("error: --fps and --seconds must be positive and --width at least 2")
         out = args.output or stem + ".gif"
+        check_writable_file(out, "--output")
         n, (w, h) = export_gif(args.input, out, args.seconds, args.fps, args.width, args.max_frames)
         print(f"wrote {out} ({n} frames, {w}x{h}, {args.fps:g} fps, loops forever)")
         return out
@@ -108,12 +110,14 @@ def main(argv=None):
         if args.max_mb <= 0:
             raise SystemExit("error: --max-mb must be positive")
         out = args.output or f"{stem}_under{args.max_mb:g}mb.mp4"
+        check_writable_file(out, "--output")
         n, mb = shrink_to_size(args.input, out, args.max_mb)
     else:
         fraction = 0.5 if args.fraction is None else args.fraction
         if not 0 < fraction <= 1:
             raise SystemExit(f"error: --fraction must be in (0, 1], got {fraction}")
         out = args.output or f"{stem}_{fraction:g}.mp4"
+        check_writable_file(out, "--output")
         total = count_frames(args.input)
         if total == 0:
             raise VisError(f"video {args.input}: no decodable frames")
@@ -126,5 +130,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except VisError as e:
+    except InputError as e:
         raise SystemExit(f"error: {e}")

@@ -1,25 +1,30 @@
 """Shared helpers of the inspection scripts: track colours, RLE decoding, JSON reading, video I/O and drawing.
 
-Implements the fixes of original-tracking-eval.md §5.4 (both RLE kinds, colour fixed by a track id, boxes and
+Implements info/DESIGN.md#visualisation-scripts (both RLE kinds, colour fixed by a track id, boxes and
 `#id class score` labels). Uses cv2, numpy and pycocotools only, never TensorFlow.
 """
 from __future__ import annotations
 
 import colorsys
-import json
+import math
+import numbers
 import os
 import re
+import sys
 import tempfile
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fileio  # noqa: E402
+
 GOLDEN_ANGLE_DEG = 137.508  # successive ids land far apart on the hue circle
 LETTERBOX_BG = (30, 30, 30)  # BGR background of letterboxed frames (as the original concat script)
 
 
-class VisError(ValueError):
+class VisError(fileio.InputError):
     """Bad input to an inspection script; the message names the file and the video/frame/field."""
 
 
@@ -40,21 +45,23 @@ def blend(pixels: np.ndarray, colour, alpha: float) -> np.ndarray:
 
 # ---- JSON and RLE ------------------------------------------------------------------------------------------
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_json(path: str, what: str = "JSON file"):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError as e:
-        raise VisError(f"{what} {path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise VisError(f"{what} {path}: not valid JSON ({e})") from None
+    return fileio.read_json(path, what, VisError)
 
 
 def category_names(categories) -> dict:
     """{id: name} from a `categories` list; an absent or malformed list gives {} (labels fall back)."""
     names = {}
     for c in categories or []:
-        if isinstance(c, dict) and "id" in c and "name" in c:
+        if isinstance(c, dict) and _is_int(c.get("id")) and "name" in c:
             names[int(c["id"])] = str(c["name"])
     return names
 
@@ -64,7 +71,7 @@ def class_label(category_id, names: dict) -> str:
 
 
 def load_results(path: str) -> dict:
-    """Read a results JSON (decisions §6.3) into {video_id: [track, ...]} in file order.
+    """Read a results JSON (info/DESIGN.md#results-json) into {video_id: [track, ...]} in file order.
 
     Each track is {"track_id", "category_id", "score", "segmentations"}; the track id is the track's 1-based
     position among its video's tracks in the file, so it is stable for a given file.
@@ -82,9 +89,15 @@ def load_results(path: str) -> dict:
         if not isinstance(entry["segmentations"], list):
             raise VisError(f"results file {path}, entry {i} (video {entry['video_id']}): 'segmentations' must "
                            f"be a list with one RLE or null per frame")
-        vid = int(entry["video_id"])
+        for key in ("video_id", "category_id"):
+            if not _is_int(entry[key]):
+                raise VisError(f"results file {path}, entry {i}: {key!r} must be an integer, got {entry[key]!r}")
+        vid = entry["video_id"]
+        if not _is_number(entry["score"]):
+            raise VisError(f"results file {path}, entry {i} (video {vid}): 'score' must be a finite number, got "
+                           f"{entry['score']!r}")
         tracks = videos.setdefault(vid, [])
-        tracks.append({"track_id": len(tracks) + 1, "category_id": int(entry["category_id"]),
+        tracks.append({"track_id": len(tracks) + 1, "category_id": entry["category_id"],
                        "score": float(entry["score"]), "segmentations": entry["segmentations"]})
     return videos
 

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 # "frozen_bn": every BN in inference mode, so each example's forward pass is independent of the split and the
-# two runs differ only by float summation order; "sync_bn": synchronised BN statistics (decisions M14).
+# two runs differ only by float summation order; "sync_bn": synchronised BN (info/DESIGN.md#m14-synchronised-bn).
 FREEZE_BN = sys.argv[1:] == ["frozen_bn"]
 
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -21,7 +21,7 @@ import config  # noqa: E402
 import model as model_lib  # noqa: E402
 import train  # noqa: E402
 
-# sync_bn on: with per-replica BN statistics the result depends on the split (decisions M14). No clipping, so a
+# sync_bn on: per-replica BN statistics depend on the split (info/DESIGN.md#m14-synchronised-bn). No clipping, so a
 # wrongly scaled gradient cannot hide behind the global-norm clip.
 cfg = config.apply_overrides(config.get_preset("tiny"), [
     "model.input_size=64", "model.num_classes=3", f"model.sync_bn={'false' if FREEZE_BN else 'true'}", "train.batch_size=4",

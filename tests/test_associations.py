@@ -1,4 +1,4 @@
-"""Tests of associations.py (decisions.md §4 T1-T2) on hand-written cost matrices and hand-computed mask IoUs."""
+"""Tests of associations.py (info/DESIGN.md#t1-cost, T2) on hand-written cost matrices and hand-computed mask IoUs."""
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils

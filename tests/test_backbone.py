@@ -1,4 +1,4 @@
-"""Backbone: Darknet-order names, shapes and counts (original-model.md §2, §7.1, Appendix A), and an independent
+"""Backbone: Darknet-order names, shapes and counts (info/DESIGN.md#backbone), and an independent
 reference: OpenCV's Darknet reader running tests/data/yolov4_backbone.cfg with the same random weights file."""
 import os
 import re
@@ -53,7 +53,7 @@ def random_weights(tmp_path_factory):
 
 
 def test_full_width_count_and_shapes(full_416):
-    assert full_416.count_params() == 38_727_520       # original-model.md §7.1, incl. BN moving statistics
+    assert full_416.count_params() == 38_727_520       # info/DESIGN.md#parameter-counts
     shapes = [tuple(t.shape) for t in full_416.outputs]
     assert shapes == [(None, 104, 104, 128), (None, 52, 52, 256), (None, 26, 26, 512), (None, 13, 13, 512)]
     spp = full_416.get_layer("bb_spp_cat").output
@@ -75,7 +75,7 @@ def test_names_order_and_activations(full_416):
     for i in (1, 8, 17, 38, 59):
         assert full_416.get_layer(convs[i]).strides == (2, 2)
         assert full_416.get_layer(f"bb_pad_{i}").padding == ((1, 0), (1, 0))
-    # kernel sizes of §2.2: 3x3 at 0, the downsamplers, every second conv of a residual block and 73 / 76
+    # kernel sizes of yolov4.cfg: 3x3 at 0, the downsamplers, every second conv of a residual block and 73 / 76
     three = {0, 1, 8, 17, 38, 59, 5, 12, 14, 73, 76} | set(range(21, 36, 2)) | set(range(42, 57, 2)) \
         | set(range(63, 70, 2))
     assert {i for i in range(78) if full_416.get_layer(convs[i]).kernel_size == (3, 3)} == three
@@ -197,3 +197,29 @@ def test_bn_conv_init_and_from_scratch_gradient_scale():
     assert stds["normal"][0] == pytest.approx(0.01, rel=0.2)
     assert stds["he"][0] == pytest.approx(np.sqrt(2.0 / stds["he"][1]), rel=0.2)   # truncated normal: ~0.88x
     assert norms["normal"] > 10 * norms["he"], norms
+
+
+def test_missing_file_and_floats_out_of_step(random_weights, tmp_path):
+    """A missing file is named; a file whose floats land out of step (written for another width or network)
+    is caught by the BN variances it would load, which Darknet keeps positive."""
+    model, path = random_weights
+    with pytest.raises(backbone.DarknetWeightsError, match=r"Darknet weights .*none.weights: cannot read \(No such"):
+        backbone.load_darknet_weights(model, str(tmp_path / "none.weights"))
+    shifted = str(tmp_path / "shifted.weights")
+    data = open(path, "rb").read()
+    with open(shifted, "wb") as f:         # the header, then the floats one conv-0 BN row (32 floats) late
+        f.write(data[:20] + np.full(32, -1.0, np.float32).tobytes() + data[20:])
+    with pytest.raises(backbone.DarknetWeightsError, match=r"Darknet conv 0 \(bb_conv_0\) would get BN variances "
+                                                           r"that are not positive"):
+        backbone.load_darknet_weights(model, shifted)
+
+
+@pytest.mark.slow
+def test_command_prints_one_line_for_bad_weights(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "backbone.py", "--preset", "tiny", "--set", "model.input_size=64",
+                        "--weights", str(tmp_path / "none.weights")], cwd=os.path.dirname(backbone.__file__),
+                       capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: Darknet weights need model.width = 1.0")

@@ -1,4 +1,4 @@
-"""compute_ap: the official YouTube-VIS video AP semantics (original-tracking-eval.md §3.4-§3.6), each quirk on a
+"""compute_ap: the official YouTube-VIS video AP semantics (info/DESIGN.md#video-ap), each quirk on a
 hand-computed case with 20x30 masks, and the frame-level mask mAP."""
 import numpy as np
 import pytest
@@ -68,7 +68,7 @@ B = box(10, 20, 15, 25)    # 100 px, disjoint from A
 G200 = box(0, 20, 0, 10)   # 200 px
 
 
-# ---------------------------------------------------------------------------------------------- video IoU (§3.4)
+# ---------------------------------------------------------------------------------------------- video IoU
 
 def test_video_iou_zip_truncation():
     g = seq(A, A, A, A)
@@ -111,7 +111,7 @@ def test_video_iou_exact_against_rle_merge():
     np.testing.assert_array_equal(C.video_iou(dts, gts), want)
 
 
-# --------------------------------------------------------------------------------------- areas and ranges (§3.3)
+# --------------------------------------------------------------------------------------- areas and ranges
 
 def test_areas_come_from_the_gt_field_not_the_masks():
     # a 100 px mask whose GT `areas` say 20000 (medium): only the medium range sees it
@@ -129,7 +129,7 @@ def test_area_exactly_128_squared_is_small_and_medium_and_zero_frames_do_not_cou
     assert stats(m, "APs APm APl") == approx([1, 1, -1])
 
 
-# ------------------------------------------------------------------------------------ sorting and maxDets (§3.5)
+# ------------------------------------------------------------------------------------ sorting and maxDets
 
 def test_score_ties_keep_file_order():
     gt = gt_json({1: 1}, [(1, 1, [A], None, 0)])
@@ -171,7 +171,7 @@ def test_max_dets_is_per_video_and_category():
     assert m["AR1"] == 1.0
 
 
-# ------------------------------------------------------------------------------------------ matching (§3.5)
+# ------------------------------------------------------------------------------------------ matching
 
 def test_equal_iou_goes_to_the_later_gt():
     dtm, gtm, _ = C._greedy_match(np.array([[0.7, 0.7]]), np.array([0, 0]), [0, 0], [11, 12], [1])
@@ -235,7 +235,7 @@ def test_two_video_partial_matches_hand_computed():
     assert m["AR1"] == pytest.approx(13 / 30, abs=1e-12)
 
 
-# ---------------------------------------------------------------------------------- whole-file behaviour (§3.6)
+# ---------------------------------------------------------------------------------- whole-file behaviour
 
 def test_perfect_results_score_one_wherever_there_is_gt():
     # one small, one medium and one large object (areas from the field), two of them in one video
@@ -312,6 +312,30 @@ def test_compressed_rle_totals_batched():
     assert got[1] == -1 and got[2] != want[2]
     np.testing.assert_array_equal(got[[0, 3, 4, 5]], np.array(want)[[0, 3, 4, 5]])
     assert list(C._compressed_totals([b"", strings[0]])) == [0, 600]
+
+
+def test_compressed_totals_agree_with_the_plain_decoder_on_damaged_strings():
+    """The per-parity-sum totals against the decoder that writes out every run length (compressed_counts' one):
+    the same total, or -1, for strings damaged at random (changed, dropped and inserted characters)."""
+    rng = np.random.default_rng(2)
+    masks = [rng.random((30, 40)) < p for p in (.02, .3, .7)] + [np.zeros((300, 500), bool), box(3, 17, 2, 28)]
+    strings = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"] for m in masks]
+    for _ in range(300):
+        batch = []
+        for k in rng.integers(0, len(strings), 6):
+            q = bytearray(strings[k])
+            for _ in range(int(rng.integers(0, 3))):
+                op, pos = int(rng.integers(0, 3)), int(rng.integers(0, len(q)))
+                if op == 0:
+                    q[pos] = int(rng.integers(40, 120))
+                elif op == 1 and len(q) > 1:
+                    del q[pos]
+                else:
+                    q.insert(pos, int(rng.integers(48, 112)))
+            batch.append(bytes(q))
+        batch += [b"", b"0", b"P", b"PPPPPPPPP0", b"ooooooo1"]  # empty, one run, 9-chunk and 7-chunk values
+        batch = [batch[i] for i in rng.permutation(len(batch))]
+        np.testing.assert_array_equal(C._compressed_totals(batch), C._decode_compressed(batch)[0])
 
 
 # ----------------------------------------------------------------------------------------------- frame mAP

@@ -1,10 +1,14 @@
-"""Config presets, overrides, validation errors and run-directory round trips (decisions §1)."""
+"""Config presets, overrides, validation errors and run-directory round trips (info/DESIGN.md#configuration)."""
 import json
+import os
+import sys
 
 import pytest
 
 import config
 from config import ConfigError, apply_overrides, get_preset, load_config, save_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_yolov4p1_preset_has_the_original_head_values():
@@ -16,7 +20,7 @@ def test_yolov4p1_preset_has_the_original_head_values():
     assert (m.nms_thresh, m.pre_nms_limit, m.max_prop) == (0.3, 200, 50)
     assert (m.mask_pool, m.mask_size, m.emb_dim, m.mask_layers) == (14, 28, 208, 256)
     assert (cfg.train.lr, cfg.train.epochs, cfg.train.freeze_epochs) == (1e-3, 60, 2)
-    # original-model.md §1.2: level 3 anchors in grid units (stride 8)
+    # the original's level 3 anchors in grid units (stride 8)
     anchors = cfg.level_anchors()
     assert anchors.shape == (4, 6, 2)
     assert (anchors[1] / 8).tolist()[0] == [1.875, 2.375]
@@ -89,6 +93,30 @@ def test_load_config_errors_name_the_file(tmp_path):
     wrong.write_text(json.dumps({"train": {"lrr": 0.1}}))
     with pytest.raises(ConfigError, match=r"wrong.json: unknown config key 'train.lrr'"):
         load_config(str(wrong))
+
+
+def test_overriding_the_input_size_scales_the_anchors(tmp_path):
+    """Like the original's ANCHORS x TRAIN_SIZE / 416 (kept to 2 decimals, at least 1 px, where it truncates)."""
+    full = apply_overrides(get_preset("yolov4p1"), ["model.input_size=320"])
+    assert full.model.anchors[-1] == [306.15, 175.38]                  # 398 x 228 at 416, x 320 / 416
+    assert full.model.anchors[0] == [1.54, 1.54] and full.model.anchors[2] == [3.85, 4.62]   # 2x2, 5x6 at 416
+    # the tiny preset's own anchors are the 416 ones at 192 (unchanged by this rule); an override scales them on
+    tiny = get_preset("tiny")
+    assert tiny.model.anchors[2] == [2.31, 2.77] and tiny.model.anchors[-1] == [183.69, 105.23]
+    assert apply_overrides(tiny, ["model.input_size=64"]).model.anchors[-1] == [61.23, 35.08]  # x 64 / 192
+    assert apply_overrides(tiny, ["train.lr=0.01"]).model.anchors == tiny.model.anchors
+    # an override file does the same; anchors given with the size are taken at that size
+    assert config.apply_dict(get_preset("yolov4p1"), {"model": {"input_size": 320}}).model.anchors == full.model.anchors
+    given = [[10, 10]] * 24
+    assert apply_overrides(get_preset("yolov4p1"), ["model.input_size=320", f"model.anchors={given}"]).model.anchors \
+        == given
+    assert config.apply_dict(get_preset("yolov4p1"), {"model.anchors": given, "model.input_size": 320}).model.anchors \
+        == given
+    # a saved run's config holds its anchors at its size: reading it back (and resuming it) does not scale again
+    save_config(full, str(tmp_path / "config.yaml"))
+    again = load_config(str(tmp_path / "config.yaml"))
+    assert again.model.anchors == full.model.anchors
+    assert apply_overrides(again, ["train.epochs=3"]).model.anchors == full.model.anchors
 
 
 def test_anchor_file_round_trip_and_scaling(tmp_path):
@@ -180,3 +208,40 @@ def test_saved_config_missing_newer_keys_names_them(tmp_path, capsys):
     # a hand-written override file (not every section) is not a saved run: no message
     (tmp_path / "mine.yaml").write_text("preset: tiny\ntrain:\n  lr: 0.001\n")
     assert load_config(str(tmp_path / "mine.yaml")).train.lr == 0.001 and capsys.readouterr().err == ""
+
+
+def test_saved_config_with_the_retired_shuffle_buffer_still_loads(tmp_path, capsys):
+    # data.shuffle_buffer was never read (the loader shuffles the frame list itself): it is gone, and a run saved
+    # while it existed still loads, to the same config; setting it now is an error naming the key.
+    import yaml
+    cfg = get_preset("tiny")
+    assert not hasattr(cfg.data, "shuffle_buffer")
+    data = cfg.to_dict()
+    data["data"]["shuffle_buffer"] = 1024
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert load_config(str(tmp_path / "config.yaml")) == cfg and capsys.readouterr().err == ""
+    assert config.apply_dict(get_preset("tiny"), {"data.shuffle_buffer": 8}) == cfg
+    with pytest.raises(ConfigError, match="unknown config key 'data.shuffle_buffer'"):
+        apply_overrides(cfg, ["data.shuffle_buffer=1024"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+    ("train.lr=0", "train.lr must be positive, got 0"),
+    ("data.scale_jitter=[0.5, .inf]", r"data.scale_jitter\[1\] must be a finite number"),
+    ("track.tau=.nan", "track.tau must be a finite number, got nan"),
+    ("track.lam=-0.5", "track.lam, track.gamma and track.refind must be >= 0"),
+    ("track.min_score=1.5", r"track.min_score is a score, in \[0, 1\]; got 1.5"),
+    ("track.max_age=-1", "track.max_age must be >= 0, got -1"),
+])
+def test_non_finite_and_out_of_range_values_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(get_preset("tiny"), [override])
+
+
+@pytest.mark.slow
+def test_config_command_prints_one_line_for_a_bad_value():
+    import subprocess
+    r = subprocess.run([sys.executable, "config.py", "--preset", "tiny", "--set", "train.lr=.nan"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr == "error: train.lr must be a finite number, got nan\n"

@@ -118,6 +118,10 @@ def test_diagnose_counts_and_oracle_association(tmp_path):
     for key in ("oracle_det_class", "oracle_gt_class"):
         assert d[key]["AP50"] == pytest.approx(1.0) and d[key]["AP75"] == pytest.approx(0.5)
         assert d[key]["AP"] == pytest.approx((1 + 0.1) / 2)
+        # HOTA: class 1 perfect; C's oracle track matches 3 of its 6 frames: DetA 3/(3+3) = 1/2, AssA 3/(3+3) = 1/2
+        assert (d[key]["DetA"], d[key]["AssA"]) == pytest.approx((0.75, 0.75), abs=1e-12)
+    # The tracker's results: A and B exact, no track for C: class 2 DetA 0 and AssA 0
+    assert (d["tracker"]["DetA"], d["tracker"]["AssA"]) == pytest.approx((0.5, 0.5), abs=1e-12)
     # The results hold A and B only: C's 3 found frames are covered by no track.
     t = d["tracks"]
     assert (t["covered"], t["object_frames"], t["objects_without_track"], t["objects_split"]) == (12, 18, 1, 0)

@@ -1,4 +1,4 @@
-"""scripts/evaluate.py end to end: the official-format table, the metrics JSON of decisions.md §6.4, plots, and
+"""scripts/evaluate.py end to end: the official-format table, the metrics JSON (info/DESIGN.md#metrics-json), plots, and
 errors naming the bad entry."""
 import json
 import os
@@ -15,6 +15,8 @@ import evaluate  # noqa: E402
 
 H, W = 20, 30
 KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+HOTA_KEYS = ["HOTA", "DetA", "AssA", "LocA", "DetRe", "DetPr", "AssRe", "AssPr", "HOTA(0)", "LocA(0)", "IDF1", "IDR",
+             "IDP"]
 
 
 def enc(y0, y1, x0, x1):
@@ -55,12 +57,18 @@ def test_cli_end_to_end(files, capsys):
     assert " Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ] = -1.000" in text
     assert f"metrics written to {out}" in text
     m = json.load(open(out))
-    assert list(m) == KEYS + ["per_category"]
+    assert list(m) == KEYS + HOTA_KEYS + ["hota_det_averaged", "per_category"]
     assert m["AP"] == pytest.approx(0.55, abs=1e-12) and m["AP50"] == pytest.approx(1, abs=1e-12)
     assert (m["APm"], m["APl"], m["ARm"], m["ARl"]) == (-1, -1, -1, -1)
     assert m["AR100"] == pytest.approx(0.55)           # recall: cat 1 always 1, cat 2 only at t = .5
     assert m["per_category"]["dog"]["id"] == 2 and m["per_category"]["dog"]["AP"] == pytest.approx(0.1, abs=1e-12)
-    assert m["per_category"]["fox"] == {"id": 3, "AP": -1.0}
+    assert m["per_category"]["fox"] == {"id": 3, "AP": -1.0, "HOTA": -1.0, "DetA": -1.0, "AssA": -1.0}
+    # HOTA (TrackEval): cat perfect (1); dog's GT track found in 1 of its 2 frames: DetA = 1/(1+1+0) = 1/2,
+    # AssA = TPA/(TPA+FNA+FPA) = 1/2, HOTA 1/2; fox has neither GT nor result and is left out of the class mean
+    assert m["per_category"]["dog"]["DetA"] == pytest.approx(0.5, abs=1e-12)
+    assert m["per_category"]["dog"]["AssA"] == pytest.approx(0.5, abs=1e-12)
+    assert (m["HOTA"], m["DetA"], m["AssA"], m["LocA"]) == pytest.approx((0.75, 0.75, 0.75, 1.0), abs=1e-12)
+    assert "TrackEval, class-averaged:     HOTA 0.750  DetA 0.750  AssA 0.750  LocA 1.000" in text
     for name in ("per_category_ap.png", "pr_curves.png"):
         assert (tmp / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -117,3 +125,58 @@ def test_evaluation_does_not_import_tensorflow():
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stderr
+
+
+# ---- bad GT and results: one line naming the entry, or a warning where the official evaluation is kept --------
+
+def _gt_with(files, change):
+    gt_path, results, tmp = files
+    gt = json.load(open(gt_path))
+    change(gt)
+    return write(tmp, "gt_bad.json", gt), results
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g["videos"][0].update(height=-20), r"video 1: 'height' must be an integer >= 1, got -20"),
+    (lambda g: g["annotations"][0].update(category_id=99),
+     r"annotations\[0\] \(video_id 1\): category_id 99 is not among the GT categories \[1, 2, 3\]"),
+    (lambda g: g["annotations"][1].update(areas=[100, float("nan")]),
+     r"annotations\[1\] \(video_id 2\): 'areas' must be a list of finite numbers >= 0 or nulls"),
+    (lambda g: g.update(annotations=[]), r"GT .*gt_bad.json: no annotations, nothing to evaluate against"),
+])
+def test_cli_bad_gt_is_one_line_naming_the_entry(files, capsys, change, message):
+    import re
+    gt, results = _gt_with(files, change)
+    assert evaluate.main(["--gt", gt, "--results", results, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: GT ") and re.search(message, err), err
+
+
+def test_cli_short_results_and_odd_scores_are_kept_with_a_warning(files, capsys):
+    """A result listing 1 of its video's 2 frames is scored over that frame only (the official zip), so the
+    half-found dog of video 2 becomes a perfect match: AP(dog) 0.1 -> 1, AP 0.55 -> 1. Scores outside [0, 1]
+    only order the results."""
+    gt, results_path, tmp = files
+    results = json.load(open(results_path))
+    results[1]["segmentations"] = results[1]["segmentations"][:1]
+    results[0]["score"], results[1]["score"] = 1e308, -5
+    out = str(tmp / "m.json")
+    assert evaluate.main(["--gt", gt, "--results", write(tmp, "short.json", results), "--out", out, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: 1 result(s) list fewer segmentations than their video has frames (entries [2], 1-based)"
+            in err)
+    assert "warning: 2 result(s) have a score outside [0, 1] (entries [1, 2], 1-based)" in err
+    assert json.load(open(out))["AP"] == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("flag, path, message", [
+    ("--out", "/proc/metrics.json", "error: --out /proc/metrics.json: cannot write in /proc"),
+    ("--plot", "FILE/plots", "error: --plot {tmp}/gt.json/plots: {tmp}/gt.json is not a folder"),
+])
+def test_cli_unwritable_output_is_found_before_the_evaluation(files, capsys, monkeypatch, flag, path, message):
+    gt, results, tmp = files
+    monkeypatch.setattr(evaluate, "evaluate_vis", lambda *a, **k: pytest.fail("evaluated before the check"))
+    path = path.replace("FILE", gt)
+    assert evaluate.main(["--gt", gt, "--results", results, flag, path, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(message.format(tmp=tmp)), err

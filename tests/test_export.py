@@ -1,6 +1,6 @@
 """export.py: the in-graph letterbox against model.letterbox_image and utils.Letterbox, the builtin ROI pooling
 against tf.image.crop_and_resize, SavedModel / TFLite / TFLite-fp16 exports against the Keras inference model,
-`tracker.py --exported` against `tracker.py --run-dir`, and the error cases (decisions M12, §6.2, §7)."""
+`tracker.py --exported` against `tracker.py --run-dir`, and the error cases (info/DESIGN.md#m12-outputs)."""
 import json
 import os
 import shutil
@@ -183,7 +183,7 @@ def _compare(out, ref, frame):
     # Detections whose mask box reaches past an edge of the frame are left out: tf.image.crop_and_resize (the Keras
     # model) zeroes a sample that lands outside the map, and which side of the edge a sample there falls on
     # changes with a rounding (graph optimisations, box coordinates 1e-5 apart); a row of the pixel branch's crop
-    # that flips between zero and the frame's pixels changes the mask. See README/report.
+    # that flips between zero and the frame's pixels changes the mask. See info/RESULTS.md.
     h, w = frame.shape[:2]
     inner = [i for i in range(n) if ref["mask_boxes"][i, 0] > 0.01 and ref["mask_boxes"][i, 1] > 0.01
              and ref["mask_boxes"][i, 2] < w - 0.01 and ref["mask_boxes"][i, 3] < h - 0.01]
@@ -375,3 +375,11 @@ def test_tflite_conversion_error_names_the_op(tmp_path):
     with pytest.raises(export.ExportError, match="CropAndResize.*--graph portable.*--select-tf-ops"):
         export._convert_tflite(str(tmp_path / "sm"), fp16=False, select_tf_ops=False)
     assert export._convert_tflite(str(tmp_path / "sm"), fp16=False, select_tf_ops=True)   # Flex allowed
+
+
+def test_unwritable_out_is_found_before_loading_the_run(tmp_path):
+    import export
+    (tmp_path / "file").write_text("")
+    # the run directory does not exist: the output is checked first
+    with pytest.raises(export.ExportError, match=r"--out .*file/exported: .*file is not a folder"):
+        export.export(str(tmp_path / "no_run"), "saved_model", str(tmp_path / "file" / "exported"))

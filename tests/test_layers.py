@@ -1,5 +1,5 @@
 """Neck, heads, decoding, proposals, ROI align, mask head and output layers against hand-computed numbers
-(original-model.md §3-§5, §7.1, Appendix A; decisions M3-M6, M10, M12)."""
+(info/DESIGN.md#architecture)."""
 import keras
 import numpy as np
 import pytest
@@ -36,13 +36,13 @@ def neck_heads_416():
 def test_neck_count_and_shapes(neck_heads_416):
     m = neck_heads_416
     neck = [l for l in m.layers if l.name.startswith("neck_")]
-    assert _count(neck) == 20_000_512                                       # §7.1
+    assert _count(neck) == 20_000_512                                       # info/DESIGN.md#parameter-counts
     assert sum(isinstance(l, keras.layers.Conv2D) for l in neck) == 39     # 3 x 7 top-down + 3 x 6 bottom-up
     p_shapes = [tuple(m.get_layer(f"neck_leaky_p{k}_4").output.shape) for k in (2, 3, 4)]
     assert p_shapes == [(None, 104, 104, 64), (None, 52, 52, 128), (None, 26, 26, 256)]
     assert [tuple(t.shape) for t in m.output["n"]] == [(None, 104, 104, 64), (None, 52, 52, 128),
                                                        (None, 26, 26, 256), (None, 13, 13, 512)]
-    # concatenation orders of §3: [lateral, upsampled] and [downsampled, p]
+    # concatenation orders (info/DESIGN.md#neck): [lateral, upsampled] and [downsampled, p]
     cat = m.get_layer("neck_cat_p4")
     assert [t._keras_history.operation.name for t in cat._inbound_nodes[0].input_tensors] == \
         ["neck_leaky_p4_lat", "neck_upsample_p4"]
@@ -57,9 +57,26 @@ def test_heads_count_and_shapes(neck_heads_416):
     emb = [l for l in m.layers if l.name.startswith("head_emb_")]
     det = [l for l in m.layers if l.name.startswith("head_det_")]
     cls = [l for l in m.layers if l.name.startswith("head_cls_")]
-    assert (_count(emb), _count(det), _count(cls)) == (1_797_952, 3_171_984, 38_560)      # §7.1
+    assert (_count(emb), _count(det), _count(cls)) == (1_797_952, 3_171_984, 38_560)      # parameter-counts
     assert [tuple(t.shape) for t in m.output["preds"]] == [(None, 6, s, s, 46) for s in (104, 52, 26, 13)]
     assert [tuple(t.shape) for t in m.output["embs"]] == [(None, s, s, 208) for s in (104, 52, 26, 13)]
+
+
+@pytest.mark.parametrize("preset", ["yolov4p1", "tiny"])
+def test_embedding_convs_start_from_n_0_001_with_zero_bias(neck_heads_416, preset):
+    """e2..e5 are drawn like the original's convs, N(0, 0.01) with a zero bias, in every preset (the tiny preset's
+    He initialiser is for convs followed by BN). Keras's default (Glorot uniform) would give a std of
+    sqrt(2 / (9 * (C_k + E))): 0.029 for n2 of the 416 model, 0.048 for tiny's n2 (C_k 16, E 32)."""
+    if preset == "yolov4p1":
+        m = neck_heads_416
+    else:
+        cfg = _cfg("tiny", num_classes=3)
+        b = [keras.Input((s, s, c)) for s, c in zip((40, 20, 10, 5), (32, 64, 128, 128))]
+        m = keras.Model(b, layers.apply_heads(layers.apply_neck(b, cfg), cfg)[1])
+    emb = [m.get_layer(f"head_emb_{k}") for k in (2, 3, 4, 5)]
+    kernels = np.concatenate([l.kernel.numpy().ravel() for l in emb])
+    assert kernels.std() == pytest.approx(0.01, rel=0.03) and abs(kernels.mean()) < 1e-3
+    assert all(not l.bias.numpy().any() for l in emb)
 
 
 def test_class_conv_branch_count():
@@ -264,16 +281,16 @@ def test_mask_head_count_shapes_and_group_norm():
     out = layers.apply_mask_head(rois, cfg)
     m = keras.Model(rois, out)
     assert tuple(out.shape) == (None, 28, 28, 2)
-    assert m.count_params() == 24_510_364                                    # §7.1, real GN has the same count
+    assert m.count_params() == 24_510_364                                    # real GN has the same count
     assert m.get_layer("mask_fc").count_params() == 19_669_776
     gns = [l for l in m.layers if isinstance(l, keras.layers.GroupNormalization)]
-    # 4 AFP + conv1..conv5 = 9 (§7.1's prose says 10 GroupNorm, but its 24,510,364 count is that of 9)
+    # 4 AFP + conv1..conv5 = 9 (the original's 24,510,364 is the count of 9)
     assert len(gns) == 9 and all(l.groups == 32 and l.epsilon == 1e-5 for l in gns)
     assert m.get_layer("mask_gn_conv5").output.shape[-1] == 128
 
 
 def test_group_norm_normalises_channel_groups():
-    # decisions M3: each group of C/G channels is normalised over (H, W, channels of the group)
+    # info/DESIGN.md#m3-group-normalisation: each group of C/G channels is normalised over (H, W, channels of the group)
     gn = keras.layers.GroupNormalization(groups=2, epsilon=1e-5)
     x = np.random.default_rng(0).normal(3, 2, (1, 4, 4, 4)).astype(np.float32)
     y = np.asarray(gn(x))

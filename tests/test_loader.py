@@ -65,12 +65,15 @@ def _first_seg(a):
 
 
 @pytest.mark.parametrize("case, expect", [
-    ("truncated", ["malformed or truncated JSON"]),
+    ("truncated", ["not valid JSON"]),
     ("missing_key", ["videos[1]", "'file_names'"]),
     ("seg_size", ["annotation", "frame", "'size' [10, 20]"]),
     ("seg_length", ["annotation", "'segmentations' has"]),
     ("category", ["annotation", "'category_id' 99"]),
     ("file_names", ["video", "'file_names' has"]),
+    ("climbing", ["video", "file_names[2]", "'../../../x.jpg' leaves the folder JPEGImages"]),
+    ("absolute", ["video", "file_names[0]", "'/etc/passwd' leaves the folder JPEGImages"]),
+    ("height", ["video", "field 'height' must be an integer >= 1, got -90"]),
 ])
 def test_bad_annotation_errors(tmp_path, synthetic_root, case, expect):
     expect = list(expect)
@@ -89,6 +92,12 @@ def test_bad_annotation_errors(tmp_path, synthetic_root, case, expect):
             a["category_id"] = 99
         elif case == "file_names":
             d["videos"][0]["file_names"].pop()
+        elif case == "climbing":
+            d["videos"][0]["file_names"][2] = "../../../x.jpg"
+        elif case == "absolute":
+            d["videos"][0]["file_names"][0] = "/etc/passwd"
+        elif case == "height":
+            d["videos"][0]["height"] = -90
         if case in ("seg_size", "seg_length", "category"):
             expect.append(f"annotation {a['id']}")
     ann, _ = _train(synthetic_root)
@@ -461,6 +470,61 @@ def test_bad_frames_error_or_skip(synthetic_root, tmp_path):
     got = _batches(ds)
     assert len(got) == v["length"] - 2 and stats.skipped == 2
     assert sorted(int(e["frame_index"]) for e in got) == [t for t in range(v["length"]) if t not in (2, 4)]
+
+
+def test_skipping_more_than_half_the_frames_is_an_error(synthetic_root, tmp_path):
+    """data.skip_bad_frames is for a few bad files: with 5 of a video's frames missing the pipeline stops with
+    the loader's error (and train.next_batch turns it into one line) instead of a stream that runs dry."""
+    import train
+    ann, img = _copy_split(synthetic_root, tmp_path)
+    y = L.load_annotations(ann)
+    v = y["videos"][0]
+    for name in v["file_names"][:5]:
+        os.remove(os.path.join(img, name))
+    cfg = _cfg("data.skip_bad_frames=true")
+    ds = L.build_dataset(cfg, ann, img, video_ids=[v["id"]], training=False, batch_size=1, stats=L.LoaderStats())
+    with pytest.raises(train.TrainError) as e:
+        it = iter(ds)
+        for _ in range(v["length"]):
+            train.next_batch(it, lambda: pytest.fail("a loader error needs no search"))
+    msg = str(e.value)
+    # frames load in parallel, so the count reported is the first past half, or one more
+    import re
+    m = re.search(r"data.skip_bad_frames: (\d+) of the (\d+) frames are bad, more than half", msg)
+    assert m and int(m.group(2)) == v["length"] and 2 * int(m.group(1)) > v["length"] >= 2 * (int(m.group(1)) - 2)
+    assert "(video" in msg and "\n" not in msg
+
+
+def test_next_batch_names_a_missing_frame_and_the_skip_option(synthetic_root, tmp_path):
+    import train
+    ann, img = _copy_split(synthetic_root, tmp_path)
+    v = L.load_annotations(ann)["videos"][0]
+    os.remove(os.path.join(img, v["file_names"][0]))
+    ds = L.build_dataset(_cfg(), ann, img, video_ids=[v["id"]], training=False, batch_size=1)
+    with pytest.raises(train.TrainError) as e:
+        train.next_batch(iter(ds), lambda: pytest.fail("a loader error needs no search"))
+    assert str(e.value) == (f"{os.path.join(img, v['file_names'][0])}: cannot read (No such file or directory) "
+                            f"(video {v['id']}, frame 0); data.skip_bad_frames=true skips such frames (reported)")
+
+
+def test_sample_table_gives_the_element_spec_and_the_empty_sample(synthetic_root):
+    """SAMPLE_FIELDS is the one description of a sample: the pipeline's elements and the stand-in for a skipped
+    frame take their dtypes and shapes from it (N = data.max_instances 8, R = data.mask_res 32)."""
+    ann, img = _train(synthetic_root)
+    ds = L.build_dataset(_cfg(), ann, img, training=False, batch_size=0)
+    spec = ds.element_spec
+    assert set(spec) == {"image", *L.TARGET_KEYS}
+    assert (spec["image"].dtype.name, tuple(spec["image"].shape)) == ("float32", (128, 128, 3))
+    table = {name: (dtype, L.field_shape(shape, 8, 32)) for name, dtype, shape in L.SAMPLE_FIELDS}
+    assert table["masks"] == ("uint8", (8, 32, 32)) and table["boxes"] == ("float32", (8, 4))
+    for name in L.TARGET_KEYS:
+        assert (spec[name].dtype.name, tuple(spec[name].shape)) == table[name], name
+    empty = L.empty_sample(8, 32, video_id=7, frame=3, image_hw=np.array([90, 160], np.int32))
+    assert set(empty) == set(table) and empty["data"] == b"" and not empty["ok"]
+    for name, (dtype, shape) in table.items():
+        if dtype != "string":
+            assert (empty[name].dtype.name, empty[name].shape) == (dtype, shape), name
+    assert (int(empty["video_id"]), int(empty["frame_index"]), int(empty["num_instances"])) == (7, 3, 0)
 
 
 def _letterbox_cv2(rgb, size):

@@ -1,4 +1,4 @@
-"""Loss values on hand-computed inputs and the ALB total (utils.py; original-model.md §6.4-6.7, decisions M7-M9)."""
+"""Loss values on hand-computed inputs and the ALB total (utils.py; info/DESIGN.md#losses)."""
 import math
 
 import numpy as np
@@ -157,3 +157,48 @@ def test_loss_term_names_follow_the_order_of_loss_terms():
     terms = utils.loss_terms(tf.constant(levels), tf.constant(99.0), "global").numpy()
     means = {"box": 35.0, "obj": 36.0, "cls": 37.0, "mask": 99.0}     # mean over the levels 2..5
     assert [means[n] for n in utils.loss_term_names("global", 4)] == terms.tolist()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_alb_log_variance_of_a_zero_term_stays_finite(optimizer):
+    """A term that is exactly zero (a level without positives, the mask loss of a batch without positives) has the
+    gradient 0.5 on its log-variance at every step and nothing pulls it back: unbounded, s passes -88.7 and
+    exp(-s) * 0 is inf * 0 = NaN. The log-variances are projected into utils.ALB_LOG_VAR_RANGE after each step.
+    Steps of 1.0 compress the tiny preset's ALB step (Adam, lr 2e-3 x alb_lr_mult 10) 50-fold; Keras's Adam and
+    SGD with momentum 0.9 are the two bases of train.make_optimizer, which leaves the ALB variables undecayed."""
+    lo, hi = utils.ALB_LOG_VAR_RANGE
+    alb = utils.AutoLossBalance(4)
+    terms = tf.constant([0.0, 0.3, 1.0, 2.0])
+    alb(terms)
+    opt = (tf.keras.optimizers.Adam(learning_rate=1.0) if optimizer == "adam"
+           else tf.keras.optimizers.SGD(learning_rate=1.0, momentum=0.9))
+    totals = []
+    for _ in range(300):
+        with tf.GradientTape() as tape:
+            total = alb(terms)
+        opt.apply(tape.gradient(total, [alb.alb_log_vars]), [alb.alb_log_vars])
+        totals.append(float(total))
+    s = alb.alb_log_vars.numpy()
+    bad = [i for i, t in enumerate(totals) if not np.isfinite(t)]
+    assert not bad, f"the total is {totals[bad[0]]} from step {bad[0]} on (log-variances at the end: {s})"
+    assert np.all((s >= lo) & (s <= hi))
+    assert s[0] == lo                                   # the zero term's log-variance rests on the lower bound
+    # When the term comes back, the gradient 0.5 * (1 - exp(-s) * L) < 0 lifts its log-variance off the bound.
+    terms = tf.constant([1.0, 0.3, 1.0, 2.0])
+    for _ in range(20):
+        with tf.GradientTape() as tape:
+            total = alb(terms)
+        opt.apply(tape.gradient(total, [alb.alb_log_vars]), [alb.alb_log_vars])
+        assert np.isfinite(float(total))
+    assert alb.alb_log_vars.numpy()[0] > lo
+
+
+def test_alb_range_round_trips_and_leaves_the_formula_alone_inside_it():
+    alb = utils.AutoLossBalance(3, log_var_range=(-2.0, 3.0))
+    again = utils.AutoLossBalance.from_config(alb.get_config())
+    assert again.log_var_range == (-2.0, 3.0) and again.num_terms == 3
+    again(tf.zeros([3]))
+    again.alb_log_vars.assign([-2.0, 0.5, 3.0])
+    losses = np.array([0.2, 0.7, 4.0], np.float32)
+    s = np.array([-2.0, 0.5, 3.0])
+    assert float(again(tf.constant(losses))) == pytest.approx(float(np.sum(0.5 * (np.exp(-s) * losses + s))), rel=1e-6)

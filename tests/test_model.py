@@ -1,4 +1,4 @@
-"""Assembled YOLOV4+1: parameter counts against original-model.md §7.1, Appendix A shapes at 416 and at the tiny
+"""Assembled YOLOV4+1: parameter counts and shapes at 416 (info/DESIGN.md#parameter-counts) and at the tiny
 preset, train -> infer weight transfer, an all-background frame, a 1280x720 frame end to end and postprocess."""
 import os
 import subprocess
@@ -31,7 +31,7 @@ def tiny():
 
 def test_part_counts_416(full_416):
     counts = M.part_param_counts(full_416)
-    # original-model.md §7.1: backbone and neck exactly; heads = embeddings 1,797,952 + detection 3,171,984 +
+    # info/DESIGN.md#parameter-counts: backbone and neck exactly; heads = embeddings 1,797,952 + detection 3,171,984 +
     # class 38,560; mask head 24,510,364 (real GN has the chunk-bug GN's count, M3); ALB 13 vs 4 scalars (M7).
     assert counts == {"backbone": 38_727_520, "neck": 20_000_512, "heads": 5_008_496, "mask_head": 24_510_364,
                       "alb": 13, "total": 88_246_896 + 9}
@@ -352,7 +352,7 @@ def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
 
 
 def test_training_gradients(tiny):
-    """Losses on level_preds and mask_logits reach every part; proposals are stop-gradient (original §4.3)."""
+    """Losses on level_preds and mask_logits reach every part; proposals stop gradients (info/DESIGN.md#proposals)."""
     cfg, train, _ = tiny
     s = cfg.model.input_size
     x = tf.constant(np.random.default_rng(5).uniform(0, 1, (1, s, s, 3)).astype(np.float32))
@@ -372,7 +372,7 @@ def test_training_gradients(tiny):
 
 
 def test_mixed_precision_outputs_float32():
-    """decisions M13: under mixed_float16 the tf.* layers compute in float32 and every output is float32/int32."""
+    """info/DESIGN.md#m13-mixed-precision: under mixed_float16 the tf.* layers compute in float32; outputs 32-bit."""
     import keras
     cfg = config.get_preset("tiny")
     # seeded: with some random He-initialised weights float16 activations overflow and no candidate survives

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import overlay_vis_on_video as ov  # noqa: E402
 from vis_common import (AtomicVideoWriter, VisError, blend, class_label, decode_rle, draw_frame,  # noqa: E402
                         load_results, open_video, count_frames, track_colour)
+from fileio import InputError  # noqa: E402
 
 H, W = 120, 160
 
@@ -293,3 +294,36 @@ def test_empty_results_draw_plain_videos(tmp_path, capsys):
                    "--out-dir", str(tmp_path / "v")])
     assert os.path.basename(out[0]) == "vis_v0.mp4" and count_frames(out[0]) == 1
     assert "no tracks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("video_id", "2", r"entry 0: 'video_id' must be an integer, got '2'"),
+    ("video_id", None, r"entry 0: 'video_id' must be an integer, got None"),
+    ("category_id", True, r"entry 0: 'category_id' must be an integer, got True"),
+    ("score", "0.9", r"entry 0 \(video 2\): 'score' must be a finite number, got '0.9'"),
+])
+def test_results_with_a_mistyped_field_name_the_entry(tmp_path, key, value, message):
+    res = make_results(str(tmp_path / "r.json"))
+    res[0][key] = value
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    with pytest.raises(VisError, match=r"results file .*r.json, " + message):
+        load_results(str(tmp_path / "r.json"))
+
+
+def test_frame_names_that_leave_the_frames_folder_are_refused(tmp_path):
+    split = tmp_path / "valid"
+    data = make_split(str(split))
+    make_results(str(tmp_path / "results.json"))
+    for name in ("../../outside.jpg", str(split / "JPEGImages" / data["videos"][0]["file_names"][0])):
+        data["videos"][0]["file_names"][1] = name
+        (split / "instances.json").write_text(json.dumps(data))
+        with pytest.raises(VisError, match=r"instances.json: video 2, file_names\[1\]: file name .* leaves the folder"):
+            ov.main(["--results", str(tmp_path / "results.json"), "--data", str(split), "--out-dir",
+                     str(tmp_path / "ov")])
+
+
+def test_unwritable_out_dir_is_refused_before_reading(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match=r"--out-dir .*file/ov: .*file is not a folder"):
+        ov.main(["--results", str(tmp_path / "missing.json"), "--data", str(tmp_path), "--out-dir",
+                 str(tmp_path / "file" / "ov")])

@@ -6,6 +6,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import pycocotools.mask as mask_util
 
 from conftest import ROOT
@@ -215,3 +216,27 @@ def test_class_hue_variant_mutes_the_backdrop():
         sat_m = np.median(cv2.cvtColor(muted, cv2.COLOR_RGB2HSV)[..., 1])
         sat_f = np.median(cv2.cvtColor(full, cv2.COLOR_RGB2HSV)[..., 1])
         assert sat_m <= 0.7 * sat_f, (s, sat_m, sat_f)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train-videos", "-1"], "need --train-videos >= 1 and --valid-videos >= 0 (0: no valid split), got -1 and 12"),
+    (["--valid-videos", "-2"], "got 48 and -2"),
+])
+def test_negative_video_counts_are_refused(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as e:
+        gen.main(["--out", str(tmp_path / "out")] + flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_valid_videos_zero_writes_no_valid_split(tmp_path):
+    gen.main(["--out", str(tmp_path / "out"), "--train-videos", "1", "--valid-videos", "0", "--min-frames", "2",
+              "--max-frames", "2", "--width", "64", "--height", "48", "--quiet"])
+    assert sorted(os.listdir(tmp_path / "out")) == ["train"]
+
+
+def test_unwritable_out_is_refused_before_drawing(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        gen.main(["--out", str(tmp_path / "file" / "shapes")])
+    assert e.value.code == 2 and "error: --out" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Anchor assignment, centroid points, delta round trip and mask targets (utils.py; original-model.md §6.2-6.5)."""
+"""Anchor assignment, centroid points, delta round trip, mask targets (utils.py; info/DESIGN.md#targets-and-losses)."""
 import numpy as np
 import pytest
 import tensorflow as tf

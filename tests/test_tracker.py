@@ -1,4 +1,4 @@
-"""tracker.py end to end on a tiny trained run: a dataset split to frame predictions (decisions §6.2), a video file
+"""tracker.py end to end on a tiny trained run: a split to frame predictions (info/DESIGN.md#frame-predictions), a video
 and a frame folder to results JSON + overlay mp4, the one-graph batching, and errors naming the video and frame."""
 import json
 import os
@@ -190,3 +190,40 @@ def test_cli_mask_rois_and_bfloat16(run):
     r = _run(["tracker.py", "--run-dir", str(run / "run"), "--data", str(run / "shapes" / "valid"), "--out", str(out),
               "--mask-rois", "0"])
     assert r.returncode != 0 and "--mask-rois must be at least 1" in r.stderr
+
+
+# ---- bad input, found before any model is loaded ---------------------------------------------------------------
+
+def test_dataset_frames_are_confined_to_jpegimages(synthetic_root, tmp_path):
+    import tracker
+    data = json.load(open(os.path.join(synthetic_root, "valid", "instances.json")))
+    vid = data["videos"][0]["id"]
+    for name in ("../../train/JPEGImages/x.jpg", "/etc/passwd"):
+        data["videos"][0]["file_names"][1] = name
+        ann = tmp_path / "ann.json"
+        ann.write_text(json.dumps(data))
+        with pytest.raises(tracker.FrameError, match=rf"ann.json: video {vid}, file_names\[1\]: file name "
+                                                     rf"'{name}' leaves the folder .*valid/JPEGImages"):
+            tracker.dataset_source(os.path.join(synthetic_root, "valid"), str(ann))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "DATA", "--out", "/proc/frames.json"], "tracker.py: --out /proc/frames.json: cannot write in /proc"),
+    (["--video", "DATA", "--out-dir", "FILE/out"], "tracker.py: --out-dir FILE/out: FILE is not a folder"),
+])
+def test_unwritable_output_is_found_before_the_model_loads(synthetic_root, tmp_path, args, message):
+    import tracker
+    (tmp_path / "file").write_text("")
+    swap = {"DATA": os.path.join(synthetic_root, "valid"), "FILE": str(tmp_path / "file")}
+    args = [swap.get(a, a).replace("FILE", str(tmp_path / "file")) for a in args]
+    with pytest.raises(SystemExit) as e:           # --run-dir does not exist: the check comes first
+        tracker.main(["--run-dir", str(tmp_path / "no_run")] + args)
+    assert str(e.value.code).startswith(message.replace("FILE", str(tmp_path / "file"))), e.value.code
+
+
+def test_lam_nan_is_refused_by_the_parser(tmp_path, capsys):
+    import tracker
+    with pytest.raises(SystemExit) as e:
+        tracker.main(["--run-dir", str(tmp_path), "--video", str(tmp_path), "--out-dir", str(tmp_path / "o"),
+                      "--lam", "nan"])
+    assert e.value.code == 2 and "--lam must be a finite number >= 0, got nan" in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""Tests of the tracking package (decisions.md §4 T3-T8, §6.2, §6.3): hand-worked scenarios on 24x32 masks,
+"""Tests of the tracking package (info/DESIGN.md#tracker, T3-T8): hand-worked scenarios on 24x32 masks,
 invariants on seeded random videos, a dense-mask transcription of the original prune_heuristics
-(original-tracking-eval.md §1.5) as the lam=0 reference, file validation errors and the command line.
+(info/DESIGN.md#the-original-association) as the lam=0 reference, file validation errors and the command line.
 
 Scenario expectations are written as one list per track (creation order) of the detection index taken in
 each frame (`None` where absent); detection indices are positions in the frame's `detections` list.
@@ -310,7 +310,7 @@ def test_results_order_videos_in_input_order_tracks_in_creation_order():
 # ---- the original code as the lam=0 reference -------------------------------------------------------------------
 
 def original_prune_heuristics(A, tau=0.99, gamma=0.01):
-    """Dense transcription of the original prune_heuristics (original-tracking-eval.md §1.5): gating, Best
+    """Dense transcription of the original prune_heuristics (info/DESIGN.md#the-original-association): gating, Best
     Friend and Lonely Best Friend on a float32 cost matrix, mutated in place. Returns (pairs, new, doubtful)."""
     rows = np.arange(A.shape[0])
     cols = np.argmin(A, axis=1)
@@ -478,6 +478,15 @@ def bad(mutate):
     (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(category_id=7), r"video 5 frame 0 detection 0: 'category_id' 7"),
     (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=None), r"video 5 frame 0 detection 0: 'score'"),
     (lambda d: d["videos"][0].pop("height"), r"'height' must be an int"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=1e308),
+     r"video 5 frame 0 detection 0: 'score' must be a number in \[0, 1\], got 1e\+308"),
+    (lambda d: d["videos"][0]["frames"][1]["detections"][0].update(score=-5),
+     r"video 5 frame 1 detection 0: 'score' must be a number in \[0, 1\], got -5"),
+    # pycocotools reads any string as run lengths; these cover 1 + 31 + ... pixels, not the 24x32 frame
+    (lambda d: d["videos"][0]["frames"][1]["detections"][0]["segmentation"].update(counts="garbage!!"),
+     r"video 5 frame 1 detection 0: malformed compressed RLE: its runs do not cover the 24x32 frame"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0]["segmentation"].update(counts="0é"),
+     r"video 5 frame 0 detection 0: compressed RLE counts hold non-ASCII characters"),
 ])
 def test_bad_input_errors_name_file_video_frame(tmp_path, mutate, message):
     path = tmp_path / "frames.json"
@@ -540,6 +549,26 @@ def test_cli_end_to_end(tmp_path):
                                         dataclasses.replace(TrackConfig(), max_age=2, min_hits=3))
 
 
+def test_cli_zip_is_the_submission_and_reads_back(tmp_path):
+    """--zip: a zip whose only member is results.json at the root, holding exactly the results JSON; no temporary
+    file left behind."""
+    import zipfile
+    frames_path, out_path = tmp_path / "frames.json", tmp_path / "sub" / "results.json"
+    write_frame_predictions(str(frames_path), preds(video(hidden_frames(), vid=11)))
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        track_cli.main(["--pred", str(frames_path), "--out", str(out_path), "--min-hits", "3", "--zip"])
+    zip_path = tmp_path / "sub" / "results.zip"
+    assert f"wrote the submission {zip_path}" in buf.getvalue()
+    with zipfile.ZipFile(zip_path) as z:
+        assert z.namelist() == ["results.json"]
+        assert json.loads(z.read("results.json")) == json.loads(out_path.read_text())
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["results.json", "results.zip"]
+    with redirect_stdout(io.StringIO()):  # an explicit path
+        track_cli.main(["--pred", str(frames_path), "--out", str(out_path), "--zip", str(tmp_path / "x.zip")])
+    assert zipfile.ZipFile(tmp_path / "x.zip").namelist() == ["results.json"]
+
+
 def test_cli_bad_input_exits_with_the_message(tmp_path):
     path = tmp_path / "frames.json"
     path.write_text(json.dumps(bad(lambda d: d["videos"][0]["frames"][1].update(index=0))))
@@ -547,6 +576,22 @@ def test_cli_bad_input_exits_with_the_message(tmp_path):
         track_cli.main(["--pred", str(path), "--out", str(tmp_path / "results.json")])
     assert f"{path}: video 5 frame 1: 'index' is 0" in str(err.value.code)
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tau", "nan"], "--tau must be a finite number, got nan"),
+    (["--lam", "nan"], "--lam must be a finite number, got nan"),
+    (["--lam", "-1"], "--lam, --gamma and --refind must be >= 0, got -1.0"),
+    (["--score-floor", "1.5"], "--score-floor is a score, in [0, 1]; got 1.5"),
+    (["--min-hits", "0"], "--min-hits must be at least 1, got 0"),
+    (["--out", "/proc/results.json"], "--out /proc/results.json: cannot write in /proc"),
+])
+def test_cli_bad_flags_and_unwritable_out_exit_before_reading(tmp_path, flags, message):
+    pred = tmp_path / "missing.json"          # never read: the flags and --out are checked first
+    args = ["--pred", str(pred), "--out", str(tmp_path / "results.json")] + flags
+    with pytest.raises(SystemExit) as err:
+        track_cli.main(args)
+    assert str(err.value.code).startswith(f"tracking.track: {message}"), err.value.code
 
 
 def test_cli_flags_override_config_file(tmp_path):
@@ -559,16 +604,57 @@ def test_cli_flags_override_config_file(tmp_path):
     assert track_cli.resolve_config(args) == TrackConfig()
 
 
-def test_tracker_passes_a_runs_track_section_as_flags():
-    # tracker.py --video runs `python -m tracking.track` with the run's own track settings (the tiny preset
-    # lowers the floor and the mean-score gate to 0.3): the flags must reproduce the section exactly.
+def test_tracker_video_tracks_and_draws_in_process_with_the_runs_class_names(tmp_path, monkeypatch):
+    """tracker.py --video tracks and draws in its own process (tracker.track_and_draw) with the run's `track`
+    section: results.json is byte for byte what `python -m tracking.track --config <run config>` writes from the
+    same frame predictions, and the overlay labels tracks with the run's class names ("disc"), not "class 1"."""
+    import cv2
+
     import tracker
-    from config import get_preset
-    tiny = get_preset("tiny").track
-    assert (tiny.score_floor, tiny.min_score, tiny.motion, tiny.refind) == (0.3, 0.3, True, 2.0)
-    assert not TrackConfig().motion and TrackConfig().refind == 0      # the original tracker (T4) by default
-    odd = dataclasses.replace(TrackConfig(), lam=0.25, tau=0.9, gamma=0.05, score_floor=0.45, min_hits=2,
-                              min_score=0.55, max_age=3, keep_doubtful=True, motion=True, refind=1.5)
-    for cfg in (TrackConfig(), tiny, odd):
-        args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o"] + tracker.track_flags(cfg))
-        assert track_cli.resolve_config(args) == cfg
+    from config import get_preset, save_config
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import overlay_vis_on_video as ov
+    from vis_common import class_label
+
+    # A 6-frame clip (a frame folder) of a 10x10 square moving 3 px a frame, detected in every frame.
+    cfg = get_preset("tiny")                           # its track section: floor 0.3, motion, refind
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    h, w, n = 40, 56, 6
+    frames = []
+    for t in range(n):
+        m = np.zeros((h, w), np.uint8)
+        m[10:20, 5 + 3 * t:15 + 3 * t] = 1
+        cv2.imwrite(str(folder / f"{t:05d}.png"), np.dstack([m * 200] * 3).astype(np.uint8))
+        rle = mask_utils.encode(np.asfortranarray(m))
+        frames.append({"index": t, "detections": [{
+            "score": 0.5 + 0.05 * t, "category_id": 1, "class_scores": [0.5 + 0.05 * t],
+            "bbox": [5 + 3 * t, 10, 10, 10],
+            "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")}}]})
+    videos = tracker.folder_source(str(folder))
+    doc = {"format": "ytvis-frame-predictions", "version": 1, "categories": [{"id": 1, "name": "disc"}],
+           "videos": [{**videos[0][0], "frames": frames}]}
+    drawn = []
+
+    def spy(frame, present, names, **kw):
+        drawn.append([class_label(t["category_id"], names) for t in present])
+        return draw_frame(frame, present, names, **kw)
+    draw_frame = ov.draw_frame
+    monkeypatch.setattr(ov, "draw_frame", spy)
+    out = tmp_path / "out"
+    written = tracker.track_and_draw(doc, videos, cfg.track, str(out), log=lambda *a, **k: None)
+    assert written == [str(out / "results.json"), str(out / "overlay" / "vis_v1.mp4")]
+    assert drawn == [["disc"]] * n                     # one track, kept (6 hits, mean score 0.625 > 0.3)
+
+    # the tracking stage's own command line on the same frame predictions and the same run config
+    write_frame_predictions(str(tmp_path / "frames.json"), doc)
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    with redirect_stdout(io.StringIO()):
+        track_cli.main(["--pred", str(tmp_path / "frames.json"), "--out", str(tmp_path / "cli.json"),
+                        "--config", str(tmp_path / "config.yaml")])
+    assert (out / "results.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    cap = cv2.VideoCapture(str(out / "overlay" / "vis_v1.mp4"))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    assert count == n

@@ -1,4 +1,4 @@
-"""The training loop (train.py; decisions §3, M7-M9): replica invariance, multi-worker, resume after SIGKILL, the
+"""The training loop (train.py; info/DESIGN.md#training): replica invariance, multi-worker, resume after SIGKILL, the
 NaN guard, checkpoints holding the ALB, weight-decay exclusions, and that the tiny preset overfits a few frames.
 Runs that need their own TensorFlow process (logical devices, workers, kills) go through subprocesses."""
 import json
@@ -157,7 +157,7 @@ def _two_workers(tmp_path, data, run_dirs, extra, dumps=True):
     hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
     procs = []
     for i, run_dir in enumerate(run_dirs):
-        # sync_bn on (decisions M14): with per-worker statistics the BN moving averages would differ per worker.
+        # sync_bn on (info/DESIGN.md#m14-synchronised-bn): per-worker statistics would give per-worker BN averages.
         args = SMALL + ["--data", data, "--run-dir", str(run_dir), "--set", "train.val_fraction=0",
                         "--set", "model.sync_bn=true", "--strategy", "multi_worker", "--worker", hosts,
                         "--worker-index", str(i)] + extra
@@ -378,13 +378,17 @@ def test_sigint_saves_at_the_current_step_and_the_resumed_epoch_says_so(shapes, 
 
 def _tiny_two_frames(shapes, overrides):
     """The tiny preset at 64 px with a constant LR (plus `overrides`) and the first 2 frames of the first training
-    video, unaugmented: (cfg, batch dict)."""
+    video, unaugmented: (cfg, batch dict). The anchors keep the preset's 192 px sizes: scaled to 64 px, the ~20 px
+    objects of these frames fall to the stride-16 level's 4x4 grid and the overfit test's top proposals miss them
+    after its 120 steps (seed 0)."""
     import config
     import loader_ytvos
     import rundir
-    cfg = config.apply_overrides(config.get_preset("tiny"), [
-        "model.input_size=64", "data.mask_res=32", "data.max_instances=4", "data.augment=false",
-        "train.batch_size=2", "train.warmup_steps=0", "train.lr_schedule=constant"] + list(overrides))
+    tiny = config.get_preset("tiny")
+    cfg = config.apply_overrides(tiny, [
+        "model.input_size=64", f"model.anchors={tiny.model.anchors}", "data.mask_res=32", "data.max_instances=4",
+        "data.augment=false", "train.batch_size=2", "train.warmup_steps=0", "train.lr_schedule=constant"]
+        + list(overrides))
     ann = os.path.join(shapes, "instances.json")
     ytvis = loader_ytvos.load_annotations(ann)
     cfg = rundir.add_dataset_classes(cfg, ytvis, ann)
@@ -449,7 +453,7 @@ def test_adamw_option_keeps_the_decoupled_decay_and_exclusions():
     # 0.1 * 2 (decoupled, not LR-scaled): 2 - 0.2 - 0.5 = 1.3; the bias is not decayed: 1.5.
     np.testing.assert_allclose(kernel.numpy(), 1.3, rtol=1e-5)
     np.testing.assert_allclose(bias.numpy(), 1.5, rtol=1e-5)
-    # the published preset stays SGD (decisions §0)
+    # the published preset stays SGD (info/DESIGN.md#optimizer)
     assert isinstance(train.make_optimizer(config.get_preset("yolov4p1"), 0.1), keras.optimizers.SGD)
 
 
@@ -472,7 +476,7 @@ def test_alb_lr_mult_scales_only_the_alb_step():
 
 
 def test_mixed_precision_trains_in_float16_and_skips_overflowing_steps(shapes):
-    """model.mixed_precision (decisions M13): convolutions compute in float16 on float32 variables, the losses are
+    """model.mixed_precision (info/DESIGN.md#m13-mixed-precision): float16 convolutions, float32 weights, the losses are
     float32 and finite, a step moves the weights; a loss scale so large that the float16 gradients overflow skips
     the step (weights unchanged) and halves the scale, as dynamic loss scaling does."""
     import keras

@@ -1,4 +1,4 @@
-"""Tracking stage of YOLOV4+1Tr (decisions.md §4): frame predictions (§6.2) to the official results JSON (§6.3).
+"""Tracking stage of YOLOV4+1Tr (info/DESIGN.md#tracker): frame predictions to the official results JSON.
 
 `tracking.tracks` holds the bookkeeping, `tracking.io` the file formats, `tracking.track` the command line.
 Nothing here imports TensorFlow.

@@ -1,15 +1,19 @@
-"""Command line of the tracking stage: frame predictions (decisions.md §6.2) to the official YouTube-VIS results
-JSON (§6.3) with the heuristic tracker of §4. Does not import TensorFlow.
+"""Command line of the tracking stage: frame predictions (info/DESIGN.md#frame-predictions) to the official results
+JSON with the heuristic tracker of info/DESIGN.md#tracker. Does not import TensorFlow.
 
-    python -m tracking.track --pred runs/demo/valid_frames.json --out runs/demo/results.json [--lam 0.5]
+    python -m tracking.track --pred runs/demo/valid_frames.json --out runs/demo/results.json [--lam 0.5] [--zip]
+
+--zip also writes the challenge submission (a zip with results.json at its root; default: --out with .zip).
 """
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
-from config import ConfigError, TrackConfig, load_config
-from tracking.io import FramePredictionsError, read_frame_predictions, write_results
+from config import TrackConfig, load_config, validate_track
+from fileio import InputError, check_writable_file
+from tracking.io import FramePredictionsError, read_frame_predictions, write_results, write_submission_zip
 from tracking.tracks import track_predictions
 
 
@@ -18,6 +22,9 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pred", required=True, help="frame-predictions JSON written by tracker.py")
     p.add_argument("--out", required=True, help="results JSON to write (official YouTube-VIS format)")
+    p.add_argument("--zip", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write the YouTube-VIS challenge submission zip (results.json at its root) here "
+                        "(default: --out with the extension .zip)")
     p.add_argument("--config", default=None,
                    help="a run's config.yaml/.json; its `track` section replaces the defaults below")
     p.add_argument("--lam", type=float, default=None, help=f"class-mismatch cost (default {d.lam})")
@@ -47,16 +54,20 @@ def resolve_config(args) -> TrackConfig:
     flags = {"lam": args.lam, "tau": args.tau, "gamma": args.gamma, "score_floor": args.score_floor,
              "min_hits": args.min_hits, "min_score": args.min_score, "max_age": args.max_age,
              "keep_doubtful": args.keep_doubtful, "motion": args.motion, "refind": args.refind}
-    return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    return validate_track(cfg, prefix="--")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
+        check_writable_file(args.out, "--out")
+        if args.zip is not None:
+            check_writable_file(args.zip or os.path.splitext(args.out)[0] + ".zip", "--zip")
         start = time.time()
         data = read_frame_predictions(args.pred)
-    except (ConfigError, FramePredictionsError) as e:
+    except InputError as e:
         sys.exit(f"tracking.track: {e}")
     num_frames = sum(int(v["length"]) for v in data["videos"])
     print(f"read {len(data['videos'])} videos, {num_frames} frames from {args.pred}", flush=True)
@@ -73,6 +84,14 @@ def main(argv=None):
     write_results(args.out, results)
     elapsed = time.time() - start
     print(f"wrote {len(results)} tracks to {args.out} ({elapsed:.1f} s, {num_frames / max(elapsed, 1e-9):.1f} frames/s)")
+    if args.zip is not None:
+        zip_path = args.zip or os.path.splitext(args.out)[0] + ".zip"
+        try:
+            size = write_submission_zip(zip_path, results)
+        except OSError as e:
+            sys.exit(f"tracking.track: cannot write the submission zip: {e}")
+        print(f"wrote the submission {zip_path} (results.json at its root, {len(results)} tracks, read back; "
+              f"{size / 1024:.0f} KiB)")
     return 0
 
 

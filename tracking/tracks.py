@@ -1,6 +1,6 @@
 """Track bookkeeping of the YOLOV4+1Tr heuristic tracker: frame predictions in, official results list out.
 
-Implements decisions.md §4 T3-T8 (fixes H2-H11 of original-tracking-eval.md §5.1): histories indexed by absolute
+Implements T3-T8 of info/DESIGN.md#tracker (fixing the original's bookkeeping): histories indexed by absolute
 frame index, inclusive score floor, optional max_age and keep_doubtful, video-level mode category and mean score;
 and two options that are not in the original: `motion` compares a track with its last mask moved at its velocity,
 and `refind` gives a detection that matched no track to a nearby same-class track that lost its object.
@@ -31,8 +31,8 @@ class Detection:
 class Track:
     track_id: int           # creation order within the video
     history: list           # [length] Detection or None, indexed by absolute frame index
-    last_rle: dict          # the mask the next frame is compared against (decisions T4)
-    last_category: int      # category of the last matched detection (decisions T1)
+    last_rle: dict          # the mask the next frame is compared against (info/DESIGN.md#t4-track-memory)
+    last_category: int      # category of the last matched detection (info/DESIGN.md#t1-cost)
     last_hit: int           # frame index of the last detection
     hits: int = 0
     centre: Optional[np.ndarray] = None    # box centre (x, y) of the last detection (motion option)
@@ -124,7 +124,7 @@ def refind(dets: List[Detection], candidates: List[int], tracks: List[Track], ta
 
 def kept_detections(frame, height, width, score_floor, where="") -> List[Detection]:
     """Detections of one frame taking part in tracking: score >= floor (inclusive) and a non-empty mask
-    (decisions T5). A mask of the wrong size is an error even below the floor."""
+    (info/DESIGN.md#t5-score-floor). A mask of the wrong size is an error even below the floor."""
     kept = []
     for k, det in enumerate(frame["detections"]):
         seg = det.get("segmentation")
@@ -180,14 +180,14 @@ def track_video(video, cfg: TrackConfig, source="<frame predictions>") -> List[T
 
 
 def video_category(categories) -> int:
-    """Most frequent category; ties go to the smallest id (decisions T7, as np.bincount(...).argmax())."""
+    """Most frequent category, ties to the smallest id: np.bincount(...).argmax() (info/DESIGN.md#t7-kept-tracks)."""
     counts = Counter(categories)
     top = max(counts.values())
     return min(c for c, n in counts.items() if n == top)
 
 
 def summarize_track(track: Track, video_id, cfg: TrackConfig) -> Optional[dict]:
-    """The official results entry of a track, or None if it fails min_hits / min_score (decisions T7, T8)."""
+    """The results entry of a track, or None if it fails min_hits or min_score (info/DESIGN.md#t7-kept-tracks)."""
     dets = track.detections()
     if len(dets) < cfg.min_hits or not dets:
         return None
