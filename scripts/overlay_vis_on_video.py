@@ -14,7 +14,6 @@ import sys
 
 import cv2
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import (AtomicVideoWriter, VisError, category_names, count_frames, decode_rle,  # noqa: E402
                         draw_frame, load_results, read_frames, read_json)
 

@@ -15,7 +15,6 @@ import sys
 import cv2
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import AtomicVideoWriter, VisError, count_frames, make_temp, open_video, read_frames  # noqa: E402
 
 SIZE_SAFETY = 0.75  # first guess of the frames to keep leaves room, as the original did (mp4v size varies)

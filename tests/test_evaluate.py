@@ -10,7 +10,6 @@ import pytest
 from pycocotools import mask as mask_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import evaluate  # noqa: E402
 
 H, W = 20, 30

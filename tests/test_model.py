@@ -279,15 +279,14 @@ def test_summary_cli():
     assert sum(int(v) for k, v in lines.items() if k != "total") == int(lines["total"])
 
 
-def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
+def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients(tiny_cfg):
     """build_model(mask_positives=True), what train.py trains: the mask head runs on the positive proposals only
     (moved to the front in their order, n = the most an image has, and only the positive slots of the [B, n]
     enter the subnet), and the mask loss and every gradient of it are
     those of the published graph's head over all P proposals (float32 rounding apart), with the same weights."""
     import keras
     import train as train_lib
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "data.mask_res=32",
-                                                              "model.mask_iou_thresh=0.05"])
+    cfg = tiny_cfg(input_size=64, mask_res=32, mask_iou_thresh=0.05)
     keras.utils.set_random_seed(3)
     full = M.build_model(cfg, "train")
     gated = M.build_model(cfg, "train", mask_positives=True)

@@ -32,16 +32,6 @@ def _run(args, timeout=180, **env):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """A tiny synthetic split: 4 videos x 4 frames of 96x64 (the built-in generator, seeded)."""
-    out = tmp_path_factory.mktemp("shapes")
-    subprocess.run([PY, os.path.join(ROOT, "scripts", "make_synthetic_ytvis.py"), "--out", str(out), "--seed", "0",
-                    "--train-videos", "4", "--valid-videos", "1", "--min-frames", "4", "--max-frames", "4",
-                    "--width", "96", "--height", "64", "--quiet"], check=True, cwd=ROOT)
-    return str(out / "train")
-
-
 def _read_ckpt(prefix):
     import tensorflow as tf
     reader = tf.train.load_checkpoint(prefix)
@@ -56,14 +46,13 @@ def _key(values, *parts):
 
 # ---- in-process checks --------------------------------------------------------------------------------------
 
-def test_weight_decay_excludes_alb_norm_and_bias_and_is_decoupled():
+def test_weight_decay_excludes_alb_norm_and_bias_and_is_decoupled(tiny_cfg):
     import keras
     import tensorflow as tf
 
     import config
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["train.weight_decay=0.1", "train.momentum=0",
-                                                              "train.optimizer=sgd", "train.alb_lr_mult=1"])
+    cfg = tiny_cfg(weight_decay=0.1, momentum=0, optimizer="sgd", alb_lr_mult=1)
     kernel = keras.Variable(np.full((2, 2), 2.0, np.float32), name="kernel")
     bias = keras.Variable(np.full((2,), 2.0, np.float32), name="bias")
     gamma = keras.Variable(np.full((2,), 2.0, np.float32), name="gamma")
@@ -78,11 +67,10 @@ def test_weight_decay_excludes_alb_norm_and_bias_and_is_decoupled():
         np.testing.assert_allclose(v.numpy(), 1.5, rtol=1e-6)
 
 
-def test_lr_schedule_warmup_and_cosine():
+def test_lr_schedule_warmup_and_cosine(tiny_cfg):
     import config
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["train.lr=0.1", "train.warmup_steps=4",
-                                                              "train.lr_schedule=cosine"])
+    cfg = tiny_cfg(lr=0.1, warmup_steps=4, lr_schedule="cosine")
     sched = train.make_schedule(cfg, 14)
     # warm-up: (step + 1) / 4 of the peak; cosine from step 4 to 14: halfway (step 9) gives half the peak.
     np.testing.assert_allclose([float(sched(s)) for s in (0, 3, 9, 14)], [0.025, 0.1, 0.05, 0.0], atol=1e-7)
@@ -91,7 +79,7 @@ def test_lr_schedule_warmup_and_cosine():
     assert float(const(0)) == pytest.approx(0.1) and float(const(100)) == pytest.approx(0.1)
 
 
-def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path):
+def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path, tiny_cfg):
     """A checkpoint holds each layer's weights under its name, so the plain training model's checkpoint loads into
     the one train.py builds (GT inputs and the mask gate change the graph order) and the other way round; a
     checkpoint of the earlier format (the model by graph position) loads through load_run with the same weights,
@@ -102,7 +90,7 @@ def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path):
     import config
     import model as model_lib
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "model.num_classes=3"])
+    cfg = tiny_cfg(input_size=64, num_classes=3)
     keras.utils.set_random_seed(1)
     plain = model_lib.build_model(cfg, "train")
     train.ensure_alb_built(plain)
@@ -149,13 +137,12 @@ def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path):
         train.resume(ckpt, parts, str(old_run), tf.distribute.get_strategy())
 
 
-def test_backbone_phases_and_alb_in_checkpoint(tmp_path):
+def test_backbone_phases_and_alb_in_checkpoint(tmp_path, tiny_cfg):
     import tensorflow as tf
 
     import config
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "model.num_classes=2",
-                                                              "train.optimizer=sgd"])
+    cfg = tiny_cfg(input_size=64, num_classes=2, optimizer="sgd")
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     model, opt, _, ckpt, parts = train.build_state(cfg, strategy, 10)
     n_all = len(train.trainable_vars(model))
@@ -422,13 +409,13 @@ def test_tiny_preset_overfits_a_few_frames(shapes):
         assert iou.max() >= 0.5, (biggest, top)
 
 
-def test_adamw_option_keeps_the_decoupled_decay_and_exclusions():
+def test_adamw_option_keeps_the_decoupled_decay_and_exclusions(tiny_cfg):
     import keras
     import tensorflow as tf
 
     import config
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["train.weight_decay=0.1", "train.optimizer=adamw"])
+    cfg = tiny_cfg(weight_decay=0.1, optimizer="adamw")
     kernel = keras.Variable(np.full((2, 2), 2.0, np.float32), name="kernel")
     bias = keras.Variable(np.full((2,), 2.0, np.float32), name="bias")
     opt = train.make_optimizer(cfg, 0.5)
@@ -443,7 +430,7 @@ def test_adamw_option_keeps_the_decoupled_decay_and_exclusions():
     assert isinstance(train.make_optimizer(config.get_preset("yolov4p1"), 0.1), keras.optimizers.SGD)
 
 
-def test_validation_map_counts_detections_below_conf_thresh(tmp_path, monkeypatch):
+def test_validation_map_counts_detections_below_conf_thresh(tmp_path, monkeypatch, tiny_cfg):
     """A correct detection scored 0.3 is above the storage floor (0.05) but below conf_thresh (0.5): the COCO
     frame mAP must see it (AP 1), the confusion matrix must not (0 matched)."""
     import cv2
@@ -452,8 +439,7 @@ def test_validation_map_counts_detections_below_conf_thresh(tmp_path, monkeypatc
     import config
     import model as model_lib
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "model.num_classes=1",
-                                                              "model.max_prop=4", "model.pre_nms_limit=4"])
+    cfg = tiny_cfg(input_size=64, num_classes=1, max_prop=4, pre_nms_limit=4)
     cfg.data.categories = [{"id": 1, "name": "disc"}]
     h, w = 32, 64
     cv2.imwrite(str(tmp_path / "f.jpg"), np.zeros((h, w, 3), np.uint8))
@@ -479,14 +465,13 @@ def test_validation_map_counts_detections_below_conf_thresh(tmp_path, monkeypatc
     assert val["val_matched"] == 0
 
 
-def test_alb_lr_mult_scales_only_the_alb_step():
+def test_alb_lr_mult_scales_only_the_alb_step(tiny_cfg):
     import keras
     import tensorflow as tf
 
     import config
     import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["train.weight_decay=0", "train.momentum=0",
-                                                              "train.optimizer=sgd", "train.alb_lr_mult=10"])
+    cfg = tiny_cfg(weight_decay=0, momentum=0, optimizer="sgd", alb_lr_mult=10)
     kernel = keras.Variable(np.full((2,), 2.0, np.float32), name="kernel")
     alb = keras.Variable(np.full((13,), 2.0, np.float32), name="alb_log_vars")
     opt = train.make_optimizer(cfg, 0.1)
