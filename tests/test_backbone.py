@@ -52,6 +52,7 @@ def random_weights(tmp_path_factory):
     return model, path
 
 
+@pytest.mark.slow
 def test_full_width_count_and_shapes(full_416):
     assert full_416.count_params() == 38_727_520       # original-model.md §7.1, incl. BN moving statistics
     shapes = [tuple(t.shape) for t in full_416.outputs]
@@ -60,6 +61,7 @@ def test_full_width_count_and_shapes(full_416):
     assert tuple(spp.shape) == (None, 13, 13, 2048)
 
 
+@pytest.mark.slow
 def test_names_order_and_activations(full_416):
     convs, bns = backbone.backbone_layer_names()
     layer_names = [l.name for l in full_416.layers]

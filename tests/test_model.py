@@ -29,6 +29,7 @@ def tiny():
     return cfg, M.build_model(cfg, "train"), M.build_model(cfg, "infer")
 
 
+@pytest.mark.slow
 def test_part_counts_416(full_416):
     counts = M.part_param_counts(full_416)
     # original-model.md §7.1: backbone and neck exactly; heads = embeddings 1,797,952 + detection 3,171,984 +
@@ -38,6 +39,7 @@ def test_part_counts_416(full_416):
     assert counts["total"] == full_416.count_params()                       # the ALB attribute is included
 
 
+@pytest.mark.slow
 def test_appendix_a_shapes_416(full_416):
     m = full_416
     out = m.output
@@ -268,6 +270,7 @@ def test_letterbox_image_geometry():
         M.letterbox_image(np.zeros((4, 4), np.uint8), 32)
 
 
+@pytest.mark.slow
 def test_summary_cli():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     res = subprocess.run([sys.executable, "model.py", "--preset", "tiny", "--summary"], cwd=ROOT, env=env,

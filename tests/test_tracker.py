@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+# every test here uses a run trained by a train.py subprocess
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 SMALL = ["--preset", "tiny", "--set", "model.input_size=64", "--set", "train.batch_size=2",

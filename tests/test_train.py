@@ -171,6 +171,7 @@ def test_backbone_phases_and_alb_in_checkpoint(tmp_path, tiny_cfg):
 
 # ---- subprocess checks ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_one_step_is_replica_invariant():
     """One step from the same weights and global batch on 1 device and on 2 logical CPUs (MirroredStrategy).
 
@@ -228,6 +229,7 @@ def _same_dumps(tmp_path):
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_two_workers_end_with_identical_weights_only_worker0_writes_and_resume_together(shapes, tmp_path):
     run0, run1 = tmp_path / "run0", tmp_path / "run1"
     (rc0, out0, err0), (rc1, out1, err1) = _two_workers(tmp_path, shapes, [run0, run1], ["--epochs", "1"])
@@ -257,6 +259,7 @@ def test_two_workers_end_with_identical_weights_only_worker0_writes_and_resume_t
     assert tf.train.latest_checkpoint(str(run0 / "checkpoints")).endswith("ckpt-6")
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
     run = tmp_path / "run"
     res = _run(SMALL + ["--data", shapes, "--run-dir", str(run), "--epochs", "2", "--set", "train.ckpt_every=2",
@@ -289,6 +292,7 @@ def test_nan_guard_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shap
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
     run = tmp_path / "run"
     args = SMALL + ["--data", shapes, "--run-dir", str(run), "--epochs", "3", "--set", "train.ckpt_every=2",
@@ -370,6 +374,7 @@ def _tiny_two_frames(shapes, overrides):
     return cfg, {k: v for k, v in next(iter(ds)).items()}
 
 
+@pytest.mark.slow
 def test_tiny_preset_overfits_a_few_frames(shapes):
     """Overfit 2 frames: the summed raw losses fall by at least half and the top proposals land on the objects."""
     import keras
