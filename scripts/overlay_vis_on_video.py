@@ -202,4 +202,4 @@ if __name__ == "__main__":
     try:
         main()
     except VisError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

@@ -243,7 +243,7 @@ def test_two_workers_end_with_identical_weights_only_worker0_writes_and_resume_t
     # --resume: a worker that cannot see the chief's checkpoints (its --run-dir has none) would start over while
     # the chief resumes; both stop at once instead, with a message naming the steps found.
     res = _two_workers(tmp_path, shapes, [run0, run1], ["--epochs", "2", "--resume"], dumps=False)
-    for i, (rc, out, err) in enumerate(res):
+    for i, (rc, _out, err) in enumerate(res):
         assert rc != 0
         assert f"--resume: worker {i} found step {3 if i == 0 else 0}" in err, err[-3000:]
         assert "the workers found steps 0 to 3" in err
