@@ -79,6 +79,7 @@ def test_lr_schedule_warmup_and_cosine(tiny_cfg):
     assert float(const(0)) == pytest.approx(0.1) and float(const(100)) == pytest.approx(0.1)
 
 
+@pytest.mark.slow
 def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path, tiny_cfg):
     """A checkpoint holds each layer's weights under its name, so the plain training model's checkpoint loads into
     the one train.py builds (GT inputs and the mask gate change the graph order) and the other way round; a
@@ -490,6 +491,7 @@ def test_alb_lr_mult_scales_only_the_alb_step(tiny_cfg):
     np.testing.assert_allclose(alb.numpy(), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_in_float16_and_skips_overflowing_steps(shapes):
     """model.mixed_precision (decisions M13): convolutions compute in float16 on float32 variables, the losses are
     float32 and finite, a step moves the weights; a loss scale so large that the float16 gradients overflow skips
