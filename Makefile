@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` and `make test`. Everything runs inside .venv, made here.
+# The README's commands: `make demo`, `make test` (fast tier, before every commit), `make test-all` (everything,
+# as CI runs it) and `make lint`. Everything runs inside .venv, made here.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-requirements
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: setup test demo bench clean-demo
+.PHONY: setup test test-all lint demo bench clean-demo
 
 setup: $(STAMP)
 
@@ -20,8 +21,15 @@ $(STAMP): requirements.txt
 	@cp requirements.txt $(STAMP)
 	@echo "set-up done: $(VENV) ($$($(PY) -c 'import tensorflow as tf; print("tensorflow", tf.__version__)' 2>/dev/null))"
 
+# The `slow` tests (subprocesses, trainings of more than a few steps, exports, the 416 model) run in test-all only.
 test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: setup
 	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check .
 
 demo: setup
 	$(PY) scripts/demo.py $(if $(FRESH),--fresh,)

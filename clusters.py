@@ -219,7 +219,7 @@ def main(argv=None):
     try:
         anchors, info = kmeans_anchors(boxes, k, seed=args.seed, max_iter=args.max_iter, progress=_report)
     except ValueError as e:
-        raise SystemExit(f"error: {args.ann}: {e}")
+        raise SystemExit(f"error: {args.ann}: {e}") from None
     state = "converged" if info["converged"] else "stopped at the cap"
     print(f"{state} after {info['iterations']} iterations ({info['reseeded']} empty clusters re-seeded)")
     comment = (f"k-means anchors (1 - IoU) from {args.ann}: {len(boxes)} boxes, k={k}, seed {args.seed}, "

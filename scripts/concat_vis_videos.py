@@ -11,7 +11,6 @@ import fnmatch
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import AtomicVideoWriter, VisError, letterbox_into, natural_key, read_frames  # noqa: E402
 from fileio import InputError, check_writable_file  # noqa: E402
 
@@ -63,4 +62,4 @@ if __name__ == "__main__":
     try:
         main()
     except InputError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

@@ -14,7 +14,6 @@ import sys
 
 import cv2
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import (AtomicVideoWriter, VisError, _is_int, category_names, count_frames,  # noqa: E402
                         decode_rle, draw_frame, load_results, read_frames, read_json)
 from fileio import InputError, check_writable_dir, confined_path  # noqa: E402
@@ -208,4 +207,4 @@ if __name__ == "__main__":
     try:
         main()
     except InputError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

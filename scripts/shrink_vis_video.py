@@ -15,7 +15,6 @@ import sys
 import cv2
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vis_common import AtomicVideoWriter, VisError, count_frames, make_temp, open_video, read_frames  # noqa: E402
 from fileio import InputError, check_writable_file  # noqa: E402
 
@@ -131,4 +130,4 @@ if __name__ == "__main__":
     try:
         main()
     except InputError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

@@ -194,7 +194,7 @@ def draw_frame(frame_bgr, tracks_at_frame, class_names=None, alpha: float = 0.45
     taken = []  # rectangles already holding text: labels must not hide each other or the header
     if header:
         taken.append(_text_rect(img, header, 4, 4, HEADER_SCALE))
-    for t, _, (x1, y1, x2, y2) in boxes:
+    for t, _, (x1, y1, _x2, y2) in boxes:
         label = f"#{t['track_id']} {class_label(t['category_id'], names)} {float(t['score']):.2f}"
         _, _, _, h = _text_rect(img, label, 0, 0, LABEL_SCALE)
         candidates = [_text_rect(img, label, x1, y, LABEL_SCALE) for y in (y1 - h - 2, y1 + 2, y2 + 3)]

@@ -1,22 +1,69 @@
-"""Shared fixtures: the repository root on sys.path, a quiet TensorFlow, and temporary folders."""
+"""Shared fixtures: a quiet TensorFlow, the `tiny` config with overrides, and a small synthetic dataset.
+
+The repository root, scripts/ and bench/ are on sys.path through `pythonpath` in pyproject.toml."""
+import dataclasses
+import json
 import os
-import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest  # noqa: E402
+
+def tiny_config(**overrides):
+    """The `tiny` preset with `overrides` given by field name, validated as `--set` would be.
+
+    `tiny_config(input_size=64, num_classes=3)` sets model.input_size and model.num_classes; a name found in two
+    sections takes its section before a double underscore (`train__batch_size=2`, `infer__batch_size=1`)."""
+    import config
+
+    cfg = config.get_preset("tiny")
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    items = []
+    for name, value in overrides.items():
+        if "__" in name:
+            key = name.replace("__", ".", 1)
+        else:
+            owners = [s for s, sub in sections.items() if name in {f.name for f in dataclasses.fields(sub)}]
+            if len(owners) != 1:
+                raise KeyError(f"tiny_cfg: {name!r} is a field of {owners or 'no section'}; "
+                               f"write <section>__{name}")
+            key = f"{owners[0]}.{name}"
+        items.append(f"{key}={json.dumps(value)}")     # JSON is YAML: true/false, numbers, quoted strings, lists
+    return config.apply_overrides(cfg, items)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    """tiny_cfg(**overrides) -> Config: see `tiny_config`."""
+    return tiny_config
+
+
+def _make_synthetic(out, **sizes):
+    """The built-in generator (scripts/make_synthetic_ytvis.py, seed 0) into `out`."""
+    import make_synthetic_ytvis as gen
+    args = ["--out", str(out), "--seed", "0", "--quiet"]
+    for k, v in sizes.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    gen.main(args)
+    return str(out)
 
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory):
     """A small built-in dataset (4 train / 2 valid videos of 6-8 frames at 160x90): returns its root folder,
     holding train/ and valid/ in the YouTube-VIS layout (scripts/make_synthetic_ytvis.py)."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import make_synthetic_ytvis as gen
-    out = str(tmp_path_factory.mktemp("synthetic") / "shapes")
-    gen.main(["--out", out, "--seed", "0", "--train-videos", "4", "--valid-videos", "2", "--min-frames", "6",
-              "--max-frames", "8", "--width", "160", "--height", "90", "--quiet"])
-    return out
+    return _make_synthetic(tmp_path_factory.mktemp("synthetic") / "shapes", train_videos=4, valid_videos=2,
+                           min_frames=6, max_frames=8, width=160, height=90)
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """A tiny synthetic training split: 4 videos x 4 frames of 96x64 (and one validation video); returns the
+    train/ folder."""
+    root = _make_synthetic(tmp_path_factory.mktemp("shapes"), train_videos=4, valid_videos=1, min_frames=4,
+                           max_frames=4, width=96, height=64)
+    return os.path.join(root, "train")
+

@@ -52,6 +52,7 @@ def random_weights(tmp_path_factory):
     return model, path
 
 
+@pytest.mark.slow
 def test_full_width_count_and_shapes(full_416):
     assert full_416.count_params() == 38_727_520       # info/DESIGN.md#parameter-counts
     shapes = [tuple(t.shape) for t in full_416.outputs]
@@ -60,6 +61,7 @@ def test_full_width_count_and_shapes(full_416):
     assert tuple(spp.shape) == (None, 13, 13, 2048)
 
 
+@pytest.mark.slow
 def test_names_order_and_activations(full_416):
     convs, bns = backbone.backbone_layer_names()
     layer_names = [l.name for l in full_416.layers]
@@ -110,6 +112,7 @@ def _opencv_outputs(weights_path, image, tmp_path):
     return [o.transpose(0, 2, 3, 1) for o in net.forward(outs)]
 
 
+@pytest.mark.slow
 def test_matches_opencv_darknet(random_weights, tmp_path):
     _, path = random_weights
     model = backbone.build_backbone(_cfg(REF_SIZE))
@@ -130,6 +133,7 @@ def test_matches_opencv_darknet(random_weights, tmp_path):
     assert np.abs(np.asarray(wrong(image, training=False)[2]) - ref[2]).max() > ATOL
 
 
+@pytest.mark.slow
 def test_loader_round_trip_and_old_header(random_weights, tmp_path):
     src, _ = random_weights
     path = str(tmp_path / "old.weights")
@@ -143,6 +147,7 @@ def test_loader_round_trip_and_old_header(random_weights, tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_short_file_names_layer_and_counts(random_weights, tmp_path):
     model, path = random_weights
     short = str(tmp_path / "short.weights")
@@ -162,6 +167,7 @@ def test_short_file_names_layer_and_counts(random_weights, tmp_path):
         backbone.load_darknet_weights(model, short, verbose=False)
 
 
+@pytest.mark.slow
 def test_wrong_width_and_bad_header(tmp_path):
     model = backbone.build_backbone(_cfg(64, width=0.25))
     path = str(tmp_path / "x.weights")
@@ -174,6 +180,7 @@ def test_wrong_width_and_bad_header(tmp_path):
         backbone.load_darknet_weights(full, path)
 
 
+@pytest.mark.slow
 def test_bn_conv_init_and_from_scratch_gradient_scale():
     """Convs followed by BN: N(0, 0.01) (original, meant for pretrained weights) or He N(0, 2 / fan_in) (tiny).
     BN makes the loss invariant to a kernel's scale, so its gradient scales as 1 / |kernel|: from scratch the

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import pycocotools.mask as mask_utils
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import diagnose  # noqa: E402
 
 H, W, T = 20, 40, 6

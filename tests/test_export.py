@@ -192,6 +192,7 @@ def _compare(out, ref, frame):
     return len(inner)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sm", "tfl"])
 def test_export_matches_keras(run, keras_model, name):
     import export
@@ -212,6 +213,7 @@ def test_export_matches_keras(run, keras_model, name):
     assert inner >= 6           # the mask check saw enough detections (8 mask boxes inside their frame here)
 
 
+@pytest.mark.slow
 def test_fp16_tflite(run, keras_model):
     """float16 weights: half the file. On these random He-initialised weights small weight errors grow through
     ~100 layers (measured: top boxes move up to ~100 px), so only structure and coarse agreement are asserted."""
@@ -242,6 +244,7 @@ def _iou(a, b):
     return float(mask_utils.iou([a], [b], [0])[0][0])
 
 
+@pytest.mark.slow
 def test_tracker_exported_matches_run_dir(run):
     valid = str(run / "shapes" / "valid")
     outs = {}
@@ -283,6 +286,7 @@ def test_tracker_exported_matches_run_dir(run):
         assert np.allclose([t["score"] for t in got], [t["score"] for t in ref], atol=SCORE)
 
 
+@pytest.mark.slow
 def test_tracker_exported_video_folder(run, tmp_path):
     root = run / "shapes" / "valid"
     gt = json.load(open(root / "instances.json"))
@@ -320,6 +324,7 @@ def _export_error(args):
     return str(e.value.code)
 
 
+@pytest.mark.slow
 def test_export_errors(run, tmp_path):
     msg = _export_error(["--run-dir", str(run / "run"), "--format", "onnx", "--out", str(tmp_path / "x")])
     assert "unsupported format 'onnx'" in msg
@@ -342,6 +347,7 @@ def test_export_errors(run, tmp_path):
     assert r.returncode != 0 and "model.json" in r.stderr
 
 
+@pytest.mark.slow
 def test_failed_conversion_leaves_no_folder(run, tmp_path, monkeypatch):
     """A conversion error after the SavedModel is written removes the temp folder; nothing appears at --out."""
     import export
@@ -359,6 +365,7 @@ def test_failed_conversion_leaves_no_folder(run, tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "t") and _no_leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_tflite_conversion_error_names_the_op(tmp_path):
     """A graph with CropAndResize (the Keras model's ROI pooling) converts only with Flex: the error says which op
     and what to do."""

@@ -33,6 +33,7 @@ def neck_heads_416():
     return keras.Model(b, {"n": n, "preds": preds, "embs": embs})
 
 
+@pytest.mark.slow
 def test_neck_count_and_shapes(neck_heads_416):
     m = neck_heads_416
     neck = [l for l in m.layers if l.name.startswith("neck_")]
@@ -52,6 +53,7 @@ def test_neck_count_and_shapes(neck_heads_416):
     assert m.get_layer("neck_upsample_p2").interpolation == "bilinear"
 
 
+@pytest.mark.slow
 def test_heads_count_and_shapes(neck_heads_416):
     m = neck_heads_416
     emb = [l for l in m.layers if l.name.startswith("head_emb_")]

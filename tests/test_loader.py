@@ -574,8 +574,6 @@ def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
 def test_bench_progress_lines_only_rewritten_on_a_terminal():
     """bench_loader's progress: full lines at every 10 % into a log, one line rewritten with \\r on a terminal."""
     import io
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
     import bench_loader
 
     class Tty(io.StringIO):

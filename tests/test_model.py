@@ -29,6 +29,7 @@ def tiny():
     return cfg, M.build_model(cfg, "train"), M.build_model(cfg, "infer")
 
 
+@pytest.mark.slow
 def test_part_counts_416(full_416):
     counts = M.part_param_counts(full_416)
     # info/DESIGN.md#parameter-counts: backbone and neck exactly; heads = embeddings 1,797,952 + detection 3,171,984 +
@@ -38,6 +39,7 @@ def test_part_counts_416(full_416):
     assert counts["total"] == full_416.count_params()                       # the ALB attribute is included
 
 
+@pytest.mark.slow
 def test_appendix_a_shapes_416(full_416):
     m = full_416
     out = m.output
@@ -268,6 +270,7 @@ def test_letterbox_image_geometry():
         M.letterbox_image(np.zeros((4, 4), np.uint8), 32)
 
 
+@pytest.mark.slow
 def test_summary_cli():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     res = subprocess.run([sys.executable, "model.py", "--preset", "tiny", "--summary"], cwd=ROOT, env=env,
@@ -279,15 +282,14 @@ def test_summary_cli():
     assert sum(int(v) for k, v in lines.items() if k != "total") == int(lines["total"])
 
 
-def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
+def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients(tiny_cfg):
     """build_model(mask_positives=True), what train.py trains: the mask head runs on the positive proposals only
     (moved to the front in their order, n = the most an image has, and only the positive slots of the [B, n]
     enter the subnet), and the mask loss and every gradient of it are
     those of the published graph's head over all P proposals (float32 rounding apart), with the same weights."""
     import keras
     import checkpoints
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "data.mask_res=32",
-                                                              "model.mask_iou_thresh=0.05"])
+    cfg = tiny_cfg(input_size=64, mask_res=32, mask_iou_thresh=0.05)
     keras.utils.set_random_seed(3)
     full = M.build_model(cfg, "train")
     gated = M.build_model(cfg, "train", mask_positives=True)

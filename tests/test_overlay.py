@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import overlay_vis_on_video as ov  # noqa: E402
 from vis_common import (AtomicVideoWriter, VisError, blend, class_label, decode_rle, draw_frame,  # noqa: E402
                         load_results, open_video, count_frames, track_colour)

@@ -42,6 +42,7 @@ def test_readme_has_commands():
     assert len(python_commands()) >= 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target, flags", python_commands(), ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
 def test_readme_python_command_flags_exist(target, flags):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -11,7 +11,6 @@ import pycocotools.mask as mask_util
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import make_synthetic_ytvis as gen  # noqa: E402
 
 

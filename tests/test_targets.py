@@ -75,8 +75,8 @@ def test_two_gts_positives_go_to_argmax_gt():
     np.testing.assert_allclose(t[0, 1, 1, :4], 0, atol=1e-7)
 
 
-def test_build_targets_shapes_for_the_tiny_preset():
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=96"])
+def test_build_targets_shapes_for_the_tiny_preset(tiny_cfg):
+    cfg = tiny_cfg(input_size=96)
     ts = utils.build_targets(cfg, tf.constant([[[10, 20, 50, 60]]], tf.float32), tf.constant([[1]]))
     assert [t.shape for t in ts] == [(1, 6, s, s, 7) for s in (24, 12, 6, 3)]
 

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+# every test here uses a run trained by a train.py subprocess
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 SMALL = ["--preset", "tiny", "--set", "model.input_size=64", "--set", "train.batch_size=2",
@@ -119,7 +122,6 @@ def test_frame_predictor_gated_mask_head_same_detections(run):
     """FramePredictor's default mask-head gate (masks only for proposals >= score_floor) stores the detections the
     published graph gives (masks within 1e-5 before thresholding, see test_model), and the padded batches keep
     the graph traced once."""
-    sys.path.insert(0, ROOT)
     from tracker import FramePredictor
     from checkpoints import load_run
     cfg, model = load_run(str(run / "run"))
@@ -150,7 +152,6 @@ def test_frame_predictor_bfloat16_within_tolerance(run):
     bits). The exception: where two candidates overlap beyond the NMS threshold with scores within 0.01 (a
     near-tie; this briefly trained tiny run has many), or several tie at the max_prop cap, bfloat16 may keep
     another candidate, whose score must then be within 0.01; at least one of the top-n a frame matches exactly."""
-    sys.path.insert(0, ROOT)
     import utils
     from tracker import FramePredictor
     from checkpoints import load_run

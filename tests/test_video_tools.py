@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import concat_vis_videos as cc  # noqa: E402
 import shrink_vis_video as sh  # noqa: E402
 from vis_common import (LETTERBOX_BG, AtomicVideoWriter, VisError, count_frames, letterbox_into,  # noqa: E402
