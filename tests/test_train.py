@@ -79,7 +79,7 @@ def test_lr_schedule_warmup_and_cosine(tiny_cfg):
     assert float(const(0)) == pytest.approx(0.1) and float(const(100)) == pytest.approx(0.1)
 
 
-def test_backbone_phases_and_alb_in_checkpoint(tmp_path):
+def test_backbone_phases_and_alb_in_checkpoint(tmp_path, tiny_cfg):
     import tensorflow as tf
 
     import config
@@ -452,7 +452,7 @@ def test_adamw_option_keeps_the_decoupled_decay_and_exclusions(tiny_cfg):
     assert isinstance(train.make_optimizer(config.get_preset("yolov4p1"), 0.1), keras.optimizers.SGD)
 
 
-def test_alb_lr_mult_scales_only_the_alb_step():
+def test_alb_lr_mult_scales_only_the_alb_step(tiny_cfg):
     import keras
     import tensorflow as tf
 
