@@ -19,6 +19,7 @@ sys.path.insert(0, ROOT)
 
 from compute_ap import IOU_THRS, REC_THRS, EvalInputError, evaluate_vis, format_stats  # noqa: E402
 from config import atomic_write_text  # noqa: E402
+from progress import Progress  # noqa: E402
 
 
 def format_per_category(metrics: dict) -> str:
@@ -91,17 +92,24 @@ def main(argv=None) -> int:
 
     t0 = time.time()
 
+    bar = None
+
     def progress(n, total):
-        if not args.quiet and (n == total or n % 200 == 0):
-            tty = sys.stderr.isatty()          # one rewritten line on a terminal, a line each in a log
-            print(f"{chr(13) if tty else ''}  video IoUs: {n}/{total} (video, category) pairs",
-                  end="\n" if n == total or not tty else "", file=sys.stderr, flush=True)
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = Progress(total, "evaluation: video IoUs", unit="pair")
+        bar.update(n - bar.n)
 
     try:
         metrics, E = evaluate_vis(args.gt, args.results, progress=progress)
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if bar is not None:
+            bar.close()
     if E.dropped:
         print(f"warning: {E.dropped} result(s) name a category that is not in the GT; ignored, as the official "
               f"evaluation does", file=sys.stderr)

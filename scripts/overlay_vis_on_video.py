@@ -15,6 +15,8 @@ import sys
 import cv2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from progress import Progress  # noqa: E402
 from vis_common import (AtomicVideoWriter, VisError, category_names, count_frames, decode_rle,  # noqa: E402
                         draw_frame, load_results, read_frames, read_json)
 
@@ -188,14 +190,15 @@ def main(argv=None):
         raise VisError(f"{args.data or args.pred}: no video to draw")
 
     written = []
-    for k, (vid, frames, n) in enumerate(jobs, 1):
-        out = os.path.join(args.out_dir, f"vis_v{vid}.mp4")
-        tracks = results.get(vid, [])
-        print(f"[{k}/{len(jobs)}] video {vid}: {n} frames, {len(tracks)} tracks", flush=True)
-        render_video(vid, frames(), n, tracks, out, names, fps=args.fps, alpha=args.alpha,
-                     draw_boxes=not args.no_boxes, lenient=args.lenient, results_path=args.results)
-        print(f"wrote {out}", flush=True)
-        written.append(out)
+    with Progress(sum(n for _, _, n in jobs), "overlay", unit="frame") as bar:
+        for k, (vid, frames, n) in enumerate(jobs, 1):
+            out = os.path.join(args.out_dir, f"vis_v{vid}.mp4")
+            tracks = results.get(vid, [])
+            render_video(vid, frames(), n, tracks, out, names, fps=args.fps, alpha=args.alpha,
+                         draw_boxes=not args.no_boxes, lenient=args.lenient, results_path=args.results)
+            bar.update(n, video=f"{k}/{len(jobs)}")
+            print(f"wrote {out} (video {vid}: {n} frames, {len(tracks)} tracks)", flush=True)
+            written.append(out)
     return written
 
 
