@@ -1,0 +1,131 @@
+"""The training time budget (`train.py --budget-minutes M`): after the warm-up steps the measured step rate fixes
+how many steps end the run within M minutes (validation included), and that total sets the learning-rate
+schedule and the epochs. Each epoch end corrects the plan for the rate and the validation time seen so far, so a
+machine that gets busier (or quieter) mid-run still ends on time. TensorFlow-free.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from progress import clock_after, format_seconds
+
+
+class TimeBudget:
+    """Steps and epoch boundaries of a run that must end `minutes` after `start`.
+
+    Args:
+        minutes: wall-clock budget of the whole training command, from `start` to the last epoch's validation.
+        epochs: epochs to split the steps into (each ends with validation and a checkpoint).
+        batch: images a step (for the plan's img/s).
+        start: time the command started (`clock()` units), so set-up and tracing count against the budget.
+        probe_steps: steps timed before the plan is made (after `skip_steps` that include tracing).
+        skip_steps: first steps left out of the rate (the traced first step and a few slow ones after it).
+        reserve: share of the budget kept free for what the rate does not see (checkpoints, the final save).
+        clock: seconds (time.time), replaceable in tests.
+    """
+
+    def __init__(self, minutes: float, epochs: int, batch: int, start: float, probe_steps: int = 20,
+                 skip_steps: int = 3, reserve: float = 0.03, clock=time.time):
+        if not minutes > 0:
+            raise ValueError(f"--budget-minutes must be positive, got {minutes}")
+        self.budget_s = 60.0 * float(minutes)
+        self.epochs, self.batch, self.start = int(epochs), int(batch), float(start)
+        self.probe_steps, self.skip_steps, self.reserve = int(probe_steps), int(skip_steps), float(reserve)
+        self.clock = clock
+        self.total = None              # planned steps of the run, once known
+        self.epoch_ends = None         # cumulative step at the end of each epoch
+        self.sec_per_step = None       # latest measured rate (seconds a step, training only)
+        self.val_s = None              # latest measured seconds of one validation (epoch-end work)
+        self.first_step = None
+        self._marks = {}               # step -> clock() after it
+
+    # -- measuring -------------------------------------------------------------------------------------------
+    def step_done(self, step: int):
+        """Call after every step with the global step count."""
+        if self.first_step is None:
+            self.first_step = step - 1
+        if self.total is None:
+            self._marks[step] = self.clock()
+
+    def wants_plan(self, step: int) -> bool:
+        """True once the probe steps are timed and no plan exists yet."""
+        return self.total is None and step - self.first_step >= self.skip_steps + self.probe_steps
+
+    def measured_sec_per_step(self) -> float:
+        steps = sorted(self._marks)
+        a = steps[min(self.skip_steps, len(steps) - 1)]
+        b = steps[-1]
+        if b == a:
+            return float("nan")
+        return (self._marks[b] - self._marks[a]) / (b - a)
+
+    # -- planning --------------------------------------------------------------------------------------------
+    def left_s(self) -> float:
+        return self.budget_s * (1.0 - self.reserve) - (self.clock() - self.start)
+
+    def plan(self, step: int, val_s_guess: float, epoch: int = 0, epoch_start: int = 0) -> int:
+        """Fix the total from the probe's rate, during epoch `epoch` (0-based) that began at `epoch_start`;
+        `val_s_guess`: seconds one validation is expected to take."""
+        self.sec_per_step = self.measured_sec_per_step()
+        self.val_s = float(val_s_guess)
+        return self._fit(step, epoch, epoch_start)
+
+    def replan(self, step: int, epoch: int, sec_per_step: float, val_s: float) -> int:
+        """After epoch `epoch` (0-based) ended at `step`: refit the remaining epochs to the time left, at the rate
+        and validation time of that epoch."""
+        if math.isfinite(sec_per_step) and sec_per_step > 0:
+            self.sec_per_step = float(sec_per_step)
+        self.val_s = float(val_s)
+        return self._fit(step, epoch + 1, step)
+
+    def _fit(self, step: int, epoch: int, epoch_start: int) -> int:
+        """Total steps such that epochs `epoch`.. (their steps and one validation each) end within the budget,
+        shared evenly from `epoch_start` on; every epoch keeps one step at least."""
+        n_epochs = self.epochs - epoch
+        if n_epochs <= 0:
+            self.total = step
+            return self.total
+        for_steps = self.left_s() - n_epochs * self.val_s
+        more = int(for_steps // self.sec_per_step) if self.sec_per_step and self.sec_per_step > 0 else 0
+        total = step + max(more, 0)
+        span = max(0, total - epoch_start)
+        ends = [epoch_start + round(span * (k + 1) / n_epochs) for k in range(n_epochs)]
+        ends[0] = max(ends[0], step, epoch_start + 1)
+        for k in range(1, n_epochs):
+            ends[k] = max(ends[k], ends[k - 1] + 1)
+        self.total = ends[-1]
+        self.epoch_ends = (self.epoch_ends or [])[:epoch] + ends
+        return self.total
+
+    def epoch_end(self, epoch: int) -> int | None:
+        """Global step at which epoch `epoch` (0-based) ends; None before the plan."""
+        return None if self.epoch_ends is None else self.epoch_ends[epoch]
+
+    def describe(self, step: int) -> str:
+        """'N steps of B images, ~M min at R img/s, done at HH:MM' for the steps left after `step`."""
+        left = self.total - step
+        epochs_left = sum(1 for e in self.epoch_ends if e > step) if self.epoch_ends else self.epochs
+        secs = left * self.sec_per_step + epochs_left * self.val_s
+        rate = self.batch / self.sec_per_step
+        return (f"{self.total} steps of {self.batch} images ({left} to go, {epochs_left} epoch(s) with "
+                f"validation), ~{secs / 60:.1f} min at {rate:.1f} img/s, done at {clock_after(secs)} "
+                f"(budget {self.budget_s / 60:.1f} min, {format_seconds(self.clock() - self.start)} spent)")
+
+    # -- the run directory -----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"budget_minutes": self.budget_s / 60.0, "total_steps": self.total, "epoch_ends": self.epoch_ends,
+                "sec_per_step": self.sec_per_step, "images_per_s": self.batch / self.sec_per_step
+                if self.sec_per_step else None, "val_s": self.val_s}
+
+    def load(self, path: str) -> bool:
+        """Take the plan saved by an interrupted run (a resumed run keeps its schedule); False if none."""
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            d = json.load(f)
+        self.total, self.epoch_ends = int(d["total_steps"]), [int(e) for e in d["epoch_ends"]]
+        self.sec_per_step, self.val_s = d.get("sec_per_step"), d.get("val_s")
+        return True
