@@ -21,7 +21,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
-	$(PY) scripts/demo.py $(if $(FRESH),--fresh,)
+	$(PY) scripts/demo.py $(if $(FRESH),--fresh,) $(if $(BUDGET),--budget-minutes $(BUDGET),)
 
 bench: setup
 	$(PY) bench/run_all.py

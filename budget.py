@@ -129,3 +129,34 @@ class TimeBudget:
         self.total, self.epoch_ends = int(d["total_steps"]), [int(e) for e in d["epoch_ends"]]
         self.sec_per_step, self.val_s = d.get("sec_per_step"), d.get("val_s")
         return True
+
+
+def machine() -> dict:
+    """The CPU a rate was measured on: model, cores, its vector ISA (AVX2 / AVX-512 / AMX) and the oneDNN cap
+    (ONEDNN_MAX_CPU_ISA) in force, if any."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    if model is None:
+        import platform
+        model = platform.processor() or platform.machine() or "unknown CPU"
+    isa = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AMX", "amx_tile")) if flag in flags]
+    return {"cpu": model, "cores": os.cpu_count(), "isa": isa,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None}
+
+
+def describe_machine(m: dict) -> str:
+    """'Intel(R) Xeon(R) Processor, 2 cores, AVX2 AVX-512 AMX (oneDNN capped at AVX2)'."""
+    text = f"{m['cpu']}, {m['cores']} cores, {' '.join(m['isa']) or 'no AVX2'}"
+    if m.get("onednn_max_cpu_isa"):
+        text += f" (oneDNN capped at {m['onednn_max_cpu_isa']})"
+    return text

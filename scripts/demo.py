@@ -1,6 +1,6 @@
 """`make demo`: the whole YOLOV4+1Tr pipeline on the built-in synthetic YouTube-VIS dataset, stage by stage.
 
-dataset -> k-means anchors -> training (tiny preset) -> per-frame inference on the held-out `valid` split ->
+dataset -> k-means anchors -> training (tiny preset, within a time budget) -> per-frame inference on the held-out `valid` split ->
 tracking (lam 0, 0.5, 1) -> YouTube-VIS evaluation -> overlay videos, a concatenated demo video and a GIF -> plots.
 Every stage reuses its outputs when they exist (pass --fresh, or FRESH=1 to make, to redo everything) and the run
 ends with a summary: the 12 stats, where every output is and how long each stage took.
@@ -20,6 +20,7 @@ sys.path.insert(0, ROOT)
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 LAMS = ["0", "0.5", "1"]
+DEFAULT_BUDGET_MINUTES = 13
 
 
 class Demo:
@@ -88,8 +89,11 @@ class Demo:
 
         done = self.path("train_done.json")
         train_cmd = [self.py, "train.py", "--preset", "tiny", "--data", train_root, "--run-dir", self.run,
-                     "--epochs", str(a.epochs), "--set", f"model.anchors_file={anchors}",
-                     "--set", f"train.steps_per_epoch={a.steps_per_epoch}"]
+                     "--epochs", str(a.epochs), "--set", f"model.anchors_file={anchors}"]
+        if a.budget_minutes:
+            train_cmd += ["--budget-minutes", f"{a.budget_minutes:g}"]
+        else:
+            train_cmd += ["--set", f"train.steps_per_epoch={a.steps_per_epoch}"]
         train_cmd += sum([["--set", s] for s in a.set], [])
         if os.path.exists(self.path("checkpoints")) and not a.fresh_stage("train"):
             train_cmd.append("--resume")
@@ -127,11 +131,36 @@ class Demo:
         self.timings.append(("plots", time.time() - t0, "ran"))
         self.summary(metrics, results, curves, diagnosis)
 
+    def machine_and_budget(self):
+        """The machine (CPU model, AVX2 / AVX-512 / AMX) and what training did with its budget, from the run's
+        train_done.json."""
+        from budget import describe_machine, machine
+        self.machine_info = machine()
+        done = {}
+        if os.path.exists(self.path("train_done.json")):
+            with open(self.path("train_done.json")) as f:
+                done = json.load(f)
+        self.training_info = {k: done.get(k) for k in ("step", "epochs", "images_per_s", "train_seconds",
+                                                         "budget_minutes", "machine")}
+        line = f"{done.get('step', '?')} steps"
+        if done.get("images_per_s"):
+            line += f" at {done['images_per_s']:.1f} img/s"
+        if done.get("train_seconds"):
+            line += f" in {done['train_seconds'] / 60:.1f} min"
+        line += (f", budget {done['budget_minutes']:g} min" if done.get("budget_minutes")
+                 else " (fixed step count, no budget)")
+        trained_on = done.get("machine")
+        if trained_on and describe_machine(trained_on) != describe_machine(self.machine_info):
+            line += f" (trained on {describe_machine(trained_on)})"
+        return describe_machine(self.machine_info), line
+
     def summary(self, metrics, results, curves, diagnosis):
         stats = {lam: json.load(open(p)) for lam, p in metrics.items()}
         print("\n" + "=" * 78)
         print("YOLOV4+1Tr demo summary (held-out synthetic `valid` split, YouTube-VIS video AP)")
         print("=" * 78)
+        machine, budget_line = self.machine_and_budget()
+        print(f"machine: {machine}\ntraining: {budget_line}")
         print(f"{'stat':<8}" + "".join(f"{'lam=' + lam:>12}" for lam in LAMS))
         for k in STAT_NAMES:
             print(f"{k:<8}" + "".join(f"{stats[lam][k]:>12.3f}" for lam in LAMS))
@@ -156,7 +185,8 @@ class Demo:
             total += secs
             print(f"  {name:<12} {secs:8.1f} s" + ("  (reused)" if how == "reused" else ""))
         print(f"  {'total':<12} {total:8.1f} s")
-        summary = {"stats": stats, "identity": ident, "timings": {n: s for n, s, _ in self.timings}}
+        summary = {"stats": stats, "identity": ident, "timings": {n: s for n, s, _ in self.timings},
+                   "machine": self.machine_info, "training": self.training_info}
         from config import atomic_write_text
         atomic_write_text(self.path("demo_summary.json"), json.dumps(summary, indent=2))
         print(f"\nsummary written to {os.path.relpath(self.path('demo_summary.json'), ROOT)}")
@@ -201,13 +231,19 @@ def main(argv=None):
     # the training split has 1 % of such objects; on the same run's detections video AP (lam 0.5) was 0.389 on
     # those 12 and 0.477 on all 48 (2026-12-01). Inference over the 36 more videos takes ~15 s.
     ap.add_argument("--valid-videos", type=int, default=48, help="held-out `valid` videos of the synthetic dataset")
-    ap.add_argument("--epochs", type=int, default=4, help="training epochs (4 x 340 steps, ~17 minutes on 2 cores)")
+    # Training ends within this many minutes, validation included (train.py --budget-minutes): the step count
+    # follows from the rate measured after the warm-up, so the demo takes about as long on any CPU. The other
+    # stages and the set-up take ~5 minutes on 2 cores, so `make demo` ends within ~20.
+    ap.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+                    help="training time budget in minutes (0: a fixed --epochs x --steps-per-epoch instead)")
+    ap.add_argument("--epochs", type=int, default=4, help="training epochs (each ends with validation)")
     # One pass over the demo's ~2,700 training frames is 341 steps of 8; the mask ROI and pixel branch of the tiny
     # preset made a step ~8 % slower, and `FRESH=1 make demo` took 20 min 14 s with 4 x 341 (2026-11-30), so the
     # demo ran 4 x 320. Since the mask head runs on the positive proposals only (2026-12-01), a step takes ~10 %
     # less: 4 x 340.
     ap.add_argument("--steps-per-epoch", type=int, default=340,
-                    help="training steps an epoch (0: one pass over the frames, 341 steps here)")
+                    help="training steps an epoch with --budget-minutes 0 (0: one pass over the frames, 341 "
+                         "steps here)")
     ap.add_argument("--overlay-videos", type=int, default=6, help="validation videos drawn in the overlay")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
     args = ap.parse_args(argv)

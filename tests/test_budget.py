@@ -69,3 +69,15 @@ def test_saved_plan_is_taken_by_a_resumed_run(tmp_path):
 def test_budget_must_be_positive():
     with pytest.raises(ValueError, match="--budget-minutes must be positive"):
         TimeBudget(0, epochs=4, batch=8, start=0.0)
+
+
+def test_machine_names_the_isa(monkeypatch):
+    from budget import describe_machine
+    m = {"cpu": "AMD EPYC 7B13", "cores": 2, "isa": ["AVX2"], "onednn_max_cpu_isa": None}
+    assert describe_machine(m) == "AMD EPYC 7B13, 2 cores, AVX2"
+    m = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "isa": ["AVX2", "AVX-512", "AMX"],
+         "onednn_max_cpu_isa": "AVX2"}
+    assert describe_machine(m) == "Intel(R) Xeon(R) Processor, 2 cores, AVX2 AVX-512 AMX (oneDNN capped at AVX2)"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    import budget
+    assert budget.machine()["onednn_max_cpu_isa"] == "AVX2"
