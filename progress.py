@@ -44,17 +44,18 @@ class Progress:
         every_n: units between two lines when `total` is unknown.
         file: where to write (default sys.stderr).
         force_lines: never draw a bar (tests, logs).
+        lines: False: no lines off a terminal (the caller logs its own, e.g. train.py's every log_every steps).
         clock: a function returning seconds (time.monotonic), replaceable in tests.
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", scale: float = 1.0, scale_unit: str = "",
                  every_pct: float = 5.0, every_n: int = 50, file=None, force_lines: bool = False,
-                 initial: int = 0, clock=time.monotonic):
+                 lines: bool = True, initial: int = 0, clock=time.monotonic):
         self.total = int(total) if total else 0
         self.desc, self.unit, self.scale, self.scale_unit = desc, unit, float(scale), scale_unit
         self.every_pct, self.every_n = float(every_pct), max(1, int(every_n))
         self.file = file if file is not None else sys.stderr
-        self.clock = clock
+        self.clock, self.lines = clock, bool(lines)
         self.n = self.start_n = int(initial)
         self.t0 = clock()
         self.postfix = ""
@@ -99,9 +100,17 @@ class Progress:
             if postfix:
                 self.bar.set_postfix_str(self._postfix_with_scale(), refresh=False)
             self.bar.update(int(n))
-        elif self.n >= self._next_line:
+        elif self.lines and self.n >= self._next_line:
             self._next_line = self._line_threshold(self.n)
             self.write_line()
+
+    def set_total(self, total: int):
+        """The total became known (or changed), e.g. once a time budget fixed the epoch's steps."""
+        self.total = int(total) if total else 0
+        self._next_line = self._line_threshold(self.n)
+        if self.bar is not None:
+            self.bar.total = self.total or None
+            self.bar.refresh()
 
     def _postfix_with_scale(self) -> str:
         parts = []
@@ -145,7 +154,7 @@ class Progress:
         self.closed = True
         if self.bar is not None:
             self.bar.close()
-        elif self.n != self._printed_at:
+        elif self.lines and self.n != self._printed_at:
             self.write_line()
 
     def __enter__(self):

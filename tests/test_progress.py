@@ -62,3 +62,19 @@ def test_track_counts_items():
     out = io.StringIO()
     assert list(progress.track(range(3), desc="x", file=out)) == [0, 1, 2]
     assert out.getvalue().splitlines()[-1].startswith("x: 100% 3/3 it")
+
+
+def test_total_set_later_and_lines_off():
+    clock, out = FakeClock(), io.StringIO()
+    bar = progress.Progress(None, "epoch 1/4", unit="step", every_n=1000, file=out, clock=clock)
+    clock.t = 10.0
+    bar.update(20)
+    bar.set_total(100)                           # a budget fixed the epoch at 100 steps: lines every 5 from now
+    clock.t = 12.5
+    bar.update(5)
+    assert out.getvalue().splitlines()[0].startswith("epoch 1/4:  25% 25/100 step, 2.00 step/s, 0:12 elapsed, "
+                                                     "ETA 0:38")
+    silent = progress.Progress(10, "x", file=out, lines=False, clock=clock)
+    silent.update(10)
+    silent.close()
+    assert len(out.getvalue().splitlines()) == 1
