@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+# oneDNN kernels on every x86 CPU: TensorFlow turns them on by default only where it finds VNNI or AMX (config.py)
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 
 .PHONY: setup test demo bench clean-demo
 

@@ -1,5 +1,7 @@
 """Config presets, overrides, validation errors and run-directory round trips (decisions §1)."""
 import json
+import os
+import sys
 
 import pytest
 
@@ -180,3 +182,17 @@ def test_saved_config_missing_newer_keys_names_them(tmp_path, capsys):
     # a hand-written override file (not every section) is not a saved run: no message
     (tmp_path / "mine.yaml").write_text("preset: tiny\ntrain:\n  lr: 0.001\n")
     assert load_config(str(tmp_path / "mine.yaml")).train.lr == 0.001 and capsys.readouterr().err == ""
+
+
+def test_importing_config_turns_onednn_on_unless_the_user_chose():
+    """TensorFlow enables oneDNN by default only on CPUs with VNNI/AMX; config.py (imported before TensorFlow by
+    every command) turns it on everywhere, and an explicit TF_ENABLE_ONEDNN_OPTS=0 still wins."""
+    import subprocess
+    code = "import os, config; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=dict(env, TF_ENABLE_ONEDNN_OPTS="0"),
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "0", out.stderr
