@@ -40,6 +40,7 @@ class TimeBudget:
         self.sec_per_step = None       # latest measured rate (seconds a step, training only)
         self.val_s = None              # latest measured seconds of one validation (epoch-end work)
         self.first_step = None
+        self.from_epoch = 0            # the first epoch the plan covers (its validation still to come)
         self._marks = {}               # step -> clock() after it
 
     # -- measuring -------------------------------------------------------------------------------------------
@@ -63,32 +64,36 @@ class TimeBudget:
         return (self._marks[b] - self._marks[a]) / (b - a)
 
     # -- planning --------------------------------------------------------------------------------------------
-    def left_s(self) -> float:
-        return self.budget_s * (1.0 - self.reserve) - (self.clock() - self.start)
+    def spent_s(self) -> float:
+        return self.clock() - self.start
 
-    def plan(self, step: int, val_s_guess: float, epoch: int = 0, epoch_start: int = 0) -> int:
+    def plan(self, step: int, val_s_guess: float, epoch: int = 0, epoch_start: int = 0,
+             sec_per_step: float | None = None, spent_s: float | None = None) -> int:
         """Fix the total from the probe's rate, during epoch `epoch` (0-based) that began at `epoch_start`;
-        `val_s_guess`: seconds one validation is expected to take."""
-        self.sec_per_step = self.measured_sec_per_step()
+        `val_s_guess`: seconds one validation is expected to take. Several workers pass the slowest worker's
+        `sec_per_step` and `spent_s` so that all of them plan the same steps."""
+        self.sec_per_step = self.measured_sec_per_step() if sec_per_step is None else float(sec_per_step)
         self.val_s = float(val_s_guess)
-        return self._fit(step, epoch, epoch_start)
+        return self._fit(step, epoch, epoch_start, spent_s)
 
-    def replan(self, step: int, epoch: int, sec_per_step: float, val_s: float) -> int:
+    def replan(self, step: int, epoch: int, sec_per_step: float, val_s: float, spent_s: float | None = None) -> int:
         """After epoch `epoch` (0-based) ended at `step`: refit the remaining epochs to the time left, at the rate
         and validation time of that epoch."""
         if math.isfinite(sec_per_step) and sec_per_step > 0:
             self.sec_per_step = float(sec_per_step)
         self.val_s = float(val_s)
-        return self._fit(step, epoch + 1, step)
+        return self._fit(step, epoch + 1, step, spent_s)
 
-    def _fit(self, step: int, epoch: int, epoch_start: int) -> int:
+    def _fit(self, step: int, epoch: int, epoch_start: int, spent_s: float | None = None) -> int:
         """Total steps such that epochs `epoch`.. (their steps and one validation each) end within the budget,
         shared evenly from `epoch_start` on; every epoch keeps one step at least."""
         n_epochs = self.epochs - epoch
+        self.from_epoch = epoch
         if n_epochs <= 0:
             self.total = step
             return self.total
-        for_steps = self.left_s() - n_epochs * self.val_s
+        spent = self.spent_s() if spent_s is None else float(spent_s)
+        for_steps = self.budget_s * (1.0 - self.reserve) - spent - n_epochs * self.val_s
         more = int(for_steps // self.sec_per_step) if self.sec_per_step and self.sec_per_step > 0 else 0
         total = step + max(more, 0)
         span = max(0, total - epoch_start)
@@ -107,7 +112,7 @@ class TimeBudget:
     def describe(self, step: int) -> str:
         """'N steps of B images, ~M min at R img/s, done at HH:MM' for the steps left after `step`."""
         left = self.total - step
-        epochs_left = sum(1 for e in self.epoch_ends if e > step) if self.epoch_ends else self.epochs
+        epochs_left = self.epochs - self.from_epoch
         secs = left * self.sec_per_step + epochs_left * self.val_s
         rate = self.batch / self.sec_per_step
         return (f"{self.total} steps of {self.batch} images ({left} to go, {epochs_left} epoch(s) with "
@@ -118,7 +123,7 @@ class TimeBudget:
     def to_dict(self) -> dict:
         return {"budget_minutes": self.budget_s / 60.0, "total_steps": self.total, "epoch_ends": self.epoch_ends,
                 "sec_per_step": self.sec_per_step, "images_per_s": self.batch / self.sec_per_step
-                if self.sec_per_step else None, "val_s": self.val_s}
+                if self.sec_per_step else None, "val_s": self.val_s, "from_epoch": self.from_epoch}
 
     def load(self, path: str) -> bool:
         """Take the plan saved by an interrupted run (a resumed run keeps its schedule); False if none."""
@@ -127,6 +132,7 @@ class TimeBudget:
         with open(path) as f:
             d = json.load(f)
         self.total, self.epoch_ends = int(d["total_steps"]), [int(e) for e in d["epoch_ends"]]
+        self.from_epoch = int(d.get("from_epoch", 0))
         self.sec_per_step, self.val_s = d.get("sec_per_step"), d.get("val_s")
         return True
 

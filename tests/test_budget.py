@@ -43,6 +43,7 @@ def test_replan_after_an_epoch_absorbs_a_slower_machine():
     # 582 - 200 = 382 s left, 3 validations of 20 s: 322 s at 2.5 s a step = 128 more steps, shared by 3 epochs
     assert b.replan(64, epoch=0, sec_per_step=2.5, val_s=20.0) == 192
     assert b.epoch_ends == [64, 107, 149, 192]
+    assert "(128 to go, 3 epoch(s) with validation), ~6.3 min at 3.2 img/s" in b.describe(64)   # 320 s + 60 s
 
 
 def test_no_time_left_still_gives_each_epoch_a_step():
