@@ -48,20 +48,26 @@ class TimeBudget:
         """Call after every step with the global step count."""
         if self.first_step is None:
             self.first_step = step - 1
-        if self.total is None:
-            self._marks[step] = self.clock()
+        self._marks[step] = self.clock()
 
     def wants_plan(self, step: int) -> bool:
         """True once the probe steps are timed and no plan exists yet."""
         return self.total is None and step - self.first_step >= self.skip_steps + self.probe_steps
 
-    def measured_sec_per_step(self) -> float:
-        steps = sorted(self._marks)
-        a = steps[min(self.skip_steps, len(steps) - 1)]
-        b = steps[-1]
-        if b == a:
+    def measured_sec_per_step(self, since: int | None = None) -> float:
+        """Seconds a step from the marks after step `since` (default: the first step timed) to the last one,
+        leaving out the first `skip_steps` steps of this process (tracing)."""
+        first = self.first_step + self.skip_steps
+        a = max(first, since if since is not None else first)
+        b = max(self._marks) if self._marks else a
+        if a not in self._marks or b <= a:
             return float("nan")
         return (self._marks[b] - self._marks[a]) / (b - a)
+
+    def epoch_sec_per_step(self, epoch_start: int) -> float:
+        """Seconds a step in the epoch that began after step `epoch_start`: from the end of its first step (so the
+        validation before it and a retrace at its start are left out) to the last step."""
+        return self.measured_sec_per_step(since=epoch_start + 1)
 
     # -- planning --------------------------------------------------------------------------------------------
     def spent_s(self) -> float:

@@ -39,6 +39,11 @@ def test_replan_after_an_epoch_absorbs_a_slower_machine():
     b = TimeBudget(10, epochs=4, batch=8, start=0.0, clock=clock)
     _probe(b, clock)
     b.plan(23, val_s_guess=10.0)
+    for step in range(24, 65):                                # to the end of epoch 1, 2.5 s a step
+        clock.t = 76.0 + 2.5 * (step - 23)
+        b.step_done(step)
+    assert b.epoch_sec_per_step(0) == pytest.approx((178.5 - 36.0) / 61)    # from step 3, after the skipped ones
+    assert b.epoch_sec_per_step(40) == 2.5
     clock.t = 200.0
     # 582 - 200 = 382 s left, 3 validations of 20 s: 322 s at 2.5 s a step = 128 more steps, shared by 3 epochs
     assert b.replan(64, epoch=0, sec_per_step=2.5, val_s=20.0) == 192
