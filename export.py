@@ -341,7 +341,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     Returns the metadata dict written to out/model.json."""
     import config as config_lib
     import tensorflow as tf
-    from train import TrainError, load_run
+    from checkpoints import CheckpointError, load_run
 
     if fmt not in FORMATS:
         raise ExportError(f"unsupported format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -359,7 +359,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     t0 = time.time()
     try:
         cfg, model = load_run(run_dir, checkpoint=checkpoint, mode="infer")
-    except (TrainError, config_lib.ConfigError) as e:
+    except (CheckpointError, config_lib.ConfigError) as e:
         raise ExportError(str(e)) from None
     except (tf.errors.NotFoundError, ValueError) as e:
         raise ExportError(f"{run_dir}: cannot restore checkpoint {checkpoint or '(latest)'} ({e})") from None

@@ -251,8 +251,9 @@ def main(argv=None):
         ap.error("--mask-rois must be at least 1")
 
     from tracking.io import write_frame_predictions
-    from train import load_run
-    errors = (FrameError,)
+    import config as config_lib
+    from checkpoints import CheckpointError, load_run
+    errors = (FrameError, CheckpointError, config_lib.ConfigError)
     if args.exported:
         import export
         errors += (export.ExportError,)

@@ -399,13 +399,25 @@ def mask_loss(mask_logits, targets, positive, global_sum=_identity):
     return tf.math.divide_no_nan(total, global_sum(tf.reduce_sum(positive)) * pixels)
 
 
+LEVEL_LOSSES = ("box", "obj", "cls")   # the detection losses of each pyramid level, in the order loss_terms stacks them
+FIRST_LEVEL = 2                          # the pyramid levels are 2..5 (strides 4..32)
+
+
 def loss_terms(level_loss_list, mask_value, alb: str = "per_level"):
     """The ALB input vector: per_level = [box_2, obj_2, cls_2, ..., box_5, obj_5, cls_5, mask] (13);
-    global = [mean box, mean obj, mean cls, mask] (4, the original code's terms)."""
+    global = [mean box, mean obj, mean cls, mask] (4, the original code's terms). `loss_term_names` names them."""
     stacked = tf.stack(level_loss_list)                                        # [L, 3]
     if alb == "per_level":
         return tf.concat([tf.reshape(stacked, [-1]), [mask_value]], axis=0)
     return tf.concat([tf.reduce_mean(stacked, axis=0), [mask_value]], axis=0)
+
+
+def loss_term_names(alb: str = "per_level", num_levels: int = 4):
+    """The name of each entry of `loss_terms`, in its order (`box_2` ... `cls_5`, `mask`; or `box`, `obj`, `cls`,
+    `mask`): the names of the ALB log-variances in TensorBoard."""
+    if alb == "per_level":
+        return [f"{name}_{k + FIRST_LEVEL}" for k in range(num_levels) for name in LEVEL_LOSSES] + ["mask"]
+    return list(LEVEL_LOSSES) + ["mask"]
 
 
 def alb_total(alb_layer, terms, num_replicas: int = 1):
@@ -433,8 +445,8 @@ def compute_losses(cfg, outputs, batch, alb_layer, global_sum=_identity, global_
     terms = loss_terms(per_level, m, cfg.train.alb)
     out = {"total": alb_total(alb_layer, terms, num_replicas), "mask": m, "terms": terms}
     stacked = tf.stack(per_level)
-    for j, name in enumerate(("box", "obj", "cls")):
+    for j, name in enumerate(LEVEL_LOSSES):
         out[name] = tf.reduce_mean(stacked[:, j])
         for k in range(len(per_level)):
-            out[f"{name}_{k + 2}"] = stacked[k, j]
+            out[f"{name}_{k + FIRST_LEVEL}"] = stacked[k, j]
     return out

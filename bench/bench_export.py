@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 import config  # noqa: E402
 import export  # noqa: E402
 import model as model_lib  # noqa: E402
-import train  # noqa: E402
+import checkpoints  # noqa: E402
 
 FORMS = {"sm": ("saved_model", False), "tflite": ("tflite", False), "fp16": ("tflite", True)}
 
@@ -43,10 +43,10 @@ def folder_mb(path):
 def make_run(cfg, run_dir):
     """A run directory with the random initial weights (what export.py reads: config.yaml + checkpoints/)."""
     net = model_lib.build_model(cfg, "train")
-    train.ensure_alb_built(net)
+    checkpoints.ensure_alb_built(net)
     os.makedirs(run_dir)
     config.save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    ckpt, _ = train.make_checkpoint(net)
+    ckpt, _ = checkpoints.make_checkpoint(net)
     tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"), 1).save()
 
 
@@ -113,7 +113,7 @@ def main(argv=None):
         run_dir = args.run_dir or os.path.join(work, "run")
         if not os.path.exists(run_dir):
             make_run(cfg, run_dir)
-        cfg, net = train.load_run(run_dir)
+        cfg, net = checkpoints.load_run(run_dir)
         print(f"{'run ' + run_dir if args.run_dir else 'random weights'}, preset {cfg.preset}: input "
               f"{cfg.model.input_size}, width {cfg.model.width}, P {cfg.model.max_prop}, frame {args.width}x"
               f"{args.height}, {args.runs} timed frames, CPU threads {os.cpu_count()}", flush=True)

@@ -101,21 +101,23 @@ def bench_mask_gate(run_dir: str, split_root: str, batches: int = 6, rounds: int
 
     import loader_ytvos
     import model as model_lib
+    import checkpoints
+    import config
     import train
-    cfg = train.config_lib.load_config(os.path.join(run_dir, "config.yaml"))
+    cfg = config.load_config(os.path.join(run_dir, "config.yaml"))
     ds = loader_ytvos.build_dataset(cfg, os.path.join(split_root, "instances.json"),
                                     os.path.join(split_root, "JPEGImages"), training=True, seed=1)
     data = [b for b in ds.take(batches)]
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    path = train.latest_checkpoint(run_dir)
+    path = checkpoints.latest_checkpoint(run_dir)
     if path is None:
         sys.exit(f"bench_train: no checkpoint in {run_dir}/checkpoints (train a run first, e.g. make demo)")
     steps, rois = {}, {}
     for gated in (True, False):
         with strategy.scope():
             model = model_lib.build_model(cfg, "train", mask_positives=gated)
-            train.ensure_alb_built(model)
-            train.restore_weights(model, path, cfg)
+            checkpoints.ensure_alb_built(model)
+            checkpoints.restore_weights(model, path)
             opt = train.make_optimizer(cfg, train.make_schedule(cfg, 1000))
             opt.build(train.trainable_vars(model))
         steps[gated] = train.make_train_step(model, opt, cfg, strategy, train.trainable_vars(model))

@@ -38,13 +38,14 @@ def _make_run(data, run_dir):
     import tensorflow as tf
     import config as config_lib
     import model as model_lib
+    import checkpoints
     import train
     keras.utils.set_random_seed(0)                 # the mask head keeps Keras's (seeded) initialisation
     ann_path = os.path.join(data, "instances.json")
     cfg = config_lib.apply_overrides(config_lib.get_preset("tiny"), ["model.input_size=64", "data.mask_res=32"])
     cfg = train.add_dataset_classes(cfg, json.load(open(ann_path)), ann_path)
     m = model_lib.build_model(cfg, "train")
-    train.ensure_alb_built(m)
+    checkpoints.ensure_alb_built(m)
     rng = np.random.default_rng(0)
     for layer in m.layers:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and not layer.name.startswith("mask_"):
@@ -61,7 +62,7 @@ def _make_run(data, run_dir):
     m(rng.uniform(0, 1, (4, 64, 64, 3)).astype(np.float32), training=True)
     os.makedirs(run_dir)
     config_lib.save_config(cfg, os.path.join(run_dir, "config.yaml"))
-    ckpt, _ = train.make_checkpoint(m)
+    ckpt, _ = checkpoints.make_checkpoint(m)
     tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"), 1).save()
 
 
@@ -89,8 +90,8 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_model(run):
-    import train
-    return train.load_run(str(run / "run"))
+    import checkpoints
+    return checkpoints.load_run(str(run / "run"))
 
 
 def _noise_frames():

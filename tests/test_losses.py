@@ -143,3 +143,17 @@ def test_level_losses_focal_sums_over_anchors_and_divides_by_positives():
     _, t0 = _level(pred, no_fg)
     assert utils.level_losses(p, t0, "focal").numpy()[1] == pytest.approx(
         0.75 * 0.75 ** 2 * math.log(4) + 0.75 * 0.25 * math.log(2), rel=1e-6)
+
+
+def test_loss_term_names_follow_the_order_of_loss_terms():
+    """Each level's (box, obj, cls) losses set to 10 * level + j and the mask to 99: the name of every entry of
+    loss_terms is the loss it holds (the ALB log-variances are logged under these names)."""
+    import utils
+    levels = [[10.0 * lv + j for j in range(3)] for lv in (2, 3, 4, 5)]
+    terms = utils.loss_terms(tf.constant(levels), tf.constant(99.0), "per_level").numpy()
+    value = {f"{n}_{lv}": 10.0 * lv + j for lv in (2, 3, 4, 5) for j, n in enumerate(("box", "obj", "cls"))}
+    value["mask"] = 99.0
+    assert [value[n] for n in utils.loss_term_names("per_level", 4)] == terms.tolist()
+    terms = utils.loss_terms(tf.constant(levels), tf.constant(99.0), "global").numpy()
+    means = {"box": 35.0, "obj": 36.0, "cls": 37.0, "mask": 99.0}     # mean over the levels 2..5
+    assert [means[n] for n in utils.loss_term_names("global", 4)] == terms.tolist()

@@ -285,14 +285,14 @@ def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients():
     enter the subnet), and the mask loss and every gradient of it are
     those of the published graph's head over all P proposals (float32 rounding apart), with the same weights."""
     import keras
-    import train as train_lib
+    import checkpoints
     cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "data.mask_res=32",
                                                               "model.mask_iou_thresh=0.05"])
     keras.utils.set_random_seed(3)
     full = M.build_model(cfg, "train")
     gated = M.build_model(cfg, "train", mask_positives=True)
     for m in (full, gated):
-        train_lib.ensure_alb_built(m)
+        checkpoints.ensure_alb_built(m)
     assert M.copy_weights_by_name(full, gated) == sum(1 for layer in full.layers if layer.weights) + 1   # + ALB
     rng = np.random.default_rng(0)
     b, n, r = 5, 6, 32

@@ -122,7 +122,7 @@ def test_frame_predictor_gated_mask_head_same_detections(run):
     the graph traced once."""
     sys.path.insert(0, ROOT)
     from tracker import FramePredictor
-    from train import load_run
+    from checkpoints import load_run
     cfg, model = load_run(str(run / "run"))
     frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _frames(run)]
     full = FramePredictor(cfg, model, 2, 0.0, gate_masks=False)
@@ -154,7 +154,7 @@ def test_frame_predictor_bfloat16_within_tolerance(run):
     sys.path.insert(0, ROOT)
     import utils
     from tracker import FramePredictor
-    from train import load_run
+    from checkpoints import load_run
     cfg, model = load_run(str(run / "run"))
     frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _frames(run)][:2]
     f32 = FramePredictor(cfg, model, 2, 0.0).forward(frames)

@@ -91,64 +91,6 @@ def test_lr_schedule_warmup_and_cosine():
     assert float(const(0)) == pytest.approx(0.1) and float(const(100)) == pytest.approx(0.1)
 
 
-def test_checkpoints_key_layers_by_name_and_older_ones_still_load(tmp_path):
-    """A checkpoint holds each layer's weights under its name, so the plain training model's checkpoint loads into
-    the one train.py builds (GT inputs and the mask gate change the graph order) and the other way round; a
-    checkpoint of the earlier format (the model by graph position) loads through load_run with the same weights,
-    and is reported as such (resuming from it is refused)."""
-    import keras
-    import tensorflow as tf
-
-    import config
-    import model as model_lib
-    import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "model.num_classes=3"])
-    keras.utils.set_random_seed(1)
-    plain = model_lib.build_model(cfg, "train")
-    train.ensure_alb_built(plain)
-    rng = np.random.default_rng(0)      # no weight at a value a fresh build would have (BN statistics, biases, GN)
-    plain.set_weights([w + rng.uniform(0.5, 1.0, w.shape).astype(w.dtype) for w in plain.get_weights()])
-    plain.alb.alb_log_vars.assign(np.arange(13, dtype=np.float32) / 7)
-    run = tmp_path / "run"
-    os.makedirs(run / "checkpoints")
-    config.save_config(cfg, str(run / "config.yaml"))
-    ckpt, _ = train.make_checkpoint(plain)
-    path = ckpt.write(str(run / "checkpoints" / "named"))
-    names = [name for name, _ in tf.train.list_variables(path)]
-    assert any(n.startswith("layers/bb_conv_0/") for n in names) and any(n.startswith("layers/mask_out/") for n in names)
-    assert not train.is_legacy_checkpoint(path)
-    legacy = tf.train.Checkpoint(model=plain, alb=plain.alb).write(str(run / "checkpoints" / "legacy"))
-    assert train.is_legacy_checkpoint(legacy)
-    for p in (path, legacy):
-        _, gated = train.load_run(str(run), checkpoint=p, mode="train")
-        assert set(gated.input) == {"image", "boxes", "labels"}
-        for a, b in zip(plain.get_weights(), gated.get_weights()):
-            np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(gated.alb.alb_log_vars.numpy(), np.arange(13, dtype=np.float32) / 7)
-        _, infer = train.load_run(str(run), checkpoint=p, mode="infer")
-        np.testing.assert_array_equal(infer.get_layer("mask_out").get_weights()[0],
-                                      plain.get_layer("mask_out").get_weights()[0])
-    # and back: the training model's checkpoint restores into a fresh plain model, every layer matched
-    back = model_lib.build_model(cfg, "train")
-    train.ensure_alb_built(back)
-    train.restore_weights(back, train.make_checkpoint(gated)[0].write(str(tmp_path / "from_gated")), cfg)
-    for a, b in zip(plain.get_weights(), back.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    # a checkpoint of another configuration (no pixel branch) names the layers it lacks
-    other = model_lib.build_model(config.apply_overrides(cfg, ["model.mask_pixels=0"]), "train")
-    train.ensure_alb_built(other)
-    with pytest.raises(train.TrainError, match=r"no weights for 6 layer\(s\) of the model, e.g. \['mask_pix_conv1'"):
-        train.restore_weights(back, train.make_checkpoint(other)[0].write(str(tmp_path / "other")), cfg)
-    # --resume refuses a checkpoint of the earlier format, naming it and what to do
-    old_run = tmp_path / "old_run"
-    tf.train.CheckpointManager(tf.train.Checkpoint(model=plain, alb=plain.alb), str(old_run / "checkpoints"),
-                               max_to_keep=1).save()
-    ckpt, parts = train.make_checkpoint(back)
-    with pytest.raises(train.TrainError, match=r"--resume: .*old_run/checkpoints/ckpt-1 was written before "
-                                               r"checkpoints keyed layers by name .* cannot resume"):
-        train.resume(ckpt, parts, str(old_run), tf.distribute.get_strategy())
-
-
 def test_backbone_phases_and_alb_in_checkpoint(tmp_path):
     import tensorflow as tf
 
@@ -282,11 +224,11 @@ def test_nan_guard_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shap
     values = _read_ckpt(latest)
     assert int(values[_key(values, "step")]) == 4
     assert all(np.all(np.isfinite(v)) for v in values.values() if np.asarray(v).dtype.kind == "f")
-    import train
-    cfg, model = train.load_run(str(run), mode="train")
+    import checkpoints
+    cfg, model = checkpoints.load_run(str(run), mode="train")
     np.testing.assert_array_equal(model.alb.alb_log_vars.numpy(), values[_key(values, "alb", "VARIABLE_VALUE")])
     # The inference model (what tracker.py loads) gets the trained weights by layer name.
-    _, infer = train.load_run(str(run), mode="infer")
+    _, infer = checkpoints.load_run(str(run), mode="infer")
     for name in ("bb_conv_0", "head_det_bn_2"):
         for a, b in zip(model.get_layer(name).get_weights(), infer.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
@@ -295,7 +237,7 @@ def test_nan_guard_stops_naming_the_step_and_keeps_the_last_good_checkpoint(shap
     import config as config_lib
     cfg2 = config_lib.apply_overrides(config_lib.load_config(str(run / "config.yaml")), ["infer.scale=1.5"])
     config_lib.save_config(cfg2, str(run / "config.yaml"))
-    icfg, infer96 = train.load_run(str(run), mode="infer")
+    icfg, infer96 = checkpoints.load_run(str(run), mode="infer")
     assert icfg.model.input_size == 96 and infer96.input["image"].shape[1:3] == (96, 96)
     assert icfg.model.anchors == cfg.model.anchors
     for a, b in zip(model.get_layer("bb_conv_0").get_weights(), infer96.get_layer("bb_conv_0").get_weights()):
@@ -441,42 +383,6 @@ def test_adamw_option_keeps_the_decoupled_decay_and_exclusions():
     np.testing.assert_allclose(bias.numpy(), 1.5, rtol=1e-5)
     # the published preset stays SGD (decisions §0)
     assert isinstance(train.make_optimizer(config.get_preset("yolov4p1"), 0.1), keras.optimizers.SGD)
-
-
-def test_validation_map_counts_detections_below_conf_thresh(tmp_path, monkeypatch):
-    """A correct detection scored 0.3 is above the storage floor (0.05) but below conf_thresh (0.5): the COCO
-    frame mAP must see it (AP 1), the confusion matrix must not (0 matched)."""
-    import cv2
-    from pycocotools import mask as mask_utils
-
-    import config
-    import model as model_lib
-    import train
-    cfg = config.apply_overrides(config.get_preset("tiny"), ["model.input_size=64", "model.num_classes=1",
-                                                              "model.max_prop=4", "model.pre_nms_limit=4"])
-    cfg.data.categories = [{"id": 1, "name": "disc"}]
-    h, w = 32, 64
-    cv2.imwrite(str(tmp_path / "f.jpg"), np.zeros((h, w, 3), np.uint8))
-    gt_mask = np.zeros((h, w), np.uint8, order="F")
-    gt_mask[8:24, 16:48] = 1
-    frames = [{"id": 7, "height": h, "width": w, "video_id": 1, "frame_index": 0,
-               "instances": [{"category_id": 1, "segmentation": mask_utils.encode(gt_mask), "iscrowd": 0}]}]
-
-    def fake_infer(inputs, training=False):
-        n = len(inputs["image"])
-        boxes = np.zeros((n, 4, 4), np.float32)
-        boxes[:, 0] = [16, 8, 48, 24]
-        scores = np.zeros((n, 4), np.float32)
-        scores[:, 0] = 0.3
-        return {"boxes": boxes, "mask_boxes": boxes, "scores": scores, "classes": np.ones((n, 4), np.int32),
-                "class_probs": np.ones((n, 4, 1), np.float32), "masks": np.ones((n, 4, 28, 28), np.float32),
-                "num_valid": np.ones((n,), np.int32), "image_hw": np.asarray(inputs["image_hw"])}
-
-    monkeypatch.setattr(model_lib, "copy_weights_by_name", lambda src, dst: 0)
-    val, _ = train.validate(cfg, None, fake_infer, (frames, lambda f: str(tmp_path / "f.jpg")),
-                            str(tmp_path / "cm.png"))
-    assert val["val_frame_mAP50"] == pytest.approx(1.0) and val["val_frame_mAP"] == pytest.approx(1.0)
-    assert val["val_matched"] == 0
 
 
 def test_alb_lr_mult_scales_only_the_alb_step():
