@@ -86,6 +86,8 @@ def test_lr_schedule_warmup_and_cosine():
     sched = train.make_schedule(cfg, 14)
     # warm-up: (step + 1) / 4 of the peak; cosine from step 4 to 14: halfway (step 9) gives half the peak.
     np.testing.assert_allclose([float(sched(s)) for s in (0, 3, 9, 14)], [0.025, 0.1, 0.05, 0.0], atol=1e-7)
+    sched.set_total(24)              # a time budget's plan: cosine from step 4 to 24, halfway at step 14
+    np.testing.assert_allclose([float(sched(s)) for s in (3, 14, 24)], [0.1, 0.05, 0.0], atol=1e-7)
     const = train.make_schedule(config.apply_overrides(cfg, ["train.lr_schedule=constant", "train.warmup_steps=0"]),
                                 14)
     assert float(const(0)) == pytest.approx(0.1) and float(const(100)) == pytest.approx(0.1)
