@@ -550,9 +550,10 @@ def plan_budget(run: Run, epoch: int, start: int, step: int, log=print):
     set_plan(run, run.budget.plan(step, guess, epoch, start, sec_per_step=rate, spent_s=spent), "plan", log)
 
 
-def eta_text(bar, step: int, end, total, epochs_left: int, val_s: float) -> str:
-    """', ETA epoch 0:42, run 11:05 (18:02)' at this epoch's step rate, the run's validations included."""
-    rate = bar.rate
+def eta_text(bar, step: int, end, total, epochs_left: int, val_s: float, sec_per_step: float | None = None) -> str:
+    """', ETA epoch 0:42, run 11:05 (18:02)' at `sec_per_step` (a budget's measured rate, which leaves the traced
+    first steps out) or else this epoch's rate so far, the run's validations included."""
+    rate = 1.0 / sec_per_step if sec_per_step and math.isfinite(sec_per_step) else bar.rate
     if end is None or not rate > 0:
         return ""
     text = f", ETA epoch {format_seconds((end - step) / rate)}"
@@ -623,7 +624,8 @@ def run_epoch(run: Run, epoch: int, step_fn) -> EpochStats:
                       f"{logs['cls']:.4f} mask {logs['mask']:.4f} lr {stats.lr:.2e} "
                       f"{stats.images_per_s(run.global_batch):.1f} img/s"
                       + eta_text(bar, step, end, run.total_steps if known else None, cfg.train.epochs - epoch,
-                                 run.val_s if run.val_s is not None else (budget.val_s if budget else 0.0)))
+                                 run.val_s if run.val_s is not None else (budget.val_s if budget else 0.0),
+                                 budget.sec_per_step if budget else None))
         if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step != end:
             run.manager.save(checkpoint_number=step)
     bar.close()
