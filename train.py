@@ -27,6 +27,7 @@ import backbone
 import checkpoints
 import loader_ytvos
 import model as model_lib
+import rundir
 import utils
 import validation
 from budget import TimeBudget, machine
@@ -40,6 +41,14 @@ NAN_HOOK_ENV = "YOLOV4P1_TEST_NAN_AT_STEP"
 
 class TrainError(RuntimeError):
     """Training cannot go on: bad data, a non-finite loss, an unusable run directory."""
+
+
+class Stopped(TrainError):
+    """SIGINT or SIGTERM: the run saved a checkpoint at the current step and stops (exit code 128 + signal)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 # ---- distribution -------------------------------------------------------------------------------------------
@@ -288,81 +297,7 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
     return step
 
 
-# ---- run directory ------------------------------------------------------------------------------------------
-
-def resolve_config(args):
-    """Preset + --config + --set, or on --resume the run's saved config with the new --set on top."""
-    saved = os.path.join(args.run_dir, "config.yaml")
-    if args.resume and os.path.exists(saved):
-        cfg = config_lib.apply_overrides(config_lib.load_config(saved), args.overrides)
-    else:
-        cfg = config_lib.config_from_args(args)
-    if args.epochs is not None:
-        cfg.train.epochs = int(args.epochs)
-    return cfg
-
-
-def add_dataset_classes(cfg, ytvis: dict, ann_path: str):
-    cats = ytvis.get("categories")
-    if not cats:
-        raise TrainError(f"{ann_path}: no 'categories' in the annotation file")
-    cats = [{"id": int(c["id"]), "name": str(c["name"])} for c in sorted(cats, key=lambda c: int(c["id"]))]
-    if cfg.data.categories and cfg.data.categories != cats:
-        raise TrainError(f"{ann_path}: its categories differ from the run's saved config (data.categories)")
-    cfg.data.categories = cats
-    cfg.model.num_classes = len(cats)
-    return config_lib.validate(cfg)
-
-
-class MetricsFile:
-    """metrics.jsonl: one JSON line per epoch, rewritten atomically (rows past a resumed epoch are dropped)."""
-
-    def __init__(self, path: str, keep_through_epoch: int):
-        self.path = path
-        self.rows = []
-        if os.path.exists(path):
-            with open(path) as f:
-                self.rows = [json.loads(line) for line in f if line.strip()]
-            self.rows = [r for r in self.rows if r.get("epoch", 0) <= keep_through_epoch]
-
-    def append(self, row: dict):
-        self.rows.append(row)
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
-
-
-# ---- resuming -----------------------------------------------------------------------------------------------
-
-def resume(ckpt, parts, run_dir: str, strategy, worker_index: int = 0):
-    """--resume: restore the latest checkpoint of `run_dir` into `ckpt` (weights, optimizer slots, ALB, step, epoch).
-
-    Every worker reads the chief's checkpoints (only worker 0 keeps them), so with several workers `run_dir` must
-    be a folder they all see (a shared filesystem, or a copy of its `checkpoints/` at each worker's --run-dir). The
-    workers then check, with one all-gather, that they restored the same step: a worker that starts over while the
-    others resume would run a different number of steps and hang the collectives at the end.
-    """
-    folder = checkpoints.checkpoint_folder(run_dir)
-    path = checkpoints.latest_checkpoint(run_dir)
-    if path:
-        ckpt.restore(path).assert_existing_objects_matched()
-    step = int(parts["step"].numpy())
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        low, high = worker_steps(strategy, step)
-        if low != high:
-            raise TrainError(f"--resume: worker {worker_index} found step {step} in {folder} ("
-                             f"{'latest ' + os.path.basename(path) if path else 'no checkpoint'}), but the workers "
-                             f"found steps {low} to {high}: every worker must see the chief's checkpoints, so give "
-                             f"them a --run-dir on a shared filesystem, or copy worker 0's checkpoints/ there")
-    if path:
-        print(f"resumed from {path} (step {step}, epoch {int(parts['epoch'].numpy())})")
-    else:
-        print(f"--resume: no checkpoint in {folder}, starting fresh")
-
-
-def worker_steps(strategy, step: int):
-    """(lowest, highest) of `step` over every replica of `strategy` (one all-gather)."""
-    steps = strategy.gather(strategy.run(lambda: tf.constant([step], tf.int64)), axis=0).numpy()
-    return int(steps.min()), int(steps.max())
-
+# ---- the data stream -----------------------------------------------------------------------------------------------
 
 def next_batch(iterator, locate):
     """next(iterator), where a frame TensorFlow cannot decode (its header passed the loader's checks, so the
@@ -389,11 +324,6 @@ def resume_position(step: int, batches_per_pass: int):
     return step // batches_per_pass, step % batches_per_pass
 
 
-def count_train_frames(ytvis, video_ids, frame_stride):
-    lengths = {v["id"]: int(v["length"]) for v in ytvis["videos"]}
-    return sum((lengths[v] + frame_stride - 1) // frame_stride for v in video_ids)
-
-
 # ---- the loop -----------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -414,10 +344,11 @@ class Run:
     epoch_var: object         # epochs completed
     iterator: object = None
     writer: object = None
-    metrics: MetricsFile = None
+    metrics: rundir.MetricsFile = None
     validator: validation.Validator = None
     steps_per_epoch: int = 1
     nan_at: int = 0
+    stop: rundir.StopRequest = None
     total_steps: int = 0
     budget: TimeBudget = None   # --budget-minutes: the steps and epoch ends follow from the measured rate
     t_start: float = 0.0      # when the command started (a budget counts from here)
@@ -437,6 +368,7 @@ class EpochStats:
     sums: dict = dataclasses.field(default_factory=dict)
     n: int = 0
     lr: float | None = None
+    resumed_at: int | None = None    # the global step a resumed epoch started after
 
     def add(self, logs: dict):
         for k, v in logs.items():
@@ -456,31 +388,35 @@ def setup(args) -> Run:
     t_start = time.time()
     strategy, worker_index = make_strategy(args.strategy, args.worker, args.worker_index)
     chief = worker_index == 0
-    cfg = resolve_config(args)
+    if chief:
+        rundir.guard(args.run_dir, args.resume, args.overwrite)
+    cfg = rundir.resolve_config(args)
     ann_path = args.ann or os.path.join(args.data, "instances.json")
     image_root = os.path.join(args.data, "JPEGImages")
     ytvis = loader_ytvos.load_annotations(ann_path)
-    cfg = add_dataset_classes(cfg, ytvis, ann_path)
+    cfg = rundir.add_dataset_classes(cfg, ytvis, ann_path)
     train_ids, val_ids = loader_ytvos.split_videos(ytvis, cfg.train.val_fraction, cfg.train.split_seed)
     keras.utils.set_random_seed(cfg.train.seed)
 
     # Only worker 0 writes into the run directory; the others write to a private temporary folder.
     out_dir = args.run_dir if chief else tempfile.mkdtemp(prefix=f"worker{worker_index}_")
-    os.makedirs(out_dir, exist_ok=True)
-    if chief:
-        config_lib.save_config(cfg, os.path.join(out_dir, "config.yaml"))
-
     n_rep, gb = strategy.num_replicas_in_sync, cfg.train.batch_size
     if gb % n_rep:
         raise TrainError(f"train.batch_size {gb} is not divisible by the {n_rep} replicas")
-    n_frames = count_train_frames(ytvis, train_ids, cfg.data.frame_stride)
+    n_frames = len(ytvis.samples(train_ids, cfg.data.frame_stride))
     steps_per_epoch = cfg.train.steps_per_epoch or max(1, n_frames // gb)
     total_steps = steps_per_epoch * cfg.train.epochs
     model, optimizer, schedule, ckpt, parts = build_state(cfg, strategy, total_steps, args.weights)
+    if chief and args.overwrite and rundir.run_contents(out_dir):
+        print(f"--overwrite: removed {', '.join(rundir.remove_run(out_dir))} from {out_dir}")
     manager = tf.train.CheckpointManager(ckpt, checkpoints.checkpoint_folder(out_dir),
                                          max_to_keep=cfg.train.keep_ckpts)
-    if args.resume:
-        resume(ckpt, parts, args.run_dir, strategy, worker_index)
+    if args.resume:      # before anything is written: a config that does not fit the checkpoints stops here
+        checkpoints.resume_training(model, ckpt, parts, args.run_dir, strategy, worker_index)
+    if chief:
+        for name in rundir.remove_stale_temps(out_dir):
+            print(f"removed {name}/ (a checkpoint save that was killed half-way)")
+        config_lib.save_config(cfg, os.path.join(out_dir, "config.yaml"))
     run = Run(cfg, strategy, chief, out_dir, ytvis, train_ids, image_root, model, optimizer, schedule, manager,
               parts["step"], parts["epoch"], steps_per_epoch=steps_per_epoch,
               nan_at=int(os.environ.get(NAN_HOOK_ENV, "0") or 0), total_steps=total_steps, t_start=t_start)
@@ -488,7 +424,7 @@ def setup(args) -> Run:
     run.iterator = data_stream(run, ann_path, n_frames)
     run.writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs")) if chief else \
         tf.summary.create_noop_writer()
-    run.metrics = MetricsFile(os.path.join(out_dir, "metrics.jsonl"), int(run.epoch_var.numpy()))
+    run.metrics = rundir.MetricsFile(os.path.join(out_dir, "metrics.jsonl"), int(run.epoch_var.numpy()))
     if chief and val_ids:
         run.validator = validation.Validator(cfg, ytvis, val_ids, image_root,
                                              os.path.join(out_dir, "confusion_matrix.png"))
@@ -593,10 +529,13 @@ def run_epoch(run: Run, epoch: int, step_fn) -> EpochStats:
     cfg, stats, budget = run.cfg, EpochStats(), run.budget
     step = int(run.step_var.numpy())
     start, end = epoch_bounds(run, epoch)
+    if step > start:
+        stats.resumed_at = step
     bar = Progress(end - start if end else None, f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step",
                    scale=run.global_batch, scale_unit="img", initial=step - start, lines=False, file=sys.stdout)
     while end is None or step < end:
         i = step - start
+        stop_if_asked(run)
         batch = next_batch(run.iterator, lambda: loader_ytvos.find_undecodable_frames(
             run.ytvis, run.image_root, run.train_ids, cfg.data.frame_stride, log=print))
         logs = step_fn(batch, tf.constant(1.0 if step + 1 == run.nan_at else 0.0))
@@ -636,6 +575,21 @@ def run_epoch(run: Run, epoch: int, step_fn) -> EpochStats:
     return stats
 
 
+def stop_if_asked(run: Run):
+    """After SIGINT/SIGTERM: a checkpoint at the current step (unless the last save was at it), then Stopped."""
+    if run.stop is None or run.stop.signum is None:
+        return
+    step, name = int(run.step_var.numpy()), run.stop.name
+    path = run.manager.latest_checkpoint
+    if step == 0:
+        raise Stopped(f"stopped by {name} before the first step; nothing to save", run.stop.signum)
+    if not path or not path.endswith(f"ckpt-{step}"):
+        path = run.manager.save(checkpoint_number=step)
+    run.writer.flush()
+    raise Stopped(f"stopped by {name} at step {step} ({int(run.epoch_var.numpy())} epoch(s) done); saved {path}; "
+                  f"continue with --resume", run.stop.signum)
+
+
 def write_step_summaries(run: Run, logs: dict, lr: float, step: int):
     """TensorBoard: every loss, the gradient norm, the learning rate and every ALB log-variance."""
     names = utils.loss_term_names(run.cfg.train.alb, run.cfg.num_levels)
@@ -656,6 +610,8 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats):
            **{(k if k == "grad_norm" else f"loss_{k}"): v / max(1, stats.n) for k, v in stats.sums.items()},
            "lr": stats.lr if stats.n else None, "images_per_s": stats.images_per_s(run.global_batch),
            "seconds": stats.seconds}
+    if stats.resumed_at is not None:   # the means above are over the steps after the resume only
+        row.update(resumed_at_step=stats.resumed_at, steps_averaged=stats.n)
     if run.validator is not None:
         t1 = time.time()
         val, png = run.validator(run.model)
@@ -681,7 +637,7 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats):
 
 def finish(run: Run, dump_path: str | None = None):
     if dump_path:
-        dump_weights(run.model, dump_path)
+        checkpoints.dump_weights(run.model, dump_path)
     if not run.chief:
         shutil.rmtree(run.out_dir, ignore_errors=True)
         return
@@ -696,28 +652,18 @@ def finish(run: Run, dump_path: str | None = None):
 
 
 def train(args):
-    run = setup(args)
-    phase, step_fn = None, None
-    for epoch in range(int(run.epoch_var.numpy()), run.cfg.train.epochs):
-        frozen = epoch < run.cfg.train.freeze_epochs
-        if phase != frozen:       # a new set of trainable variables needs a new traced step
-            step_fn, phase = enter_phase(run, epoch, frozen), frozen
-        end_epoch(run, epoch, run_epoch(run, epoch, step_fn))
-    finish(run, args.dump_weights)
+    with rundir.StopRequest() as stop:
+        run = setup(args)
+        run.stop = stop
+        phase, step_fn = None, None
+        for epoch in range(int(run.epoch_var.numpy()), run.cfg.train.epochs):
+            frozen = epoch < run.cfg.train.freeze_epochs
+            if phase != frozen:       # a new set of trainable variables needs a new traced step
+                step_fn, phase = enter_phase(run, epoch, frozen), frozen
+            end_epoch(run, epoch, run_epoch(run, epoch, step_fn))
+            stop_if_asked(run)
+        finish(run, args.dump_weights)
     return run.model
-
-
-def dump_weights(model, path: str):
-    """Every model weight and the ALB log-variances of this worker as one .npz (for comparing workers)."""
-    arrays = {f"w{i:04d}": np.asarray(w) for i, w in enumerate(model.get_weights())}
-    arrays["alb"] = model.alb.alb_log_vars.numpy()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-    print(f"final weights of worker written to {path}")
 
 
 def build_parser():
@@ -728,7 +674,10 @@ def build_parser():
     ap.add_argument("--ann", default=None, help="annotation JSON (default: <data>/instances.json)")
     ap.add_argument("--run-dir", default="runs/demo", help="where config, checkpoints, logs and metrics go")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of --run-dir")
+    again = ap.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of --run-dir")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start over in a --run-dir that holds a run (removes its checkpoints, logs and metrics)")
     ap.add_argument("--strategy", default="auto", choices=["auto", "one_device", "mirrored", "multi_worker"])
     ap.add_argument("--worker", default=None, metavar="HOST:PORT,...",
                     help="all workers' addresses, for multi-worker training (builds TF_CONFIG)")
@@ -746,7 +695,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (TrainError, config_lib.ConfigError, checkpoints.CheckpointError, validation.ValidationError) as e:
+    except Stopped as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except (TrainError, config_lib.ConfigError, checkpoints.CheckpointError, validation.ValidationError,
+            rundir.RunDirError) as e:
         sys.exit(f"train.py: {e}")
 
 

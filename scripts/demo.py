@@ -95,8 +95,9 @@ class Demo:
         else:
             train_cmd += ["--set", f"train.steps_per_epoch={a.steps_per_epoch}"]
         train_cmd += sum([["--set", s] for s in a.set], [])
-        if os.path.exists(self.path("checkpoints")) and not a.fresh_stage("train"):
-            train_cmd.append("--resume")
+        # an earlier run there is continued, or (a fresh stage) started over: train.py refuses to guess
+        resume = os.path.exists(self.path("checkpoints")) and not a.fresh_stage("train")
+        train_cmd.append("--resume" if resume else "--overwrite")
         self.stage("train", [done], [train_cmd])
 
         frames = self.path("valid_frames.json")

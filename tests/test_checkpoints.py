@@ -72,3 +72,57 @@ def test_load_run_names_a_folder_without_config_or_checkpoint(tmp_path):
     config.save_config(_tiny_cfg(), str(tmp_path / "config.yaml"))
     with pytest.raises(checkpoints.CheckpointError, match=f"{tmp_path}: no checkpoint in {tmp_path}/checkpoints"):
         checkpoints.load_run(str(tmp_path))
+
+
+def _saved_run(tmp_path, cfg):
+    """A run directory holding `cfg` and one checkpoint (ckpt-1) of a model built from it."""
+    import tensorflow as tf
+
+    import checkpoints
+    import config
+    import model as model_lib
+    m = model_lib.build_model(cfg, "train")
+    checkpoints.ensure_alb_built(m)
+    config.save_config(cfg, str(tmp_path / "config.yaml"))
+    return tf.train.CheckpointManager(checkpoints.make_checkpoint(m)[0], str(tmp_path / "checkpoints"), 2).save()
+
+
+def test_a_config_that_does_not_fit_the_checkpoint_is_named_in_one_line(tmp_path):
+    import checkpoints
+    import config
+    path = _saved_run(tmp_path, _tiny_cfg())
+    wider = config.apply_overrides(_tiny_cfg(), ["model.width=0.5"])
+    config.save_config(wider, str(tmp_path / "config.yaml"))
+    with pytest.raises(checkpoints.CheckpointError) as e:
+        checkpoints.load_run(str(tmp_path))
+    assert str(e.value) == (f"checkpoint {path} does not fit the config of {tmp_path}: layer bb_conv_0 holds weights "
+                            f"of shapes [[3, 3, 3, 8]], the config needs [[3, 3, 3, 16]] (a checkpoint of another "
+                            f"configuration?)")
+
+
+def test_a_missing_or_truncated_checkpoint_is_named(tmp_path):
+    import checkpoints
+    path = _saved_run(tmp_path, _tiny_cfg())
+    with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint .*ckpt-9 does not exist \(no ckpt-9.index"):
+        checkpoints.load_run(str(tmp_path), checkpoint=str(tmp_path / "checkpoints" / "ckpt-9"))
+    data = path + ".data-00000-of-00001"
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    with pytest.raises(checkpoints.CheckpointError, match=r"ckpt-1 cannot be read, truncated or corrupt\? \(Read less"):
+        checkpoints.load_run(str(tmp_path))
+
+
+def test_latest_checkpoint_counts_a_complete_save_the_state_file_does_not_list(tmp_path):
+    """A kill between a save's last rename and the update of checkpoints/checkpoint (the first save: no state file
+    at all) must not make --resume start over: the newest complete ckpt-N counts; a half-written one does not."""
+    import shutil
+
+    import checkpoints
+    path = _saved_run(tmp_path, _tiny_cfg())
+    folder = tmp_path / "checkpoints"
+    os.remove(folder / "checkpoint")
+    assert checkpoints.latest_checkpoint(str(tmp_path)) == path
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(path + suffix, str(folder / "ckpt-12") + suffix)
+    os.remove(folder / "ckpt-12.data-00000-of-00001")                 # ckpt-12: index without its data
+    assert checkpoints.latest_checkpoint(str(tmp_path)) == path

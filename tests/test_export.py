@@ -39,11 +39,11 @@ def _make_run(data, run_dir):
     import config as config_lib
     import model as model_lib
     import checkpoints
-    import train
+    import rundir
     keras.utils.set_random_seed(0)                 # the mask head keeps Keras's (seeded) initialisation
     ann_path = os.path.join(data, "instances.json")
     cfg = config_lib.apply_overrides(config_lib.get_preset("tiny"), ["model.input_size=64", "data.mask_res=32"])
-    cfg = train.add_dataset_classes(cfg, json.load(open(ann_path)), ann_path)
+    cfg = rundir.add_dataset_classes(cfg, json.load(open(ann_path)), ann_path)
     m = model_lib.build_model(cfg, "train")
     checkpoints.ensure_alb_built(m)
     rng = np.random.default_rng(0)

@@ -266,7 +266,9 @@ def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
             p.kill()
         p.wait(timeout=30)
     import tensorflow as tf
-    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+
+    import checkpoints
+    latest = checkpoints.latest_checkpoint(str(run))   # what --resume reads (it also sees a save the state lacks)
     saved = _read_ckpt(latest)
     saved_step = int(saved[_key(saved, "step")])
     assert saved_step >= 4
@@ -310,18 +312,84 @@ def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
     assert [r["epoch"] for r in rows][-1] == 3 and rows[-1]["step"] == 9
 
 
+@pytest.mark.slow
+def test_a_run_is_never_started_over_and_a_resume_that_does_not_fit_writes_nothing(shapes, tmp_path):
+    """Without --resume or --overwrite train.py refuses a --run-dir holding a run; --resume with a --set that
+    changes the model stops in one line naming the layer, before config.yaml or anything else is written."""
+    run = tmp_path / "run"
+    args = SMALL + ["--data", shapes, "--run-dir", str(run), "--epochs", "1", "--set", "train.val_fraction=0"]
+    res = _run(args, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    def snapshot():
+        return {p: (run / p).read_bytes() for p in ("config.yaml", "metrics.jsonl", "train_done.json",
+                                                       "checkpoints/checkpoint")}
+    before = snapshot()
+    res = _run(args + ["--epochs", "2"], timeout=600)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"train.py: {run} already holds a run (config.yaml, metrics.jsonl, train_done.json, checkpoints, logs): "
+        f"continue it with --resume, start it over with --overwrite, or choose another --run-dir")
+    res = _run(args + ["--epochs", "2", "--resume", "--set", "model.width=0.5"], timeout=600)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"train.py: --resume: checkpoint {run}/checkpoints/ckpt-3 does not fit the config: layer bb_conv_0 holds "
+        f"weights of shapes [[3, 3, 3, 8]], the config needs [[3, 3, 3, 16]] (a checkpoint of another "
+        f"configuration?); the run directory is left as it was")
+    assert snapshot() == before
+    assert sorted(os.listdir(run / "checkpoints")) == ["checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+
+
+@pytest.mark.slow
+def test_sigint_saves_at_the_current_step_and_the_resumed_epoch_says_so(shapes, tmp_path):
+    """Ctrl-C: a checkpoint at the step reached, one line, exit code 130; --resume removes a stale ckpt-N_temp/,
+    continues from that step, and the resumed epoch's metrics row says which steps its means cover."""
+    run = tmp_path / "run"
+    args = SMALL + ["--data", shapes, "--run-dir", str(run), "--epochs", "2", "--set", "train.val_fraction=0",
+                    "--set", "train.ckpt_every=100"]
+    p = subprocess.Popen([PY, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stdout:
+            if "(global 1)" in line:
+                p.send_signal(signal.SIGINT)
+                break
+        out, err = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 128 + signal.SIGINT, err[-3000:]
+    m = re.fullmatch(r"train.py: stopped by SIGINT at step (\d) \(0 epoch\(s\) done\); saved (.*); continue with "
+                     r"--resume", err.strip().splitlines()[-1])
+    assert m, err[-2000:]
+    stopped = int(m.group(1))
+    assert stopped in (1, 2) and m.group(2) == f"{run}/checkpoints/ckpt-{stopped}"
+    import checkpoints
+    assert checkpoints.latest_checkpoint(str(run)) == m.group(2)
+    os.makedirs(run / "checkpoints" / "ckpt-7_temp")           # what a SIGKILL during a save leaves
+    res = _run(args + ["--resume"], timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "removed ckpt-7_temp/ (a checkpoint save that was killed half-way)" in res.stdout
+    assert not (run / "checkpoints" / "ckpt-7_temp").exists()
+    assert f"resumed from {run}/checkpoints/ckpt-{stopped} (step {stopped}, epoch 0)" in res.stdout
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0]["resumed_at_step"] == stopped and rows[0]["steps_averaged"] == 3 - stopped
+    assert "resumed_at_step" not in rows[1]
+
+
 def _tiny_two_frames(shapes, overrides):
     """The tiny preset at 64 px with a constant LR (plus `overrides`) and the first 2 frames of the first training
     video, unaugmented: (cfg, batch dict)."""
     import config
     import loader_ytvos
-    import train
+    import rundir
     cfg = config.apply_overrides(config.get_preset("tiny"), [
         "model.input_size=64", "data.mask_res=32", "data.max_instances=4", "data.augment=false",
         "train.batch_size=2", "train.warmup_steps=0", "train.lr_schedule=constant"] + list(overrides))
     ann = os.path.join(shapes, "instances.json")
     ytvis = loader_ytvos.load_annotations(ann)
-    cfg = train.add_dataset_classes(cfg, ytvis, ann)
+    cfg = rundir.add_dataset_classes(cfg, ytvis, ann)
     ds = loader_ytvos.build_dataset(cfg, ann, os.path.join(shapes, "JPEGImages"),
                                     video_ids=[ytvis["videos"][0]["id"]], training=False, batch_size=2)
     return cfg, {k: v for k, v in next(iter(ds)).items()}
