@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
+# oneDNN kernels on every x86 CPU: TensorFlow turns them on by default only where it finds VNNI or AMX (config.py)
+export TF_ENABLE_ONEDNN_OPTS ?= 1
 
 .PHONY: setup test test-all lint demo bench clean-demo
 
@@ -32,7 +34,7 @@ lint: setup
 	$(PY) -m ruff check .
 
 demo: setup
-	$(PY) scripts/demo.py $(if $(FRESH),--fresh,)
+	$(PY) scripts/demo.py $(if $(FRESH),--fresh,) $(if $(BUDGET),--budget-minutes $(BUDGET),)
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -24,6 +24,13 @@ import yaml
 
 from fileio import InputError, atomic_write_text
 
+# TensorFlow's Linux wheels route convolutions and matmuls through oneDNN only on CPUs with AVX512_VNNI,
+# AVX512_BF16, AVX_VNNI or AMX (tensorflow/core/util/port.cc, DefaultOneDnnPolicy); elsewhere (an AMD EPYC, any
+# AVX2-only CPU) they fall back to Eigen, which made the tiny preset's training step 3.3x slower on 2 cores
+# (info/RESULTS.md). Every command imports this module before TensorFlow, so oneDNN is on unless the user says
+# otherwise (TF_ENABLE_ONEDNN_OPTS=0).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 # HEAD anchors of the original (its config.py at HEAD): 24 (w, h) pairs in pixels at 416, sorted by width,
 # split in order into 4 levels of 6.
 HEAD_ANCHORS_416 = [

@@ -357,6 +357,8 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     check_writable_file(out, "--out", ExportError)    # before the minutes of tracing, not after
     if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
+    from progress import Progress
+    bar = Progress(3 if fmt == "tflite" else 2, f"export {fmt}", unit="part")   # load, trace (, convert)
     t0 = time.time()
     try:
         cfg, model = load_run(run_dir, checkpoint=checkpoint, mode="infer")
@@ -365,6 +367,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     except (tf.errors.NotFoundError, ValueError) as e:
         raise ExportError(f"{run_dir}: cannot restore checkpoint {checkpoint or '(latest)'} ({e})") from None
     log(f"loaded {run_dir} ({cfg.preset}, input {cfg.model.input_size}) in {time.time() - t0:.1f} s", flush=True)
+    bar.update(1, part="load")
 
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
@@ -374,6 +377,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
         t0 = time.time()
         _write_saved_model(model, cfg, sm_dir, graph)
         log(f"SavedModel traced and written in {time.time() - t0:.1f} s", flush=True)
+        bar.update(1, part="SavedModel")
         meta = {"format": fmt, "fp16": bool(fp16), "graph": graph, "signature": SIGNATURE, "input": {"image": INPUT},
                 "outputs": dict(OUTPUTS), "input_size": cfg.model.input_size, "mask_size": cfg.model.mask_size,
                 "max_detections": cfg.model.max_prop,
@@ -393,6 +397,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
             meta["flex_ops"] = [o for o in ops if o.startswith("Flex")] if select_tf_ops else []
             log(f"TFLite converted in {time.time() - t0:.1f} s ({len(data) / 2**20:.1f} MiB, flex ops: "
                 f"{', '.join(meta['flex_ops']) or 'none'})", flush=True)
+            bar.update(1, part="TFLite")
         else:
             meta["file"] = SAVED_MODEL_DIR
         config_lib.save_config(cfg, os.path.join(tmp, CONFIG_FILE))
@@ -402,6 +407,8 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        bar.close()
     return meta
 
 

@@ -17,7 +17,8 @@ import config as config_lib
 from config import atomic_write_text
 
 # What train.py writes into a run directory (other files there, a user's predictions or plots, are left alone).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "train_done.json", "confusion_matrix.png", "checkpoints", "logs")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "train_done.json", "confusion_matrix.png", "checkpoints", "logs",
+             "budget.json")
 
 
 class RunDirError(RuntimeError):

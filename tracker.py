@@ -165,15 +165,17 @@ class FramePredictor:
 
 def predict_videos(predictor, videos, categories, log=print):
     """Run `predictor` over every video; returns the frame-predictions document (info/DESIGN.md#frame-predictions)."""
+    from progress import Progress
     out_videos = []
     t_start, n_frames = time.time(), 0
+    bar = Progress(sum(int(rec["length"]) for rec, _ in videos), "inference", unit="frame")
     for k, (rec, frames) in enumerate(videos):
-        t0 = time.time()
         frame_recs, batch, idx = [], [], []
 
         def flush():
             for t, dets in zip(idx, predictor(batch)):
                 frame_recs.append({"index": t, "detections": dets})
+            bar.update(len(idx), video=f"{k + 1}/{len(videos)}")
             batch.clear(), idx.clear()
 
         for t, img in frames():
@@ -191,11 +193,10 @@ def predict_videos(predictor, videos, categories, log=print):
             raise FrameError(f"video {rec['id']}: read {len(frame_recs)} frames, expected {rec['length']}")
         out_videos.append({**rec, "frames": frame_recs})
         n_frames += len(frame_recs)
-        dets = sum(len(f["detections"]) for f in frame_recs)
-        dt = time.time() - t0
-        log(f"[{k + 1}/{len(videos)}] video {rec['id']}: {rec['length']} frames, {dets} detections, "
-            f"{rec['length'] / max(dt, 1e-9):.1f} frames/s", flush=True)
-    log(f"{n_frames} frames in {time.time() - t_start:.1f} s", flush=True)
+    bar.close()
+    n_dets = sum(len(f["detections"]) for v in out_videos for f in v["frames"])
+    log(f"{len(out_videos)} videos, {n_frames} frames, {n_dets} detections in {time.time() - t_start:.1f} s",
+        flush=True)
     return {"format": "ytvis-frame-predictions", "version": 1, "categories": categories, "videos": out_videos}
 
 

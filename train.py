@@ -19,21 +19,24 @@ import sys
 import tempfile
 import time
 
+import config as config_lib  # noqa: I001 (before TensorFlow loads: config.py turns oneDNN on for every x86 CPU)
 import keras
 import numpy as np
 import tensorflow as tf   # importing runs no op: make_strategy still comes before the first one
 
 import backbone
 import checkpoints
-import config as config_lib
 import loader_ytvos
 import model as model_lib
 import rundir
 import utils
 import validation
+from budget import TimeBudget, machine
 from config import atomic_write_text
 from fileio import InputError
+from progress import Progress, clock_after, format_seconds
 
+BUDGET_FILE = "budget.json"   # the plan of a --budget-minutes run, kept by --resume
 # Test-only hook: the total loss becomes NaN at this global step (1-based), to exercise the NaN guard.
 NAN_HOOK_ENV = "YOLOV4P1_TEST_NAN_AT_STEP"
 
@@ -156,13 +159,18 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up over `warmup` steps, then constant or cosine down to 0 at `total` steps."""
 
     def __init__(self, lr, warmup, total, cosine):
-        self.lr, self.warmup, self.total, self.cosine = float(lr), int(warmup), int(total), bool(cosine)
+        self.lr, self.warmup, self.cosine = float(lr), int(warmup), bool(cosine)
+        # a variable, so that a time budget sets the total after the warm-up without tracing the step again
+        self.total = tf.Variable(float(total), trainable=False, dtype=tf.float32, name="lr_total_steps")
+
+    def set_total(self, total: int):
+        self.total.assign(float(total))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         lr = tf.constant(self.lr, tf.float32)
         if self.cosine:
-            span = float(max(1, self.total - self.warmup))
+            span = tf.maximum(1.0, self.total - self.warmup)
             done = tf.clip_by_value((step - self.warmup) / span, 0.0, 1.0)
             lr = lr * 0.5 * (1.0 + tf.cos(math.pi * done))
         if self.warmup > 0:
@@ -170,7 +178,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return lr
 
     def get_config(self):
-        return {"lr": self.lr, "warmup": self.warmup, "total": self.total, "cosine": self.cosine}
+        return {"lr": self.lr, "warmup": self.warmup, "total": int(self.total.numpy()), "cosine": self.cosine}
 
 
 def make_schedule(cfg, total_steps: int):
@@ -350,6 +358,12 @@ class Run:
     steps_per_epoch: int = 1
     nan_at: int = 0
     stop: rundir.StopRequest = None
+    total_steps: int = 0
+    budget: TimeBudget = None   # --budget-minutes: the steps and epoch ends follow from the measured rate
+    t_start: float = 0.0      # when the command started (a budget counts from here)
+    train_seconds: float = 0.0   # spent in steps (validation left out), for the run's images/s
+    images: int = 0           # images trained on by this process
+    val_s: float = None       # seconds of the last validation
 
     @property
     def global_batch(self) -> int:
@@ -370,13 +384,17 @@ class EpochStats:
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.n += 1
 
+    seconds: float = None     # the epoch's steps, once they are done
+    start: int = 0            # the global step the epoch began after
+
     def images_per_s(self, global_batch: int) -> float:
-        return self.n * global_batch / max(1e-9, time.time() - self.t0)
+        return self.n * global_batch / max(1e-9, self.seconds if self.seconds is not None else time.time() - self.t0)
 
 
 def setup(args) -> Run:
     """Strategy, config, run directory, model and optimizer (restored on --resume), data stream, summaries and
     validation, in the order that fixes the random draws of a seeded run."""
+    t_start = time.time()
     strategy, worker_index = make_strategy(args.strategy, args.worker, args.worker_index)
     chief = worker_index == 0
     if chief:
@@ -410,7 +428,8 @@ def setup(args) -> Run:
         config_lib.save_config(cfg, os.path.join(out_dir, "config.yaml"))
     run = Run(cfg, strategy, chief, out_dir, ytvis, train_ids, image_root, model, optimizer, schedule, manager,
               parts["step"], parts["epoch"], steps_per_epoch=steps_per_epoch,
-              nan_at=int(os.environ.get(NAN_HOOK_ENV, "0") or 0))
+              nan_at=int(os.environ.get(NAN_HOOK_ENV, "0") or 0), total_steps=total_steps, t_start=t_start)
+    run.budget = make_budget(args, cfg, schedule, t_start, int(run.step_var.numpy()))
     run.iterator = data_stream(run, ann_path, n_frames)
     run.writer = tf.summary.create_file_writer(os.path.join(out_dir, "logs")) if chief else \
         tf.summary.create_noop_writer()
@@ -418,9 +437,75 @@ def setup(args) -> Run:
     if chief and val_ids:
         run.validator = validation.Validator(cfg, ytvis, val_ids, image_root,
                                              os.path.join(out_dir, "confusion_matrix.png"))
-    print(f"training {total_steps} steps ({cfg.train.epochs} epochs x {steps_per_epoch}) on {len(train_ids)} "
-          f"videos / {n_frames} frames, {len(val_ids)} held-out videos, {n_rep} replica(s), global batch {gb}")
+    if run.budget is None:
+        plan = f"{total_steps} steps ({cfg.train.epochs} epochs x {steps_per_epoch})"
+    else:
+        plan = (f"within {args.budget_minutes:g} minutes ({cfg.train.epochs} epochs; the step count follows from the "
+                f"rate of the first {run.budget.skip_steps + run.budget.probe_steps} steps)")
+    print(f"training {plan} on {len(train_ids)} videos / {n_frames} frames, {len(val_ids)} held-out videos, "
+          f"{n_rep} replica(s), global batch {gb}")
     return run
+
+
+def make_budget(args, cfg, schedule, t_start: float, step: int):
+    """The TimeBudget of a --budget-minutes run (None without one); a resumed run keeps its saved plan."""
+    if not args.budget_minutes:
+        return None
+    try:
+        budget = TimeBudget(args.budget_minutes, cfg.train.epochs, cfg.train.batch_size, start=t_start)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    if args.resume and budget.load(os.path.join(args.run_dir, BUDGET_FILE)):
+        schedule.set_total(budget.total)
+        print(f"--resume: keeping the interrupted run's plan, {budget.describe(step)}")
+    return budget
+
+
+def epoch_bounds(run: Run, epoch: int):
+    """(first global step, end step) of `epoch`; under a budget the end is None until the plan is made."""
+    if run.budget is None:
+        return epoch * run.steps_per_epoch, (epoch + 1) * run.steps_per_epoch
+    if run.budget.epoch_ends is None:
+        return 0, None
+    return (run.budget.epoch_ends[epoch - 1] if epoch else 0), run.budget.epoch_ends[epoch]
+
+
+def agree_max(strategy, values):
+    """Element-wise maximum of `values` over every replica (one all-gather): all workers plan the same steps."""
+    got = strategy.gather(strategy.run(lambda: tf.constant([values], tf.float64)), axis=0).numpy()
+    return [float(v) for v in got.max(axis=0)]
+
+
+def set_plan(run: Run, total: int, text: str, log=print):
+    """A budget's new total: the LR schedule, the run's plan file and a line saying it."""
+    run.total_steps = total
+    run.schedule.set_total(total)
+    log(f"{text}: {run.budget.describe(int(run.step_var.numpy()))}")
+    if run.chief:
+        atomic_write_text(os.path.join(run.out_dir, BUDGET_FILE), json.dumps(run.budget.to_dict(), indent=2))
+
+
+def plan_budget(run: Run, epoch: int, start: int, step: int, log=print):
+    """After the warm-up steps: the total that fits the budget, from their rate. Each validation is guessed at a
+    training step's time an image a frame (high for a forward pass; the first validation corrects it)."""
+    rate = run.budget.measured_sec_per_step()
+    n_val = len(run.validator.source[0]) if run.validator is not None else 0
+    guess = n_val * rate / run.global_batch + 5.0 if n_val else 0.0
+    rate, spent = agree_max(run.strategy, [rate, time.time() - run.t_start])
+    set_plan(run, run.budget.plan(step, guess, epoch, start, sec_per_step=rate, spent_s=spent), "plan", log)
+
+
+def eta_text(bar, step: int, end, total, epochs_left: int, val_s: float, sec_per_step: float | None = None) -> str:
+    """', ETA epoch 0:42, run 11:05 (18:02)' at `sec_per_step` (a budget's measured rate, which leaves the traced
+    first steps out) or else this epoch's rate so far, the run's validations included."""
+    rate = 1.0 / sec_per_step if sec_per_step and math.isfinite(sec_per_step) else bar.rate
+    if end is None or not rate > 0:
+        return ""
+    text = f", ETA epoch {format_seconds((end - step) / rate)}"
+    if total:
+        left = (total - step) / rate + epochs_left * (val_s or 0.0)
+        text += f", run {format_seconds(left)} ({clock_after(left)})"
+    return text
 
 
 def data_stream(run: Run, ann_path: str, n_frames: int):
@@ -450,12 +535,15 @@ def enter_phase(run: Run, epoch: int, frozen: bool):
 
 def run_epoch(run: Run, epoch: int, step_fn) -> EpochStats:
     """The steps of one epoch (from the saved step on a resumed one), with periodic checkpoints."""
-    cfg, stats = run.cfg, EpochStats()
+    cfg, stats, budget = run.cfg, EpochStats(), run.budget
     step = int(run.step_var.numpy())
-    last, first = run.steps_per_epoch - 1, step - epoch * run.steps_per_epoch
-    if first:
+    start, end = epoch_bounds(run, epoch)
+    if step > start:
         stats.resumed_at = step
-    for i in range(first, run.steps_per_epoch):
+    bar = Progress(end - start if end else None, f"epoch {epoch + 1}/{cfg.train.epochs}", unit="step",
+                   scale=run.global_batch, scale_unit="img", initial=step - start, lines=False, file=sys.stdout)
+    while end is None or step < end:
+        i = step - start
         stop_if_asked(run)
         batch = next_batch(run.iterator, lambda: loader_ytvos.find_undecodable_frames(
             run.ytvis, run.image_root, run.train_ids, cfg.data.frame_stride, log=print))
@@ -470,13 +558,29 @@ def run_epoch(run: Run, epoch: int, step_fn) -> EpochStats:
         stats.add(logs)
         stats.lr = float(run.schedule(step - 1))
         write_step_summaries(run, logs, stats.lr, step)
-        if step % cfg.train.log_every == 0 or i == last:
-            print(f"epoch {epoch + 1}/{cfg.train.epochs} step {i + 1}/{run.steps_per_epoch} (global {step}) "
-                  f"loss {logs['total']:.4f} box {logs['box']:.4f} obj {logs['obj']:.4f} cls {logs['cls']:.4f} "
-                  f"mask {logs['mask']:.4f} lr {stats.lr:.2e} {stats.images_per_s(run.global_batch):.1f} img/s",
-                  flush=True)
-        if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and i != last:
+        if budget is not None:
+            budget.step_done(step)
+            if budget.wants_plan(step):
+                plan_budget(run, epoch, start, step, log=bar.write)
+                end = budget.epoch_end(epoch)
+                bar.set_total(end - start)
+        bar.update(1, loss=f"{logs['total']:.3f}")
+        if step % cfg.train.log_every == 0 or step == end:
+            known = budget is None or budget.total is not None
+            bar.write(f"epoch {epoch + 1}/{cfg.train.epochs} step {i + 1}/{end - start if end else '?'} (global "
+                      f"{step}) loss {logs['total']:.4f} box {logs['box']:.4f} obj {logs['obj']:.4f} cls "
+                      f"{logs['cls']:.4f} mask {logs['mask']:.4f} lr {stats.lr:.2e} "
+                      f"{stats.images_per_s(run.global_batch):.1f} img/s"
+                      + eta_text(bar, step, end, run.total_steps if known else None, cfg.train.epochs - epoch,
+                                 run.val_s if run.val_s is not None else (budget.val_s if budget else 0.0),
+                                 budget.sec_per_step if budget else None))
+        if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and step != end:
             run.manager.save(checkpoint_number=step)
+    bar.close()
+    stats.seconds = time.time() - stats.t0
+    stats.start = start
+    run.train_seconds += stats.seconds
+    run.images += stats.n * run.global_batch
     return stats
 
 
@@ -513,7 +617,8 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats):
     run.manager.save(checkpoint_number=step)
     row = {"epoch": epoch + 1, "step": step,
            **{(k if k == "grad_norm" else f"loss_{k}"): v / max(1, stats.n) for k, v in stats.sums.items()},
-           "lr": stats.lr if stats.n else None, "images_per_s": stats.images_per_s(run.global_batch)}
+           "lr": stats.lr if stats.n else None, "images_per_s": stats.images_per_s(run.global_batch),
+           "seconds": stats.seconds}
     if stats.resumed_at is not None:   # the means above are over the steps after the resume only
         row.update(resumed_at_step=stats.resumed_at, steps_averaged=stats.n)
     if run.validator is not None:
@@ -524,8 +629,16 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats):
             for k in ("val_frame_mAP", "val_frame_mAP50"):
                 tf.summary.scalar(k, val[k], step=step)
             tf.summary.image("confusion_matrix", tf.image.decode_png(png, channels=3)[None], step=step)
+        run.val_s = time.time() - t1
         print(f"epoch {epoch + 1} validation: frame mask mAP {val['val_frame_mAP']:.4f} "
-              f"mAP@.5 {val['val_frame_mAP50']:.4f} on {val['val_frames']} frames ({time.time() - t1:.1f} s)")
+              f"mAP@.5 {val['val_frame_mAP50']:.4f} on {val['val_frames']} frames ({run.val_s:.1f} s)")
+    if run.budget is not None and epoch + 1 < run.cfg.train.epochs and stats.n:
+        # the rate and validation time of this epoch refit the epochs left to the time left
+        rate = run.budget.epoch_sec_per_step(stats.start)
+        rate, val_s, spent = agree_max(run.strategy, [rate if math.isfinite(rate) else stats.seconds / stats.n,
+                                                      run.val_s or 0.0, time.time() - run.t_start])
+        set_plan(run, run.budget.replan(step, epoch, rate, val_s, spent_s=spent), f"plan after epoch {epoch + 1}")
+        row["planned_steps"] = run.total_steps
     if run.chief:
         run.metrics.append(row)
     run.writer.flush()
@@ -539,7 +652,11 @@ def finish(run: Run, dump_path: str | None = None):
         return
     atomic_write_text(os.path.join(run.out_dir, "train_done.json"),
                       json.dumps({"epochs": run.cfg.train.epochs, "step": int(run.step_var.numpy()),
-                                  "checkpoint": run.manager.latest_checkpoint}, indent=2) + "\n")
+                                  "checkpoint": run.manager.latest_checkpoint,
+                                  "images_per_s": run.images / run.train_seconds if run.train_seconds else None,
+                                  "train_seconds": time.time() - run.t_start,
+                                  "budget_minutes": run.budget.budget_s / 60 if run.budget else None,
+                                  "machine": machine()}, indent=2) + "\n")
     print(f"run directory: {run.out_dir} (config.yaml, checkpoints/, logs/, metrics.jsonl, confusion_matrix.png)")
 
 
@@ -575,6 +692,9 @@ def build_parser():
                     help="all workers' addresses, for multi-worker training (builds TF_CONFIG)")
     ap.add_argument("--worker-index", type=int, default=0, help="this worker's index in --worker")
     ap.add_argument("--weights", default=None, help="Darknet weights (yolov4.conv.137 or yolov4.weights)")
+    ap.add_argument("--budget-minutes", type=float, default=None, metavar="M",
+                    help="end within M minutes, validation included: the step count follows from the rate measured "
+                         "after the warm-up steps, and the LR schedule and epochs from that count")
     ap.add_argument("--dump-weights", default=None, metavar="NPZ",
                     help="also write this worker's final weights to NPZ (any worker; for checks)")
     return ap

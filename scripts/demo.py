@@ -1,8 +1,9 @@
 """`make demo`: the whole YOLOV4+1Tr pipeline on the built-in synthetic YouTube-VIS dataset, stage by stage.
 
-dataset -> k-means anchors -> training (tiny preset) -> per-frame inference on the held-out `valid` split ->
-tracking (lam 0, 0.5, 1) -> YouTube-VIS evaluation (AP and HOTA) -> diagnosis -> the tracker's options side by side
-(scripts/tracker_table.py) -> overlay videos, a concatenated demo video and a GIF -> plots.
+dataset -> k-means anchors -> training (tiny preset, within a time budget) -> per-frame inference on the
+held-out `valid` split -> tracking (lam 0, 0.5, 1) -> YouTube-VIS evaluation (AP and HOTA) -> diagnosis -> the
+tracker's options side by side (scripts/tracker_table.py) -> overlay videos, a concatenated demo video and a GIF
+-> plots.
 Every stage reuses its outputs when they exist (pass --fresh, or FRESH=1 to make, to redo everything) and the run
 ends with a summary: the 12 stats, where every output is and how long each stage took.
 """
@@ -22,6 +23,7 @@ sys.path.insert(0, ROOT)
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 LAMS = ["0", "0.5", "1"]
 HOTA_NAMES = ["HOTA", "DetA", "AssA", "LocA"]  # TrackEval's, in the metrics files since scripts/evaluate.py has them
+DEFAULT_BUDGET_MINUTES = 13
 
 
 class Demo:
@@ -90,8 +92,11 @@ class Demo:
 
         done = self.path("train_done.json")
         train_cmd = [self.py, "train.py", "--preset", "tiny", "--data", train_root, "--run-dir", self.run,
-                     "--epochs", str(a.epochs), "--set", f"model.anchors_file={anchors}",
-                     "--set", f"train.steps_per_epoch={a.steps_per_epoch}"]
+                     "--epochs", str(a.epochs), "--set", f"model.anchors_file={anchors}"]
+        if a.budget_minutes:
+            train_cmd += ["--budget-minutes", f"{a.budget_minutes:g}"]
+        else:
+            train_cmd += ["--set", f"train.steps_per_epoch={a.steps_per_epoch}"]
         train_cmd += sum([["--set", s] for s in a.set], [])
         # an earlier run there is continued, or (a fresh stage) started over: train.py refuses to guess
         resume = os.path.exists(self.path("checkpoints")) and not a.fresh_stage("train")
@@ -135,11 +140,36 @@ class Demo:
         self.timings.append(("plots", time.time() - t0, "ran"))
         self.summary(metrics, results, curves, diagnosis, table)
 
+    def machine_and_budget(self):
+        """The machine (CPU model, AVX2 / AVX-512 / AMX) and what training did with its budget, from the run's
+        train_done.json."""
+        from budget import describe_machine, machine
+        self.machine_info = machine()
+        done = {}
+        if os.path.exists(self.path("train_done.json")):
+            with open(self.path("train_done.json")) as f:
+                done = json.load(f)
+        self.training_info = {k: done.get(k) for k in ("step", "epochs", "images_per_s", "train_seconds",
+                                                         "budget_minutes", "machine")}
+        line = f"{done.get('step', '?')} steps"
+        if done.get("images_per_s"):
+            line += f" at {done['images_per_s']:.1f} img/s"
+        if done.get("train_seconds"):
+            line += f" in {done['train_seconds'] / 60:.1f} min"
+        line += (f", budget {done['budget_minutes']:g} min" if done.get("budget_minutes")
+                 else " (fixed step count, no budget)")
+        trained_on = done.get("machine")
+        if trained_on and describe_machine(trained_on) != describe_machine(self.machine_info):
+            line += f" (trained on {describe_machine(trained_on)})"
+        return describe_machine(self.machine_info), line
+
     def summary(self, metrics, results, curves, diagnosis, table=None):
         stats = {lam: json.load(open(p)) for lam, p in metrics.items()}
         print("\n" + "=" * 78)
         print("YOLOV4+1Tr demo summary (held-out synthetic `valid` split, YouTube-VIS video AP)")
         print("=" * 78)
+        machine, budget_line = self.machine_and_budget()
+        print(f"machine: {machine}\ntraining: {budget_line}")
         print(f"{'stat':<8}" + "".join(f"{'lam=' + lam:>12}" for lam in LAMS))
         for k in STAT_NAMES + [k for k in HOTA_NAMES if all(k in stats[lam] for lam in LAMS)]:
             print(f"{k:<8}" + "".join(f"{stats[lam][k]:>12.3f}" for lam in LAMS))
@@ -167,7 +197,8 @@ class Demo:
             total += secs
             print(f"  {name:<12} {secs:8.1f} s" + ("  (reused)" if how == "reused" else ""))
         print(f"  {'total':<12} {total:8.1f} s")
-        summary = {"stats": stats, "identity": ident, "timings": {n: s for n, s, _ in self.timings}}
+        summary = {"stats": stats, "identity": ident, "timings": {n: s for n, s, _ in self.timings},
+                   "machine": self.machine_info, "training": self.training_info}
         from fileio import atomic_write_text
         atomic_write_text(self.path("demo_summary.json"), json.dumps(summary, indent=2))
         print(f"\nsummary written to {os.path.relpath(self.path('demo_summary.json'), ROOT)}")
@@ -210,11 +241,16 @@ def main(argv=None):
     # 48 held-out videos (~200 objects): the first 12 (53 objects) held 5 objects visible in only 1-2 frames, which
     # no kept track can cover (info/RESULTS.md#2026-12-01-48-video-valid-split).
     ap.add_argument("--valid-videos", type=int, default=48, help="held-out `valid` videos of the synthetic dataset")
-    ap.add_argument("--epochs", type=int, default=4, help="training epochs (4 x 340 steps, ~17 minutes on 2 cores)")
-    # One pass over the demo's ~2,700 training frames is 341 steps of 8; 4 x 340 keeps `FRESH=1 make demo` near
-    # 20 minutes on a 2-core CPU (info/RESULTS.md#2026-12-01-demo-run-k).
+    # Training ends within this many minutes, validation included (train.py --budget-minutes): the step count
+    # follows from the rate measured after the warm-up, so the demo takes about as long on any CPU. The other
+    # stages and the set-up take ~5 minutes on 2 cores, so `make demo` ends within ~20.
+    ap.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+                    help="training time budget in minutes (0: a fixed --epochs x --steps-per-epoch instead)")
+    ap.add_argument("--epochs", type=int, default=4, help="training epochs (each ends with validation)")
+    # One pass over the demo's ~2,700 training frames is 341 steps of 8 (--budget-minutes 0 runs 4 x 340).
     ap.add_argument("--steps-per-epoch", type=int, default=340,
-                    help="training steps an epoch (0: one pass over the frames, 341 steps here)")
+                    help="training steps an epoch with --budget-minutes 0 (0: one pass over the frames, 341 "
+                         "steps here)")
     ap.add_argument("--overlay-videos", type=int, default=6, help="validation videos drawn in the overlay")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training config override")
     args = ap.parse_args(argv)

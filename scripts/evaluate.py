@@ -21,6 +21,7 @@ sys.path.insert(0, ROOT)
 from compute_ap import IOU_THRS, REC_THRS, EvalInputError, evaluate_vis, format_stats  # noqa: E402
 from compute_hota import evaluate_hota, format_hota  # noqa: E402
 from fileio import InputError, atomic_write_text, check_writable_dir, check_writable_file  # noqa: E402
+from progress import Progress  # noqa: E402
 
 
 def format_per_category(metrics: dict) -> str:
@@ -105,14 +106,15 @@ def main(argv=None) -> int:
 
     t0 = time.time()
 
-    shown = [0]
+    bar = None
 
-    def progress(n, total):  # called a video at a time: a line each 200 (video, category) pairs
-        if not args.quiet and (n == total or n - shown[0] >= 200):
-            shown[0] = n
-            tty = sys.stderr.isatty()          # one rewritten line on a terminal, a line each in a log
-            print(f"{chr(13) if tty else ''}  video IoUs: {n}/{total} (video, category) pairs",
-                  end="\n" if n == total or not tty else "", file=sys.stderr, flush=True)
+    def progress(n, total):
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            bar = Progress(total, "evaluation: video IoUs", unit="pair")
+        bar.update(n - bar.n)
 
     try:
         if args.out:
@@ -123,6 +125,9 @@ def main(argv=None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if bar is not None:
+            bar.close()
     t_ap = time.time() - t0
     if not args.no_hota:
         if not args.quiet:

@@ -29,6 +29,7 @@ import pycocotools.mask as mask_util
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from fileio import InputError, atomic_write_bytes, check_writable_dir  # noqa: E402
+from progress import Progress  # noqa: E402
 
 CLASSES = ["disc", "square", "triangle", "star", "ring", "cross"]
 POLYGON_CLASSES = {"square", "triangle", "star", "cross"}   # outlines that are exact polygons
@@ -269,6 +270,7 @@ def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, 
     root = os.path.join(out, split)
     videos, annotations = [], []
     ann_id = 1
+    bar = Progress(n_videos, f"dataset {split}", unit="video") if progress else None
     for i in range(n_videos):
         rng = np.random.default_rng([seed, SPLIT_CODES[split], i])
         n_frames = int(rng.integers(min_frames, max_frames + 1))
@@ -294,13 +296,10 @@ def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, 
                 "category_id": CLASSES.index(inst["cls"]) + 1, "id": ann_id,
                 "areas": [s[2] if s else None for s in inst["segs"]]})
             ann_id += 1
-        if progress and (sys.stderr.isatty() or i + 1 == n_videos or (i + 1) % 50 == 0):
-            # one rewritten line on a terminal; in a log, a line every 50 videos and at the end
-            end = "" if sys.stderr.isatty() else "\n"
-            print(f"{chr(13) if sys.stderr.isatty() else ''}{split}: video {i + 1}/{n_videos}", end=end,
-                  file=sys.stderr, flush=True)
-    if progress and n_videos and sys.stderr.isatty():
-        print(file=sys.stderr)
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
     data = {"info": {"description": "YOLOV4+1Tr synthetic shapes (YouTube-VIS 2021 layout)", "url": "",
                      "version": "1.0", "year": 2021, "contributor": "scripts/make_synthetic_ytvis.py",
                      "date_created": "2021-01-01 00:00:00"},

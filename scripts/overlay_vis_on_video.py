@@ -17,6 +17,7 @@ import cv2
 from vis_common import (AtomicVideoWriter, VisError, _is_int, category_names, count_frames,  # noqa: E402
                         decode_rle, draw_frame, load_results, read_frames, read_json)
 from fileio import InputError, check_writable_dir, confined_path  # noqa: E402
+from progress import Progress  # noqa: E402
 
 
 # ---- frame sources: {video_id: {"paths": [...]} or {"video": path}} plus class names ------------------------
@@ -192,14 +193,15 @@ def main(argv=None):
         raise VisError(f"{args.data or args.pred}: no video to draw")
 
     written = []
-    for k, (vid, frames, n) in enumerate(jobs, 1):
-        out = os.path.join(args.out_dir, f"vis_v{vid}.mp4")
-        tracks = results.get(vid, [])
-        print(f"[{k}/{len(jobs)}] video {vid}: {n} frames, {len(tracks)} tracks", flush=True)
-        render_video(vid, frames(), n, tracks, out, names, fps=args.fps, alpha=args.alpha,
-                     draw_boxes=not args.no_boxes, lenient=args.lenient, results_path=args.results)
-        print(f"wrote {out}", flush=True)
-        written.append(out)
+    with Progress(sum(n for _, _, n in jobs), "overlay", unit="frame") as bar:
+        for k, (vid, frames, n) in enumerate(jobs, 1):
+            out = os.path.join(args.out_dir, f"vis_v{vid}.mp4")
+            tracks = results.get(vid, [])
+            render_video(vid, frames(), n, tracks, out, names, fps=args.fps, alpha=args.alpha,
+                         draw_boxes=not args.no_boxes, lenient=args.lenient, results_path=args.results)
+            bar.update(n, video=f"{k}/{len(jobs)}")
+            print(f"wrote {out} (video {vid}: {n} frames, {len(tracks)} tracks)", flush=True)
+            written.append(out)
     return written
 
 

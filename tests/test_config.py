@@ -245,3 +245,17 @@ def test_config_command_prints_one_line_for_a_bad_value():
     r = subprocess.run([sys.executable, "config.py", "--preset", "tiny", "--set", "train.lr=.nan"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr == "error: train.lr must be a finite number, got nan\n"
+
+
+def test_importing_config_turns_onednn_on_unless_the_user_chose():
+    """TensorFlow enables oneDNN by default only on CPUs with VNNI/AMX; config.py (imported before TensorFlow by
+    every command) turns it on everywhere, and an explicit TF_ENABLE_ONEDNN_OPTS=0 still wins."""
+    import subprocess
+    code = "import os, config; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=dict(env, TF_ENABLE_ONEDNN_OPTS="0"),
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "0", out.stderr

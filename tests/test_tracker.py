@@ -44,6 +44,7 @@ def test_split_to_frame_predictions(run):
               "--score-floor", "0", "--batch-size", "3"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert str(out) in r.stdout
+    assert "inference: 100% 10/10 frame" in r.stderr       # progress lines (not a terminal): 2 videos x 5 frames
     doc = json.load(open(out))
     gt = json.load(open(run / "shapes" / "valid" / "instances.json"))
     assert doc["format"] == "ytvis-frame-predictions" and doc["version"] == 1

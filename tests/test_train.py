@@ -74,6 +74,8 @@ def test_lr_schedule_warmup_and_cosine(tiny_cfg):
     sched = train.make_schedule(cfg, 14)
     # warm-up: (step + 1) / 4 of the peak; cosine from step 4 to 14: halfway (step 9) gives half the peak.
     np.testing.assert_allclose([float(sched(s)) for s in (0, 3, 9, 14)], [0.025, 0.1, 0.05, 0.0], atol=1e-7)
+    sched.set_total(24)              # a time budget's plan: cosine from step 4 to 24, halfway at step 14
+    np.testing.assert_allclose([float(sched(s)) for s in (3, 14, 24)], [0.1, 0.05, 0.0], atol=1e-7)
     const = train.make_schedule(config.apply_overrides(cfg, ["train.lr_schedule=constant", "train.warmup_steps=0"]),
                                 14)
     assert float(const(0)) == pytest.approx(0.1) and float(const(100)) == pytest.approx(0.1)
@@ -501,3 +503,23 @@ def test_mixed_precision_trains_in_float16_and_skips_overflowing_steps(shapes):
     np.testing.assert_array_equal(conv.kernel.numpy(), before)
     assert float(opt.dynamic_scale.numpy()) == 2.0 ** 59 and float(logs["grad_norm"]) == 0.0
     assert np.isfinite(float(logs["total"]))                       # the float32 loss itself is fine
+
+
+@pytest.mark.slow
+def test_budget_spent_on_set_up_still_gives_each_epoch_a_step_and_records_the_run(shapes, tmp_path):
+    """--budget-minutes: a budget already spent by set-up and the 23 warm-up steps (3 left out, 20 timed) plans
+    one more step for the second epoch (budget.py gives every epoch one step at least); the plan, the epochs and
+    the record of the run agree."""
+    run = tmp_path / "run"
+    res = _run(["--data", shapes, "--run-dir", str(run), "--epochs", "2", "--budget-minutes", "0.05"] + SMALL,
+               timeout=600)                                  # the budget, not train.steps_per_epoch, sets the steps
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "plan: 24 steps of 2 images (1 to go, 2 epoch(s) with validation)" in res.stdout
+    assert "epoch 1/2 step 23/23 (global 23)" in res.stdout and "epoch 2/2 step 1/1 (global 24)" in res.stdout
+    plan = json.loads((run / "budget.json").read_text())
+    assert plan["total_steps"] == 24 and plan["epoch_ends"] == [23, 24] and plan["budget_minutes"] == 3 / 60
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [23, 24] and rows[0]["planned_steps"] == 24
+    done = json.loads((run / "train_done.json").read_text())
+    assert done["step"] == 24 and done["budget_minutes"] == 0.05 and done["images_per_s"] > 0
+    assert done["machine"]["cores"] == os.cpu_count()
