@@ -206,7 +206,7 @@ def main(argv=None):
         import nncf  # noqa: F401
         import openvino as ov
     except ImportError:
-        sys.exit("bench_deploy.py: needs openvino and nncf (pip install -r requirements-deploy.txt)")
+        sys.exit("bench_deploy.py: needs openvino and nncf (pip install -r requirements.txt)")
     flags = export.cpu_flags()
     print(f"OpenVINO {ov.__version__}, OpenCV {cv2.__version__}; {os.cpu_count()} CPU threads; "
           f"{', '.join(sorted(flags & {'avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'amx_bf16', 'amx_int8'}))}; "
