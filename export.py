@@ -472,13 +472,15 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
         raise ExportError("--int8 and --fp16 exclude each other (INT8 weights are 8-bit already)")
     if mask_rois is not None and mask_rois < 1:
         raise ExportError("--mask-rois must be at least 1")
+    if mask_rois is not None and graph != "portable":
+        raise ExportError("--mask-rois needs --graph portable (the Keras graph computes all max_prop masks)")
     if int8 and int8_frames < 1:
         raise ExportError("--int8-frames must be at least 1")
+    frames = calibration_frames(int8, int8_frames) if int8 else None     # a bad split fails before the slow part
     if os.path.exists(out):
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
     if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
-    frames = calibration_frames(int8, int8_frames) if int8 else None     # a bad split fails before the slow part
     t0 = time.time()
     try:
         cfg, model = load_run(run_dir, checkpoint=checkpoint, mode="infer")
