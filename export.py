@@ -176,8 +176,10 @@ def crop_and_resize_tf(fmap, boxes, crop):
     y0, x0 = tf.floor(ys), tf.floor(xs)
     yl = tf.expand_dims(tf.expand_dims(ys - y0, -1), -1)                          # [N, c, 1, 1]
     xl = tf.expand_dims(tf.expand_dims(xs - x0, 1), -1)                            # [N, 1, c, 1]
-    y0 = tf.clip_by_value(tf.cast(y0, tf.int32), 0, h - 1)
-    x0 = tf.clip_by_value(tf.cast(x0, tf.int32), 0, w - 1)
+    # clipped in float32, then cast: an int32 clip to [0, 6] (a 7x7 map, tiny at 224) becomes an int32 RELU6,
+    # which TFLite has no kernel for
+    y0 = tf.cast(tf.clip_by_value(y0, 0.0, hf), tf.int32)
+    x0 = tf.cast(tf.clip_by_value(x0, 0.0, wf), tf.int32)
     y1, x1 = tf.minimum(y0 + 1, h - 1), tf.minimum(x0 + 1, w - 1)
     flat = tf.reshape(fmap, [h * w, -1])
 
