@@ -1,14 +1,19 @@
 """Deployment: the YOLOV4+1 inference model as a SavedModel or a TFLite model with one serving signature that takes
 a raw uint8 frame and returns the outputs of info/DESIGN.md#m12-outputs (letterboxed in the graph), plus the
 runner `tracker.py --exported` uses to write frame predictions (info/DESIGN.md#frame-predictions). TFLite: builtin ops:
-the tf.lite.Interpreter of the tensorflow 2.21 pip package has no Flex delegate.
+the tf.lite.Interpreter of the tensorflow 2.21 pip package has no Flex delegate. OpenVINO IR is converted from the
+portable graph (its un-letterboxing is integer and float32 math; see `serving_fn`), optionally INT8 after NNCF
+post-training quantisation calibrated on frames of a dataset split.
 
     python export.py --run-dir runs/demo --format saved_model --out exported/demo_sm
     python export.py --run-dir runs/demo --format tflite [--fp16] --out exported/demo_tflite
+    python export.py --run-dir runs/demo --format openvino [--fp16] [--mask-rois 10] --out exported/demo_ov
+    python export.py --run-dir runs/demo --format openvino --int8 data/shapes/train --out exported/demo_ov_int8
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -22,11 +27,12 @@ import numpy as np
 from fileio import check_writable_file
 
 SIGNATURE = "serving_default"
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "openvino")
 META_FILE = "model.json"
 CONFIG_FILE = "config.yaml"
 TFLITE_FILE = "model.tflite"
 SAVED_MODEL_DIR = "saved_model"
+OPENVINO_FILE = "model.xml"                   # weights beside it in model.bin
 OUTPUTS = {
     "boxes": "float32 [P, 4]: x1, y1, x2, y2 in original-frame pixels, clipped to the frame",
     "scores": "float32 [P]: objectness x max class probability, descending over the valid slots",
@@ -172,8 +178,10 @@ def crop_and_resize_tf(fmap, boxes, crop):
     y0, x0 = tf.floor(ys), tf.floor(xs)
     yl = tf.expand_dims(tf.expand_dims(ys - y0, -1), -1)                          # [N, c, 1, 1]
     xl = tf.expand_dims(tf.expand_dims(xs - x0, 1), -1)                            # [N, 1, c, 1]
-    y0 = tf.clip_by_value(tf.cast(y0, tf.int32), 0, h - 1)
-    x0 = tf.clip_by_value(tf.cast(x0, tf.int32), 0, w - 1)
+    # clipped in float32, then cast: an int32 clip to [0, 6] (a 7x7 map, tiny at 224) becomes an int32 RELU6,
+    # which TFLite has no kernel for
+    y0 = tf.cast(tf.clip_by_value(y0, 0.0, hf), tf.int32)
+    x0 = tf.cast(tf.clip_by_value(x0, 0.0, wf), tf.int32)
     y1, x1 = tf.minimum(y0 + 1, h - 1), tf.minimum(x0 + 1, w - 1)
     flat = tf.reshape(fmap, [h * w, -1])
 
@@ -186,8 +194,8 @@ def crop_and_resize_tf(fmap, boxes, crop):
 
 def _portable_parts(model):
     """Split the Keras inference model around its TF-only ops: trunk (image -> proposals, num_valid, class_probs,
-    e2..e5) and mask head (4 pooled ROI maps, and the pixel crops with model.mask_pixels -> mask logits). Both reuse
-    the trained layers themselves."""
+    e2..e5) and mask head (4 pooled ROI maps, and the pixel crops with model.mask_pixels -> mask logits [N, M, M, 2],
+    one row per ROI, for any number N of ROIs). Both reuse the trained layers themselves."""
     import keras
     proposals = list(model.get_layer("head_proposals").output)
     embs = [model.get_layer(f"head_emb_{lvl}").output for lvl in (2, 3, 4, 5)]
@@ -195,16 +203,21 @@ def _portable_parts(model):
     pooled = list(model.get_layer("mask_roi_align").output)
     if any(layer.name == "mask_pixel_align" for layer in model.layers):      # model.mask_pixels > 0
         pooled.append(model.get_layer("mask_pixel_align").output)
-    mask_head = keras.Model(pooled, model.get_layer("mask_unflatten").output, name="export_mask_head")
+    mask_head = keras.Model(pooled, model.get_layer("mask_unflatten").input, name="export_mask_head")
     return trunk, mask_head
 
 
-def serving_fn(model, cfg, graph="keras"):
+def serving_fn(model, cfg, graph="keras", mask_rois=None):
     """fn(image uint8 [H, W, 3]) -> dict of OUTPUTS for one frame.
 
     graph "keras": the Keras inference model as trained (DetectionOutputs' float64 box math, CropAndResize).
     graph "portable": the same layers and weights, with ROI pooling (`crop_and_resize_tf`) and un-letterboxing
-    (float32, exact integer sizes) rewritten in TFLite builtin ops; boxes agree to ~1e-4 px.
+    (float32, exact integer sizes) rewritten in TFLite builtin ops; boxes agree to ~1e-4 px. OpenVINO needs this
+    graph: its CPU plugin runs float64 ops in float32, and DetectionOutputs' nh = floor(scale * h) then comes out
+    one row larger for some frame sizes (320x180 at 224: floor(0.7 * 180) is 125 in float64, 126 in float32),
+    which stretches every box vertically by up to ~1.4 px.
+    mask_rois (portable only): the mask head runs on the `mask_rois` best proposals (slots are sorted by score);
+    the other slots' masks are zero, as tracker.py --mask-rois gives them.
     """
     import tensorflow as tf
 
@@ -214,6 +227,9 @@ def serving_fn(model, cfg, graph="keras"):
     cat_ids = tf.constant([0] + [int(c) for c in cfg.category_ids()], tf.int32)    # class 0 = padding
     if graph not in ("keras", "portable"):
         raise ExportError(f"unknown graph {graph!r}; choose keras or portable")
+    if mask_rois is not None and graph != "portable":
+        raise ExportError("--mask-rois needs --graph portable (the Keras graph computes all max_prop masks)")
+    k = m.max_prop if mask_rois is None else max(1, min(int(mask_rois), m.max_prop))
 
     def serve_keras(image):
         canvas = letterbox_tf(image, size)[None]
@@ -233,12 +249,13 @@ def serving_fn(model, cfg, graph="keras"):
         proposals, num_valid, class_probs, *embs = trunk(canvas, training=False)
         proposals, num_valid, class_probs = proposals[0], num_valid[0], class_probs[0]   # [P, 6], [], [P, K]
         roi = utils.scale_boxes(proposals[:, :4], m.mask_box_scale)                      # the mask ROIs
-        yx = tf.gather(roi, [1, 0, 3, 2], axis=-1)
-        rois = [crop_and_resize_tf(e[0], yx, m.mask_pool) for e in embs]                  # 4 x [P, 14, 14, E]
+        yx = tf.gather(roi[:k], [1, 0, 3, 2], axis=-1)                                  # [k, 4]
+        rois = [crop_and_resize_tf(e[0], yx, m.mask_pool) for e in embs]                  # 4 x [k, 14, 14, E]
         if m.mask_pixels:
             rois.append(crop_and_resize_tf(canvas[0], utils.aligned_crop_boxes(yx, size, m.mask_size),
-                                           m.mask_size))                                  # [P, M, M, 3]
-        logits = mask_head(rois, training=False)[0]                                       # [P, M, M, 2]
+                                           m.mask_size))                                  # [k, M, M, 3]
+        logits = mask_head(rois, training=False)                                          # [k, M, M, 2]
+        masks = tf.pad(tf.nn.softmax(logits, axis=-1)[..., 1], [[0, m.max_prop - k], [0, 0], [0, 0]])   # [P, M, M]
         valid = tf.cast(tf.range(m.max_prop) < num_valid, tf.float32)                     # [P]
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         nh, nw = letterbox_sizes_tf(h, w, size, table)
@@ -252,19 +269,26 @@ def serving_fn(model, cfg, graph="keras"):
         boxes = tf.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=-1) * valid[:, None]
         classes = tf.cast(tf.round(proposals[:, 5]), tf.int32) * tf.cast(valid, tf.int32)
         return {"boxes": boxes, "scores": proposals[:, 4] * valid, "category_ids": tf.gather(cat_ids, classes),
-                "class_probs": class_probs, "masks": tf.nn.softmax(logits, axis=-1)[..., 1] * tf.reshape(valid, [-1, 1, 1]),
+                "class_probs": class_probs, "masks": masks * tf.reshape(valid, [-1, 1, 1]),
                 "mask_boxes": mask_boxes * valid[:, None], "num_valid": num_valid}
     return serve_portable
 
 
-def _write_saved_model(model, cfg, path, graph):
+def _write_saved_model(model, cfg, path, graph, mask_rois=None):
     import tensorflow as tf
     from keras.export import ExportArchive
     archive = ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serving_fn(model, cfg, graph),
+    archive.add_endpoint(SIGNATURE, serving_fn(model, cfg, graph, mask_rois),
                          input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
     archive.write_out(path, verbose=False)
+
+
+def folder_mb(path):
+    """Size of a file or a folder tree in MiB."""
+    if os.path.isfile(path):
+        return os.path.getsize(path) / 2**20
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 2**20
 
 
 def _flex_ops_in_error(message):
@@ -337,9 +361,99 @@ def _tflite_op_names(model_bytes):
         return []
 
 
-def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf_ops=False, log=print):
+# ---- OpenVINO ------------------------------------------------------------------------------------------------
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (an empty set where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bfloat16(flags=None):
+    """True when the CPU has bfloat16 arithmetic units (AVX512-BF16 or AMX-BF16); elsewhere TensorFlow (oneDNN) and
+    OpenVINO emulate bfloat16 with float32 instructions plus conversions, which is slower than float32."""
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def warn_without_native_bfloat16(what, flags=None, stream=None):
+    """Print a one-line warning (stderr) and return True when `what` asks for bfloat16 on a CPU without it."""
+    if native_bfloat16(flags):
+        return False
+    print(f"warning: {what}: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo); "
+          f"bfloat16 is emulated there and is usually slower than float32", file=stream or sys.stderr, flush=True)
+    return True
+
+
+def calibration_frames(split_root, count):
+    """Up to `count` RGB frames spread evenly over a dataset split's JPEGImages/<video>/<frame>.jpg (the NNCF
+    calibration set). Raises ExportError naming the folder or the unreadable file."""
+    import cv2
+    paths = sorted(glob.glob(os.path.join(split_root, "JPEGImages", "*", "*.jpg")))
+    if not paths:
+        raise ExportError(f"--int8 {split_root}: no JPEGImages/<video>/*.jpg frames there (a dataset split root, "
+                          f"e.g. data/shapes/train)")
+    step = max(1, len(paths) // count)
+    frames = []
+    for path in paths[::step][:count]:
+        bgr = cv2.imread(path)
+        if bgr is None:
+            raise ExportError(f"--int8: cannot read frame {path}")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return frames
+
+
+def openvino_model(saved_model_dir, int8_frames=None, log=print):
+    """SavedModel -> openvino.Model. int8_frames: NNCF post-training quantisation (8-bit weights and activations of
+    the convolutions and matrix products) calibrated on these frames."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportError("--format openvino needs the openvino package: pip install -r requirements.txt") \
+            from None
+    try:
+        model = ov.convert_model(saved_model_dir)
+    except Exception as e:  # OpConversionFailure and friends (their module moves between releases)
+        raise ExportError(f"OpenVINO conversion failed: {str(e).strip().splitlines()[-1][:500]}") from None
+    if int8_frames:
+        try:
+            import nncf
+        except ImportError:
+            raise ExportError("--int8 needs the nncf package: pip install -r requirements.txt") from None
+        t0 = time.time()
+        # 8-bit inputs for the convolutions and matrix products only: NNCF's default also quantises the element-wise
+        # ops between them, among them the letterbox taps, the box decode and the un-letterboxing, which moved
+        # boxes by hundreds of pixels on the demo run (measured with bench/bench_export.py)
+        compute = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}
+        others = sorted({op.get_type_name() for op in model.get_ops()} - compute - {"Constant", "Parameter", "Result"})
+        model = nncf.quantize(model, nncf.Dataset(int8_frames), subset_size=len(int8_frames),
+                              preset=nncf.QuantizationPreset.MIXED,
+                              ignored_scope=nncf.IgnoredScope(types=others, validate=False))
+        log(f"NNCF INT8 quantisation calibrated on {len(int8_frames)} frames in {time.time() - t0:.1f} s", flush=True)
+    return model
+
+
+def _convert_openvino(saved_model_dir, xml_path, fp16, int8_frames=None, log=print):
+    """SavedModel -> OpenVINO IR (model.xml + model.bin); returns the openvino version."""
+    import openvino as ov
+    model = openvino_model(saved_model_dir, int8_frames, log)
+    # save_model stores float16 weights unless told not to; the default export keeps the trained float32 weights
+    ov.save_model(model, xml_path, compress_to_fp16=bool(fp16))
+    return ov.__version__
+
+
+def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf_ops=False, mask_rois=None,
+           int8=None, int8_frames=300, log=print):
     """Export the run's inference model to `out` (a new folder, written through a temp folder and a rename).
-    graph: "keras" or "portable" (see `serving_fn`); default keras for a SavedModel, portable for TFLite.
+    graph: "keras" or "portable" (see `serving_fn`); default keras for a SavedModel, portable for TFLite and
+    OpenVINO. mask_rois: masks for the k best proposals only (portable graph). int8: a dataset split root whose
+    frames (`int8_frames` of them) calibrate NNCF's INT8 quantisation (OpenVINO only).
     Returns the metadata dict written to out/model.json."""
     import config as config_lib
     import tensorflow as tf
@@ -347,18 +461,33 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
 
     if fmt not in FORMATS:
         raise ExportError(f"unsupported format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    graph = graph or ("portable" if fmt == "tflite" else "keras")
+    graph = graph or ("keras" if fmt == "saved_model" else "portable")
     if graph not in ("keras", "portable"):
         raise ExportError(f"unknown graph {graph!r}; choose keras or portable")
-    if fp16 and fmt != "tflite":
-        raise ExportError("--fp16 applies to --format tflite (float16 weights); a SavedModel stays float32")
+    if fp16 and fmt == "saved_model":
+        raise ExportError("--fp16 applies to --format tflite or openvino (float16 weights); a SavedModel stays "
+                          "float32")
+    if fmt == "openvino" and graph != "portable":
+        raise ExportError("--format openvino needs --graph portable: OpenVINO's CPU plugin runs the Keras graph's "
+                          "float64 un-letterboxing in float32, which moves boxes by up to ~1.4 px")
+    if int8 and fmt != "openvino":
+        raise ExportError("--int8 applies to --format openvino (NNCF post-training quantisation)")
+    if int8 and fp16:
+        raise ExportError("--int8 and --fp16 exclude each other (INT8 weights are 8-bit already)")
+    if mask_rois is not None and mask_rois < 1:
+        raise ExportError("--mask-rois must be at least 1")
+    if mask_rois is not None and graph != "portable":
+        raise ExportError("--mask-rois needs --graph portable (the Keras graph computes all max_prop masks)")
+    if int8 and int8_frames < 1:
+        raise ExportError("--int8-frames must be at least 1")
+    frames = calibration_frames(int8, int8_frames) if int8 else None     # a bad split fails before the slow part
     if os.path.exists(out):
         raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
     check_writable_file(out, "--out", ExportError)    # before the minutes of tracing, not after
     if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
     from progress import Progress
-    bar = Progress(3 if fmt == "tflite" else 2, f"export {fmt}", unit="part")   # load, trace (, convert)
+    bar = Progress(2 if fmt == "saved_model" else 3, f"export {fmt}", unit="part")   # load, trace (, convert)
     t0 = time.time()
     try:
         cfg, model = load_run(run_dir, checkpoint=checkpoint, mode="infer")
@@ -375,10 +504,11 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     try:
         sm_dir = os.path.join(tmp, SAVED_MODEL_DIR)
         t0 = time.time()
-        _write_saved_model(model, cfg, sm_dir, graph)
+        _write_saved_model(model, cfg, sm_dir, graph, mask_rois)
         log(f"SavedModel traced and written in {time.time() - t0:.1f} s", flush=True)
         bar.update(1, part="SavedModel")
         meta = {"format": fmt, "fp16": bool(fp16), "graph": graph, "signature": SIGNATURE, "input": {"image": INPUT},
+                "mask_rois": mask_rois,
                 "outputs": dict(OUTPUTS), "input_size": cfg.model.input_size, "mask_size": cfg.model.mask_size,
                 "max_detections": cfg.model.max_prop,
                 "categories": [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())],
@@ -398,6 +528,15 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
             log(f"TFLite converted in {time.time() - t0:.1f} s ({len(data) / 2**20:.1f} MiB, flex ops: "
                 f"{', '.join(meta['flex_ops']) or 'none'})", flush=True)
             bar.update(1, part="TFLite")
+        elif fmt == "openvino":
+            t0 = time.time()
+            meta["openvino"] = _convert_openvino(sm_dir, os.path.join(tmp, OPENVINO_FILE), fp16, frames, log)
+            shutil.rmtree(sm_dir)
+            meta["file"] = OPENVINO_FILE
+            meta["int8"] = {"calibration": int8, "frames": len(frames)} if frames else None
+            log(f"OpenVINO IR written in {time.time() - t0:.1f} s ({folder_mb(tmp):.1f} MiB, "
+                f"{'INT8' if frames else 'FP16' if fp16 else 'FP32'} weights)", flush=True)
+            bar.update(1, part="OpenVINO")
         else:
             meta["file"] = SAVED_MODEL_DIR
         config_lib.save_config(cfg, os.path.join(tmp, CONFIG_FILE))
@@ -415,12 +554,16 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
 # ---- loading and running an export ---------------------------------------------------------------------------
 
 class ExportedModel:
-    """One exported model, either format: `model(frame_rgb_uint8)` -> dict of numpy OUTPUTS for that frame.
+    """One exported model, any format: `model(frame_rgb_uint8)` -> dict of numpy OUTPUTS for that frame.
 
-    Attributes: cfg (the resolved config it came from), meta (model.json), format.
+    OpenVINO models compile for the CPU with INFERENCE_PRECISION_HINT `precision` ("f32" by default: OpenVINO
+    would otherwise pick bf16 on a CPU with AMX; "bf16" warns on a CPU without native bfloat16) and the LATENCY
+    performance hint (or THROUGHPUT with `throughput=True`, for several frames in flight: `compiled`).
+
+    Attributes: cfg (the resolved config it came from), meta (model.json), format, compiled (OpenVINO only).
     """
 
-    def __init__(self, path, num_threads=None):
+    def __init__(self, path, num_threads=None, precision=None, throughput=False):
         import config as config_lib
         meta_path = os.path.join(path, META_FILE)
         if not os.path.exists(meta_path):
@@ -442,6 +585,13 @@ class ExportedModel:
         file = os.path.join(path, self.meta["file"])
         if not os.path.exists(file):
             raise ExportError(f"{path}: {self.meta['file']} is missing")
+        if precision not in (None, "f32", "bf16"):
+            raise ExportError(f"unknown precision {precision!r}; choose f32 or bf16")
+        if precision and self.format != "openvino":
+            raise ExportError(f"{path}: a precision hint applies to OpenVINO exports, not {self.format}")
+        if self.format == "openvino":
+            self._load_openvino(file, num_threads, precision or "f32", throughput)
+            return
         import tensorflow as tf
         try:
             if self.format == "saved_model":
@@ -451,6 +601,30 @@ class ExportedModel:
                 self._fn = interp.get_signature_runner(SIGNATURE)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ExportError(f"{file}: cannot load the {self.format} model ({e})") from None
+
+    def _load_openvino(self, file, num_threads, precision, throughput):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ExportError(f"{file}: running an OpenVINO export needs the openvino package: "
+                              f"pip install -r requirements.txt") from None
+        if precision == "bf16":
+            warn_without_native_bfloat16("OpenVINO INFERENCE_PRECISION_HINT bf16")
+        props = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY"}
+        if num_threads:
+            props["INFERENCE_NUM_THREADS"] = int(num_threads)
+        try:
+            self.compiled = ov.Core().compile_model(file, "CPU", props)
+        except RuntimeError as e:
+            raise ExportError(f"{file}: cannot load the openvino model ({str(e).strip().splitlines()[0][:300]})") \
+                from None
+        self._names = [o.get_any_name() for o in self.compiled.outputs]
+        request = self.compiled.create_infer_request()
+
+        def run(image):
+            # the request's output tensors are reused by the next call: copy them out
+            return {n: np.array(v) for n, v in zip(self._names, request.infer([image]).values())}
+        self._fn = run
 
     def __call__(self, frame):
         frame = np.ascontiguousarray(frame, np.uint8)
@@ -490,25 +664,33 @@ class ExportedFramePredictor:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Export a trained YOLOV4+1 run as a SavedModel or TFLite model with "
-                                             "one signature: uint8 frame [H, W, 3] in, detections out.")
+    ap = argparse.ArgumentParser(description="Export a trained YOLOV4+1 run as a SavedModel, TFLite or OpenVINO "
+                                             "model with one signature: uint8 frame [H, W, 3] in, detections out.")
     ap.add_argument("--run-dir", required=True, help="training run directory (config.yaml + checkpoints/)")
     ap.add_argument("--checkpoint", default=None, help="checkpoint path or prefix (default: the latest)")
-    ap.add_argument("--format", required=True, help="saved_model or tflite")
-    ap.add_argument("--fp16", action="store_true", help="TFLite with float16 weights (float32 compute)")
+    ap.add_argument("--format", required=True, help="saved_model, tflite or openvino")
+    ap.add_argument("--fp16", action="store_true", help="TFLite / OpenVINO with float16 weights (float32 compute)")
+    ap.add_argument("--int8", default=None, metavar="SPLIT",
+                    help="OpenVINO: NNCF post-training INT8 quantisation calibrated on frames of this dataset split "
+                         "root (e.g. data/shapes/train)")
+    ap.add_argument("--int8-frames", type=int, default=300, help="calibration frames for --int8 (spread evenly)")
+    ap.add_argument("--mask-rois", type=int, default=None, metavar="K",
+                    help="portable graph: masks for the K best detections only (tracker.py --mask-rois)")
     ap.add_argument("--graph", default=None, choices=("keras", "portable"),
                     help="keras: the trained Keras graph as is; portable: ROI pooling and box math in TFLite builtin "
-                         "ops (default: keras for saved_model, portable for tflite)")
+                         "ops (default: keras for saved_model, portable for tflite and openvino)")
     ap.add_argument("--select-tf-ops", action="store_true",
                     help="TFLite: allow Flex (select TF) ops; the tensorflow 2.21 pip interpreter cannot run them")
     ap.add_argument("--out", required=True, help="output folder (must not exist)")
     args = ap.parse_args(argv)
     try:
         meta = export(args.run_dir, args.format, args.out, checkpoint=args.checkpoint, fp16=args.fp16,
-                      graph=args.graph, select_tf_ops=args.select_tf_ops)
+                      graph=args.graph, select_tf_ops=args.select_tf_ops, mask_rois=args.mask_rois, int8=args.int8,
+                      int8_frames=args.int8_frames)
     except ExportError as e:
         sys.exit(f"export.py: {e}")
-    print(f"{meta['format']}{' (fp16)' if meta['fp16'] else ''} model written to "
+    kind = " (fp16)" if meta["fp16"] else " (int8)" if meta.get("int8") else ""
+    print(f"{meta['format']}{kind} model written to "
           f"{os.path.join(args.out, meta['file'])}; metadata in {os.path.join(args.out, META_FILE)}")
 
 

@@ -132,6 +132,9 @@ class FramePredictor:
                  mask_rois: int | None = None, bfloat16: bool = False):
         import tensorflow as tf
         import model as model_lib
+        if bfloat16:
+            from export import warn_without_native_bfloat16
+            warn_without_native_bfloat16("--bfloat16")
         model = model_lib.inference_model(model, cfg, mask_rois, score_floor if gate_masks else None, bfloat16)
         self.cfg, self.model, self.batch_size, self.score_floor = cfg, model, batch_size, score_floor
         self.letterbox = model_lib.letterbox_image
@@ -249,7 +252,7 @@ def main(argv=None):
                                              "or a video file (then tracking and an overlay video).")
     model_src = ap.add_mutually_exclusive_group(required=True)
     model_src.add_argument("--run-dir", help="training run directory (config + checkpoints)")
-    model_src.add_argument("--exported", help="a folder written by export.py (SavedModel or TFLite), run one frame "
+    model_src.add_argument("--exported", help="a folder written by export.py (SavedModel, TFLite or OpenVINO), run one frame "
                                               "at a time (--batch-size does not apply) instead of the Keras model")
     ap.add_argument("--checkpoint", default=None, help="checkpoint path or prefix (default: the latest)")
     src = ap.add_mutually_exclusive_group(required=True)

@@ -1,5 +1,5 @@
-"""Per-frame inference time of the exported forms (export.py: SavedModel, TFLite float32, TFLite fp16) beside the
-Keras inference model, on random weights: one frame in, the M12 outputs out (letterbox included in every form),
+"""Per-frame inference time of the exported forms (export.py: SavedModel, TFLite float32 / fp16, OpenVINO FP32 /
+FP16 weights / bf16 hint / NNCF INT8) beside the Keras inference model, on random weights: one frame in, the M12 outputs out (letterbox included in every form),
 plus export / conversion time and file sizes. With `--run-dir` a trained run is exported instead, and with
 `--frames` each form's detections are compared with the Keras model's on those frames (the agreement table:
 random weights say little about float16, whose small weight errors a random network amplifies).
@@ -7,6 +7,8 @@ random weights say little about float16, whose small weight errors a random netw
     python bench/bench_export.py [--preset tiny] [--runs 5] [--height 720 --width 1280] [--formats sm,tflite,fp16]
     python bench/bench_export.py --preset yolov4p1 --runs 3
     python bench/bench_export.py --run-dir runs/demo --frames 'data/shapes/valid/JPEGImages/*/*.jpg'
+    python bench/bench_export.py --run-dir runs/demo --frames '...' --formats sm,tflite,ov,ov_bf16,ov_int8 \
+        --calibrate data/shapes/train
 """
 from __future__ import annotations
 
@@ -31,13 +33,14 @@ import export  # noqa: E402
 import model as model_lib  # noqa: E402
 import checkpoints  # noqa: E402
 
-FORMS = {"sm": ("saved_model", False), "tflite": ("tflite", False), "fp16": ("tflite", True)}
-
-
-def folder_mb(path):
-    if os.path.isfile(path):
-        return os.path.getsize(path) / 2**20
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 2**20
+# form -> (export folder, export.export keyword arguments, ExportedModel keyword arguments); "int8" is filled in
+# with --calibrate. ov_bf16 runs the ov export with OpenVINO's bf16 precision hint.
+FORMS = {"sm": ("sm", {"fmt": "saved_model"}, {}), "tflite": ("tflite", {"fmt": "tflite"}, {}),
+         "fp16": ("fp16", {"fmt": "tflite", "fp16": True}, {}),
+         "ov": ("ov", {"fmt": "openvino"}, {}), "ov_fp16": ("ov_fp16", {"fmt": "openvino", "fp16": True}, {}),
+         "ov_bf16": ("ov", {"fmt": "openvino"}, {"precision": "bf16"}),
+         "ov_int8": ("ov_int8", {"fmt": "openvino", "int8": None}, {})}
+folder_mb = export.folder_mb
 
 
 def make_run(cfg, run_dir):
@@ -93,7 +96,10 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=5, help="timed frames after one warm-up")
     ap.add_argument("--height", type=int, default=720)
     ap.add_argument("--width", type=int, default=1280)
-    ap.add_argument("--formats", default="sm,tflite,fp16", help="comma list of sm, tflite, fp16")
+    ap.add_argument("--formats", default="sm,tflite,fp16", help="comma list of " + ", ".join(FORMS))
+    ap.add_argument("--calibrate", default=os.path.join(ROOT, "data", "shapes", "train"),
+                    help="dataset split root whose frames calibrate ov_int8 (default: data/shapes/train)")
+    ap.add_argument("--calibrate-frames", type=int, default=300, help="calibration frames for ov_int8")
     ap.add_argument("--keep", default=None, help="keep the run and exports in this folder (default: a temp dir)")
     ap.add_argument("--run-dir", default=None, help="export this trained run (default: random weights)")
     ap.add_argument("--frames", default=None, metavar="GLOB",
@@ -133,13 +139,15 @@ def main(argv=None):
             frames = [cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2RGB) for p in paths]
         print(f"keras: median {np.median(t):.1f} ms", flush=True)
         for f in forms:
-            fmt, fp16 = FORMS[f]
-            out = os.path.join(work, f)
+            folder, kwargs, load = FORMS[f]
+            if "int8" in kwargs:
+                kwargs = dict(kwargs, int8=args.calibrate, int8_frames=args.calibrate_frames)
+            out = os.path.join(work, folder)
             t0 = time.perf_counter()
             if not os.path.exists(out):
-                export.export(run_dir, fmt, out, fp16=fp16, log=lambda *a, **k: None)
+                export.export(run_dir, out=out, log=lambda *a, **k: None, **kwargs)
             t_export = time.perf_counter() - t0
-            exported = export.ExportedModel(out)
+            exported = export.ExportedModel(out, **load)
             t = time_calls(exported, frame, args.runs)
             agree = agreement(exported, keras_frame, frames, cfg) if frames else None
             rows.append((f"{f} ({exported.meta['graph']} graph)", t_export,

@@ -1,0 +1,202 @@
+"""export.py --format openvino: the float64 rounding that made OpenVINO's boxes differ from TensorFlow's, the OpenVINO
+IR (FP32, FP16 weights, NNCF INT8, --mask-rois) against the Keras inference model, `tracker.py --exported` on it,
+and the bfloat16 CPU check. Tests that need openvino skip when it is not installed."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from test_export import BOX_PX, SCORE, _compare, _keras_outputs, _make_run, _noise_frames, _run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+# ---- the bfloat16 check ------------------------------------------------------------------------------------------
+
+def test_native_bfloat16_from_flags():
+    import io
+    import export
+    assert not export.native_bfloat16({"avx2", "fma", "avx512f"})
+    assert export.native_bfloat16({"avx2", "avx512_bf16"}) and export.native_bfloat16({"amx_bf16", "amx_tile"})
+    out = io.StringIO()
+    assert export.warn_without_native_bfloat16("--bfloat16", {"avx2", "fma"}, out)
+    assert "--bfloat16" in out.getvalue() and "no native bfloat16" in out.getvalue()
+    out = io.StringIO()
+    assert not export.warn_without_native_bfloat16("--bfloat16", {"amx_bf16"}, out) and out.getvalue() == ""
+
+
+# ---- the cause of the box offset ---------------------------------------------------------------------------------
+
+def test_openvino_runs_float64_as_float32_but_integer_letterbox_sizes_agree():
+    """DetectionOutputs computes nh = floor(min(S/w, S/h) * h) in float64. OpenVINO's CPU plugin computes it in
+    float32: for a 320x180 frame at S = 224, 0.7 * 180 is 125.99999999999999 in float64 (floor 125, what
+    utils.Letterbox and the numpy letterbox use) and 126.0 in float32. The portable graph's integer
+    `letterbox_sizes_tf` gives 125 in both runtimes."""
+    ov = pytest.importorskip("openvino")
+    import tensorflow as tf
+    import export
+    import utils
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)])
+    def float64_rows(hw):
+        hw64 = tf.cast(hw, tf.float64)
+        size = tf.constant(224.0, tf.float64)
+        return tf.floor(tf.minimum(size / hw64[1], size / hw64[0]) * hw64[0])
+
+    hw = np.array([180, 320], np.int32)
+    assert utils.Letterbox(180, 320, 224).nh == 125
+    assert float(float64_rows(hw)) == 125.0
+    core = ov.Core()
+    assert float(core.compile_model(ov.convert_model(float64_rows), "CPU")([hw])[0]) == 126.0
+
+    sizes = np.array([[180, 320], [49, 1], [720, 1280], [181, 320], [90, 160]], np.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int32)])
+    def integer_rows(hw):
+        return tf.stack(export.letterbox_sizes_tf(hw[:, 0], hw[:, 1], 224), -1)
+
+    got = core.compile_model(ov.convert_model(integer_rows), "CPU")([sizes])[0]
+    ref = [[utils.Letterbox(h, w, 224).nh, utils.Letterbox(h, w, 224).nw] for h, w in sizes]
+    assert np.array_equal(got, ref) and ref[0] == [125, 224]
+
+
+# ---- exports against the Keras model -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The test_export fixture's dataset and run (tiny at 64 px, He-initialised), exported as OpenVINO FP32, FP16
+    weights, INT8 (NNCF, 8 calibration frames of the train split) and FP32 with masks for the 3 best."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    base = tmp_path_factory.mktemp("export_ov")
+    r = _run(["scripts/make_synthetic_ytvis.py", "--out", str(base / "shapes"), "--seed", "5", "--train-videos", "1",
+              "--valid-videos", "1", "--min-frames", "6", "--max-frames", "6", "--width", "128", "--height", "128",
+              "--quiet"])
+    assert r.returncode == 0, r.stderr
+    _make_run(str(base / "shapes" / "train"), str(base / "run"))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    jobs = {}
+    for name, a in (("ov", []), ("ov16", ["--fp16"]), ("k3", ["--mask-rois", "3"]),
+                    ("int8", ["--int8", str(base / "shapes" / "train"), "--int8-frames", "8"])):
+        jobs[name] = subprocess.Popen([PY, "export.py", "--run-dir", str(base / "run"), "--format", "openvino",
+                                       "--out", str(base / name)] + a, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+    for name, p in jobs.items():
+        out, err = p.communicate(timeout=900)
+        assert p.returncode == 0, f"{name}: {out[-2000:]}{err[-3000:]}"
+        assert str(base / name / "model.xml") in out
+    return base
+
+
+@pytest.fixture(scope="module")
+def keras_model(run):
+    import train
+    return train.load_run(str(run / "run"))
+
+
+@pytest.mark.slow
+def test_openvino_matches_keras(run, keras_model):
+    """Boxes within BOX_PX (measured: 0.01 px on the demo run), scores, classes and masks as for TFLite."""
+    import export
+    meta = json.load(open(run / "ov" / "model.json"))
+    assert meta["format"] == "openvino" and meta["graph"] == "portable" and meta["file"] == "model.xml"
+    assert meta["int8"] is None and meta["fp16"] is False and set(meta["outputs"]) == set(export.OUTPUTS)
+    assert os.path.exists(run / "ov" / "model.bin")
+    exported = export.ExportedModel(str(run / "ov"))
+    inner = 0
+    for frame in _noise_frames():
+        out = exported(frame)
+        assert set(out) == set(export.OUTPUTS)
+        inner += _compare(out, _keras_outputs(keras_model, frame), frame)
+    assert inner >= 6
+
+
+@pytest.mark.slow
+def test_openvino_fp16_and_mask_rois(run, keras_model):
+    """FP16 weights: about half of model.bin. --mask-rois 3: the 3 best slots' masks equal the full export's, the
+    other slots' masks are zero, boxes and scores unchanged."""
+    import export
+    assert 0.45 < os.path.getsize(run / "ov16" / "model.bin") / os.path.getsize(run / "ov" / "model.bin") < 0.6
+    full, k3 = export.ExportedModel(str(run / "ov")), export.ExportedModel(str(run / "k3"))
+    assert json.load(open(run / "k3" / "model.json"))["mask_rois"] == 3
+    for frame in _noise_frames():
+        a, b = full(frame), k3(frame)
+        assert int(a["num_valid"]) > 3
+        assert np.abs(a["boxes"] - b["boxes"]).max() <= 1e-3 and np.abs(a["scores"] - b["scores"]).max() <= 1e-6
+        assert np.abs(a["masks"][:3] - b["masks"][:3]).max() <= 1e-4
+        assert not b["masks"][3:].any() and a["masks"][3:int(a["num_valid"])].any()
+
+
+@pytest.mark.slow
+def test_openvino_int8(run, keras_model):
+    """NNCF INT8: 8-bit weights (model.bin under a third of FP32's); only the convolutions and matrix products are
+    quantised (the box arithmetic stays float32), so the output structure holds."""
+    import openvino as ov
+    import export
+    meta = json.load(open(run / "int8" / "model.json"))
+    assert meta["int8"] == {"calibration": str(run / "shapes" / "train"), "frames": 6}   # the split has 6 frames
+    assert os.path.getsize(run / "int8" / "model.bin") < os.path.getsize(run / "ov" / "model.bin") / 3
+    ops = ov.Core().read_model(str(run / "int8" / "model.xml")).get_ops()
+    fed = {t.get_node().get_type_name() for op in ops if op.get_type_name() == "FakeQuantize"
+           for t in op.output(0).get_target_inputs()}
+    assert fed and fed <= {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}, fed
+    exported = export.ExportedModel(str(run / "int8"))
+    cfg = keras_model[0]
+    for frame in _noise_frames():
+        out, ref = exported(frame), _keras_outputs(keras_model, frame)
+        n = int(out["num_valid"])
+        assert 0 < n <= cfg.model.max_prop and np.all(np.diff(out["scores"][:n]) <= 1e-6)
+        assert set(out["category_ids"][:n]) <= set(cfg.category_ids())
+        # 8-bit activations on these random He weights move the best score by up to 0.26 (measured); on the trained
+        # demo run the matched detections' scores differ by 0.015 at the median (BENCHMARKS.md)
+        assert abs(float(out["scores"][0]) - float(ref["scores"][0])) < 0.35
+
+
+@pytest.mark.slow
+def test_openvino_bf16_hint(run, keras_model, capsys):
+    """INFERENCE_PRECISION_HINT bf16 stays near FP32; on a CPU without native bfloat16 loading it warns."""
+    import export
+    exported = export.ExportedModel(str(run / "ov"), precision="bf16")
+    assert ("no native bfloat16" in capsys.readouterr().err) == (not export.native_bfloat16())
+    for frame in _noise_frames()[:2]:
+        out, ref = exported(frame), _keras_outputs(keras_model, frame)
+        assert abs(float(out["scores"][0]) - float(ref["scores"][0])) < 0.05
+    with pytest.raises(export.ExportError, match="precision"):
+        export.ExportedModel(str(run / "ov"), precision="fp8")
+
+
+@pytest.mark.slow
+def test_tracker_exported_openvino(run):
+    valid = str(run / "shapes" / "valid")
+    outs = {}
+    for name, src in (("keras", ["--run-dir", str(run / "run")]), ("ov", ["--exported", str(run / "ov")])):
+        outs[name] = run / f"frames_{name}.json"
+        r = _run(["tracker.py"] + src + ["--data", valid, "--out", str(outs[name])])
+        assert r.returncode == 0, r.stderr[-3000:]
+    ref, doc = json.load(open(outs["keras"])), json.load(open(outs["ov"]))
+    n = 0
+    for v, rv in zip(doc["videos"], ref["videos"]):
+        for f, rf in zip(v["frames"], rv["frames"]):
+            assert len(f["detections"]) == len(rf["detections"])
+            for d, rd in zip(f["detections"], rf["detections"]):
+                assert d["category_id"] == rd["category_id"] and abs(d["score"] - rd["score"]) <= SCORE
+                assert np.abs(np.subtract(d["bbox"], rd["bbox"])).max() <= BOX_PX
+                n += 1
+    assert n >= 10
+
+
+def test_openvino_export_errors(tmp_path):
+    import export
+    for args, msg in ((["--format", "openvino", "--graph", "keras"], "needs --graph portable"),
+                      (["--format", "tflite", "--int8", str(tmp_path)], "--int8 applies to --format openvino"),
+                      (["--format", "openvino", "--int8", str(tmp_path), "--fp16"], "exclude each other"),
+                      (["--format", "openvino", "--int8", str(tmp_path)], "no JPEGImages"),
+                      (["--format", "saved_model", "--mask-rois", "3"], "--mask-rois needs --graph portable")):
+        with pytest.raises(SystemExit) as e:
+            export.main(["--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")] + args)
+        assert msg in str(e.value.code), (args, e.value.code)
+    assert not os.path.exists(tmp_path / "out")
