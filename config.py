@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import typing
 from dataclasses import dataclass, field

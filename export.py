@@ -455,8 +455,9 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     OpenVINO. mask_rois: masks for the k best proposals only (portable graph). int8: a dataset split root whose
     frames (`int8_frames` of them) calibrate NNCF's INT8 quantisation (OpenVINO only).
     Returns the metadata dict written to out/model.json."""
-    import config as config_lib
     import tensorflow as tf
+
+    import config as config_lib
     from checkpoints import CheckpointError, load_run
 
     if fmt not in FORMATS:

@@ -131,6 +131,7 @@ class FramePredictor:
     def __init__(self, cfg, model, batch_size: int, score_floor: float, gate_masks: bool = True,
                  mask_rois: int | None = None, bfloat16: bool = False):
         import tensorflow as tf
+
         import model as model_lib
         if bfloat16:
             from export import warn_without_native_bfloat16
@@ -291,8 +292,8 @@ def main(argv=None):
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         ap.error(f"--fps must be a positive number, got {args.fps}")
 
+    from checkpoints import load_run  # its CheckpointError is an InputError
     from tracking.io import write_frame_predictions
-    from checkpoints import load_run        # its CheckpointError is an InputError
     errors = (InputError,)
     if args.exported:
         import export

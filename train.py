@@ -19,13 +19,13 @@ import sys
 import tempfile
 import time
 
-import config as config_lib  # noqa: I001 (before TensorFlow loads: config.py turns oneDNN on for every x86 CPU)
 import keras
 import numpy as np
-import tensorflow as tf   # importing runs no op: make_strategy still comes before the first one
+import tensorflow as tf  # importing runs no op: make_strategy still comes before the first one
 
 import backbone
 import checkpoints
+import config as config_lib  # noqa: I001 (before TensorFlow loads: config.py turns oneDNN on for every x86 CPU)
 import loader_ytvos
 import model as model_lib
 import rundir

@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-
 # ---- letterboxing ------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ def plot_confusion(cm, names, path):
 def _read_batch(chunk, image_path, size: int, bs: int):
     """The letterboxed frames of `chunk` as one inference batch of `bs` (zero-padded)."""
     import cv2
+
     import model as model_lib
     images = np.zeros((bs, size, size, 3), np.float32)
     hw = np.ones((bs, 2), np.int32)
@@ -114,8 +115,9 @@ def validate(cfg, train_model, infer_model, val_source, out_png, call=None):
     confusion matrix PNG of the detections with score >= infer.conf_thresh (bytes returned). `call` runs the
     inference model on a batch (the training loop passes one traced graph, reused every epoch); default: eager.
     `cfg` is the inference config (`Config.for_inference`): frames are letterboxed to the inference canvas."""
-    import model as model_lib
     from sklearn.metrics import confusion_matrix
+
+    import model as model_lib
 
     gt_frames, image_path = val_source
     model_lib.copy_weights_by_name(train_model, infer_model)
@@ -148,6 +150,7 @@ class Validator:
 
     def __init__(self, cfg, ytvis: dict, video_ids, image_root: str, out_png: str):
         import tensorflow as tf
+
         import model as model_lib
         frames = gt_frames_for(ytvis, video_ids, cfg.train.val_max_frames, cfg.data.frame_stride)
         names = {v["id"]: v["file_names"] for v in ytvis["videos"]}

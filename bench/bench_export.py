@@ -28,10 +28,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import checkpoints  # noqa: E402
 import config  # noqa: E402
 import export  # noqa: E402
 import model as model_lib  # noqa: E402
-import checkpoints  # noqa: E402
 
 # form -> (export folder, export.export keyword arguments, ExportedModel keyword arguments); "int8" is filled in
 # with --calibrate. ov_bf16 runs the ov export with OpenVINO's bf16 precision hint.

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ class Progress:
 def throughput(cfg, split_root, n_frames, repeats, label):
     """Frames/s of the augmented training pipeline over `repeats` timed passes of n_frames each."""
     import numpy as np
+
     import loader_ytvos as L
     ann = os.path.join(split_root, "instances.json")
     t0 = time.perf_counter()
@@ -89,6 +89,7 @@ def halves(cfg, split_root, n_frames, label):
     whatever the cores; the image half (render_image: TF decode, cv2 resize, HSV, paste) runs on every core."""
     import numpy as np
     import tensorflow as tf
+
     import loader_ytvos as L
     ytvis = L.load_annotations(os.path.join(split_root, "instances.json"))
     root = os.path.join(split_root, "JPEGImages")

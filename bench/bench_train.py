@@ -100,10 +100,10 @@ def bench_mask_gate(run_dir: str, split_root: str, batches: int = 6, rounds: int
     proposals only (what train.py runs) against the full head over all proposals; the rounds interleave the two."""
     import tensorflow as tf
 
-    import loader_ytvos
-    import model as model_lib
     import checkpoints
     import config
+    import loader_ytvos
+    import model as model_lib
     import train
     cfg = config.load_config(os.path.join(run_dir, "config.yaml"))
     ds = loader_ytvos.build_dataset(cfg, os.path.join(split_root, "instances.json"),

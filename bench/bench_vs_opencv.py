@@ -93,6 +93,7 @@ def main(argv=None):
 
     import keras
     import tensorflow as tf
+
     import model as model_lib
     from tracker import FramePredictor
 
@@ -169,7 +170,7 @@ def main(argv=None):
     per_roi = counts["mask_head"]
     trunk = counts["total"] - per_roi
     peak, how = flops.cpu_peak(args.clock_ghz)
-    print(f"\nGFLOPs per frame (2 x MACs of conv / deconv / dense, counted from the layers; bench/flops.py)")
+    print("\nGFLOPs per frame (2 x MACs of conv / deconv / dense, counted from the layers; bench/flops.py)")
     for part in ("backbone", "neck", "heads"):
         print(f"  {part:<28} {counts[part] / 1e9:8.2f}")
     print(f"  {'mask head, per ROI':<28} {per_roi / 1e9:8.2f}   (x {cfg.model.max_prop} ROIs = "

@@ -11,8 +11,9 @@ import fnmatch
 import os
 import sys
 
-from vis_common import AtomicVideoWriter, VisError, letterbox_into, natural_key, read_frames  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
 from fileio import InputError, check_writable_file  # noqa: E402
+from vis_common import AtomicVideoWriter, VisError, letterbox_into, natural_key, read_frames  # noqa: E402
 
 
 def list_inputs(folder: str, pattern: str = "vis_v*.mp4"):

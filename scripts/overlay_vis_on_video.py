@@ -14,11 +14,21 @@ import sys
 
 import cv2
 
-from vis_common import (AtomicVideoWriter, VisError, _is_int, category_names, count_frames,  # noqa: E402
-                        decode_rle, draw_frame, load_results, read_frames, read_json)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
 from fileio import InputError, check_writable_dir, confined_path  # noqa: E402
 from progress import Progress  # noqa: E402
-
+from vis_common import (  # noqa: E402
+    AtomicVideoWriter,
+    VisError,
+    _is_int,
+    category_names,
+    count_frames,
+    decode_rle,
+    draw_frame,
+    load_results,
+    read_frames,
+    read_json,
+)
 
 # ---- frame sources: {video_id: {"paths": [...]} or {"video": path}} plus class names ------------------------
 

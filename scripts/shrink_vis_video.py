@@ -15,8 +15,9 @@ import sys
 import cv2
 from PIL import Image
 
-from vis_common import AtomicVideoWriter, VisError, count_frames, make_temp, open_video, read_frames  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
 from fileio import InputError, check_writable_file  # noqa: E402
+from vis_common import AtomicVideoWriter, VisError, count_frames, make_temp, open_video, read_frames  # noqa: E402
 
 SIZE_SAFETY = 0.75  # first guess of the frames to keep leaves room, as the original did (mp4v size varies)
 

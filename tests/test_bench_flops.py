@@ -1,7 +1,6 @@
 """The benchmarks' arithmetic: FLOPs of Keras layers and of a Darknet cfg against hand counts, the random Darknet
 weights file against its exact size and OpenCV's reader, and the CPU peak formula."""
 import os
-import sys
 
 import cv2
 import keras

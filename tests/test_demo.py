@@ -17,7 +17,8 @@ def test_summary_names_budget_steps_and_rate(tmp_path):
         "step": 1200, "epochs": 4, "images_per_s": 7.46, "train_seconds": 720.0, "budget_minutes": 13.0,
         "machine": {"cpu": "AMD EPYC 7B13", "cores": 2, "isa": ["AVX2"], "onednn_max_cpu_isa": None}}))
     machine, line = _demo(tmp_path).machine_and_budget()
-    from budget import describe_machine, machine as this_machine
+    from budget import describe_machine
+    from budget import machine as this_machine
     assert machine == describe_machine(this_machine())                      # the machine running the summary
     assert line == "1200 steps at 7.5 img/s in 12.0 min, budget 13 min (trained on AMD EPYC 7B13, 2 cores, AVX2)"
 

@@ -1,12 +1,10 @@
 """scripts/diagnose.py (run by the demo) on a hand-made video: two same-class GT tracks that cross, one of another
 class: identity through the crossing, detections found, oracle association, track coverage."""
 import json
-import os
-import sys
 
 import numpy as np
-import pytest
 import pycocotools.mask as mask_utils
+import pytest
 
 import diagnose  # noqa: E402
 

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 
@@ -36,9 +35,10 @@ def _make_run(data, run_dir):
     """
     import keras
     import tensorflow as tf
+
+    import checkpoints
     import config as config_lib
     import model as model_lib
-    import checkpoints
     import rundir
     keras.utils.set_random_seed(0)                 # the mask head keeps Keras's (seeded) initialisation
     ann_path = os.path.join(data, "instances.json")
@@ -102,6 +102,7 @@ def _noise_frames():
 def _keras_outputs(keras_model, frame):
     """The Keras inference model in graph mode (as tracker.FramePredictor runs it) on the export's own canvas."""
     import tensorflow as tf
+
     import export
     cfg, model = keras_model
     if not hasattr(model, "_test_fn"):
@@ -117,6 +118,7 @@ def _keras_outputs(keras_model, frame):
 
 def test_letterbox_sizes_match_numpy_float64_exactly():
     import tensorflow as tf
+
     import export
     import utils
     # hand-checked: 64/49*49 is 63.99999999999999 in float64, so utils.Letterbox gives 63 rows, not 64
@@ -139,6 +141,7 @@ def test_letterbox_sizes_match_numpy_float64_exactly():
 def test_letterbox_matches_cv2(h, w, size, exact):
     """Shrinking (INTER_AREA) and enlarging (INTER_LINEAR): at most one grey level from cv2; exact at scale 1 and 2."""
     import tensorflow as tf
+
     import export
     import model as model_lib
     rng = np.random.default_rng(h * w)
@@ -154,6 +157,7 @@ def test_letterbox_matches_cv2(h, w, size, exact):
 
 def test_crop_and_resize_matches_tf():
     import tensorflow as tf
+
     import export
     rng = np.random.default_rng(0)
     fmap = rng.normal(size=(13, 17, 6)).astype(np.float32)
@@ -370,6 +374,7 @@ def test_tflite_conversion_error_names_the_op(tmp_path):
     """A graph with CropAndResize (the Keras model's ROI pooling) converts only with Flex: the error says which op
     and what to do."""
     import tensorflow as tf
+
     import export
 
     class M(tf.Module):

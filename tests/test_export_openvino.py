@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from test_export import BOX_PX, SCORE, _compare, _keras_outputs, _make_run, _noise_frames, _run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +18,7 @@ PY = sys.executable
 
 def test_native_bfloat16_from_flags():
     import io
+
     import export
     assert not export.native_bfloat16({"avx2", "fma", "avx512f"})
     assert export.native_bfloat16({"avx2", "avx512_bf16"}) and export.native_bfloat16({"amx_bf16", "amx_tile"})
@@ -38,6 +38,7 @@ def test_openvino_runs_float64_as_float32_but_integer_letterbox_sizes_agree():
     `letterbox_sizes_tf` gives 125 in both runtimes."""
     ov = pytest.importorskip("openvino")
     import tensorflow as tf
+
     import export
     import utils
 
@@ -136,6 +137,7 @@ def test_openvino_int8(run, keras_model):
     """NNCF INT8: 8-bit weights (model.bin under a third of FP32's); only the convolutions and matrix products are
     quantised (the box arithmetic stays float32), so the output structure holds."""
     import openvino as ov
+
     import export
     meta = json.load(open(run / "int8" / "model.json"))
     assert meta["int8"] == {"calibration": str(run / "shapes" / "train"), "frames": 6}   # the split has 6 frames

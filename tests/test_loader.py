@@ -574,6 +574,7 @@ def test_grayscale_png_and_cmyk_frames_load_as_rgb(synthetic_root, tmp_path):
 def test_bench_progress_lines_only_rewritten_on_a_terminal():
     """bench_loader's progress: full lines at every 10 % into a log, one line rewritten with \\r on a terminal."""
     import io
+
     import bench_loader
 
     class Tty(io.StringIO):
@@ -619,6 +620,7 @@ def test_frame_with_intact_header_but_corrupt_body_is_named(synthetic_root, tmp_
     TensorFlow's decoder, inside the graph, where no file name is known: train.next_batch catches it and names
     the frame (found by decoding every frame)."""
     import tensorflow as tf
+
     import train
     ann, img = _copy_split(synthetic_root, tmp_path)
     y = L.load_annotations(ann)

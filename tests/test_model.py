@@ -49,7 +49,7 @@ def test_appendix_a_shapes_416(full_416):
     assert tuple(out["class_probs"].shape) == (None, 50, 40)
     assert tuple(out["mask_logits"].shape) == (None, 50, 28, 28, 2)
     layer_shape = lambda name: tuple(m.get_layer(name).output.shape)
-    assert [layer_shape(f"bb_leaky_77")] == [(None, 13, 13, 512)]
+    assert [layer_shape("bb_leaky_77")] == [(None, 13, 13, 512)]
     assert [layer_shape(f"bb_mish_{i}") for i in (16, 37, 58)] == [(None, 104, 104, 128), (None, 52, 52, 256),
                                                                    (None, 26, 26, 512)]
     assert [layer_shape(f"head_emb_{k}") for k in (2, 3, 4, 5)] == [(None, s, s, 208) for s in (104, 52, 26, 13)]
@@ -288,6 +288,7 @@ def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients(tin
     enter the subnet), and the mask loss and every gradient of it are
     those of the published graph's head over all P proposals (float32 rounding apart), with the same weights."""
     import keras
+
     import checkpoints
     cfg = tiny_cfg(input_size=64, mask_res=32, mask_iou_thresh=0.05)
     keras.utils.set_random_seed(3)

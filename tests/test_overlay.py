@@ -1,7 +1,6 @@
 """scripts/overlay_vis_on_video.py and the drawing helpers of scripts/vis_common.py on a tiny synthetic split."""
 import json
 import os
-import sys
 
 import cv2
 import numpy as np
@@ -9,9 +8,19 @@ import pytest
 from pycocotools import mask as mask_utils
 
 import overlay_vis_on_video as ov  # noqa: E402
-from vis_common import (AtomicVideoWriter, VisError, blend, class_label, decode_rle, draw_frame,  # noqa: E402
-                        load_results, open_video, count_frames, track_colour)
 from fileio import InputError  # noqa: E402
+from vis_common import (  # noqa: E402
+    AtomicVideoWriter,
+    VisError,
+    blend,
+    class_label,
+    count_frames,
+    decode_rle,
+    draw_frame,
+    load_results,
+    open_video,
+    track_colour,
+)
 
 H, W = 120, 160
 

@@ -3,13 +3,10 @@ areas, occlusion, and the presence of every segmentation form."""
 import filecmp
 import json
 import os
-import sys
 
 import numpy as np
-import pytest
 import pycocotools.mask as mask_util
-
-from conftest import ROOT
+import pytest
 
 import make_synthetic_ytvis as gen  # noqa: E402
 

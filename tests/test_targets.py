@@ -1,9 +1,7 @@
 """Anchor assignment, centroid points, delta round trip, mask targets (utils.py; info/DESIGN.md#targets-and-losses)."""
 import numpy as np
-import pytest
 import tensorflow as tf
 
-import config
 import utils
 
 STRIDE = 8      # a 4x4 level of a 32 px canvas: one grid unit = 8 px

@@ -123,8 +123,8 @@ def test_frame_predictor_gated_mask_head_same_detections(run):
     """FramePredictor's default mask-head gate (masks only for proposals >= score_floor) stores the detections the
     published graph gives (masks within 1e-5 before thresholding, see test_model), and the padded batches keep
     the graph traced once."""
-    from tracker import FramePredictor
     from checkpoints import load_run
+    from tracker import FramePredictor
     cfg, model = load_run(str(run / "run"))
     frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _frames(run)]
     full = FramePredictor(cfg, model, 2, 0.0, gate_masks=False)
@@ -154,8 +154,8 @@ def test_frame_predictor_bfloat16_within_tolerance(run):
     near-tie; this briefly trained tiny run has many), or several tie at the max_prop cap, bfloat16 may keep
     another candidate, whose score must then be within 0.01; at least one of the top-n a frame matches exactly."""
     import utils
-    from tracker import FramePredictor
     from checkpoints import load_run
+    from tracker import FramePredictor
     cfg, model = load_run(str(run / "run"))
     frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _frames(run)][:2]
     f32 = FramePredictor(cfg, model, 2, 0.0).forward(frames)

@@ -4,7 +4,6 @@ HOTA = DetA = AssA = (0 + 1) / 2 (TrackEval's class mean over the classes with a
 import json
 
 import pytest
-
 from test_diagnose import frame_predictions, write
 
 pytest.importorskip("trackeval")

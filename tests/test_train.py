@@ -50,7 +50,6 @@ def test_weight_decay_excludes_alb_norm_and_bias_and_is_decoupled(tiny_cfg):
     import keras
     import tensorflow as tf
 
-    import config
     import train
     cfg = tiny_cfg(weight_decay=0.1, momentum=0, optimizer="sgd", alb_lr_mult=1)
     kernel = keras.Variable(np.full((2, 2), 2.0, np.float32), name="kernel")
@@ -458,7 +457,6 @@ def test_alb_lr_mult_scales_only_the_alb_step(tiny_cfg):
     import keras
     import tensorflow as tf
 
-    import config
     import train
     cfg = tiny_cfg(weight_decay=0, momentum=0, optimizer="sgd", alb_lr_mult=10)
     kernel = keras.Variable(np.full((2,), 2.0, np.float32), name="kernel")

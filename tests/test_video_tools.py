@@ -1,6 +1,5 @@
 """scripts/concat_vis_videos.py and scripts/shrink_vis_video.py on tiny synthetic mp4s."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -8,8 +7,16 @@ from PIL import Image
 
 import concat_vis_videos as cc  # noqa: E402
 import shrink_vis_video as sh  # noqa: E402
-from vis_common import (LETTERBOX_BG, AtomicVideoWriter, VisError, count_frames, letterbox_into,  # noqa: E402
-                        natural_key, open_video, read_frames)
+from vis_common import (  # noqa: E402
+    LETTERBOX_BG,
+    AtomicVideoWriter,
+    VisError,
+    count_frames,
+    letterbox_into,
+    natural_key,
+    open_video,
+    read_frames,
+)
 
 W, H = 64, 48
 
