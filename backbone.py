@@ -229,4 +229,4 @@ if __name__ == "__main__":
         try:
             load_darknet_weights(model, args.weights)
         except DarknetWeightsError as e:
-            raise SystemExit(f"error: {e}")
+            raise SystemExit(f"error: {e}") from None

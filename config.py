@@ -614,7 +614,8 @@ def load_config(path: str) -> Config:
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({e})") from None
+        raise ConfigError(f"config file {path}: not valid "
+                          f"{'JSON' if path.endswith('.json') else 'YAML'} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     base = get_preset(data.get("preset", "yolov4p1"))

@@ -93,7 +93,8 @@ def build_model(cfg, mode="train", mask_rois=None, mask_floor=None, mask_positiv
         model = keras.Model(inputs, outputs, name="yolov4p1_train")
     else:
         image_hw = keras.Input((2,), dtype="int32", name="image_hw")             # original (height, width)
-        det = layers.DetectionOutputs(s, m.mask_box_scale, name="head_outputs")([proposals, num_valid, mask_logits, image_hw])
+        det = layers.DetectionOutputs(s, m.mask_box_scale, name="head_outputs")(
+            [proposals, num_valid, mask_logits, image_hw])
         outputs = {"boxes": det["boxes"], "scores": det["scores"], "classes": det["classes"],
                    "class_probs": class_probs, "masks": det["masks"], "mask_boxes": det["mask_boxes"],
                    "num_valid": num_valid,

@@ -253,8 +253,9 @@ def main(argv=None):
                                              "or a video file (then tracking and an overlay video).")
     model_src = ap.add_mutually_exclusive_group(required=True)
     model_src.add_argument("--run-dir", help="training run directory (config + checkpoints)")
-    model_src.add_argument("--exported", help="a folder written by export.py (SavedModel, TFLite or OpenVINO), run one frame "
-                                              "at a time (--batch-size does not apply) instead of the Keras model")
+    model_src.add_argument("--exported",
+                           help="a folder written by export.py (SavedModel, TFLite or OpenVINO), run one frame "
+                                "at a time (--batch-size does not apply) instead of the Keras model")
     ap.add_argument("--checkpoint", default=None, help="checkpoint path or prefix (default: the latest)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="dataset split root holding JPEGImages/ and the split JSON")

@@ -135,7 +135,8 @@ class DecoupledAdam(DecoupledDecay, keras.optimizers.Adam):
 def make_optimizer(cfg, schedule):
     """SGD with momentum and decoupled weight decay; train.optimizer=adamw swaps SGD for Adam with the same decay
     and clipping: a departure for CPU runs of the tiny preset only (from scratch, the backbone's gradients are ~1e3
-    times the heads', and a per-parameter step size lets the heads learn within minutes; info/DIFFERENCES.md#the-tiny-preset)."""
+    times the heads', and a per-parameter step size lets the heads learn within minutes;
+    info/DIFFERENCES.md#the-tiny-preset)."""
     kwargs = {"decoupled_decay": cfg.train.weight_decay, "alb_lr_mult": cfg.train.alb_lr_mult,
               "learning_rate": schedule}
     if cfg.train.optimizer == "adamw":

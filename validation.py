@@ -47,7 +47,8 @@ def _frame_instances(video: dict, annotations, t: int):
         rle = compute_ap.to_rle(seg, video["height"], video["width"],
                                 f"video {video['id']} frame {t} annotation {a['id']}")
         if rle is not None:
-            inst.append({"category_id": int(a["category_id"]), "segmentation": rle, "iscrowd": int(a.get("iscrowd", 0))})
+            inst.append({"category_id": int(a["category_id"]), "segmentation": rle,
+                         "iscrowd": int(a.get("iscrowd", 0))})
     return inst
 
 

@@ -1,5 +1,6 @@
 """Per-frame inference time of the exported forms (export.py: SavedModel, TFLite float32 / fp16, OpenVINO FP32 /
-FP16 weights / bf16 hint / NNCF INT8) beside the Keras inference model, on random weights: one frame in, the M12 outputs out (letterbox included in every form),
+FP16 weights / bf16 hint / NNCF INT8) beside the Keras inference model, on random weights: one frame in,
+the M12 outputs out (letterbox included in every form),
 plus export / conversion time and file sizes. With `--run-dir` a trained run is exported instead, and with
 `--frames` each form's detections are compared with the Keras model's on those frames (the agreement table:
 random weights say little about float16, whose small weight errors a random network amplifies).

@@ -150,7 +150,8 @@ def main(argv=None):
         speedup = statistics.median(dense_t) / statistics.median(rle_t)
         speedups.append(speedup)
         print(f"{f'{n} x {n}':<20} {'RLE (pycocotools iou)':<22} {fmt(rle_t)}")
-        print(f"{f'{n} x {n}':<20} {'dense HxW matmul':<22} {fmt(dense_t)}   {speedup:7.1f}x  {same} ({matched} matches)", flush=True)
+        print(f"{f'{n} x {n}':<20} {'dense HxW matmul':<22} {fmt(dense_t)}   {speedup:7.1f}x  {same} "
+              f"({matched} matches)", flush=True)
     print(f"target (issue 9): RLE association at least 20x faster than dense masks at {W}x{H}: "
           f"{'met' if min(speedups) >= 20 else 'NOT met'} (smallest speed-up {min(speedups):.0f}x)")
 

@@ -161,7 +161,8 @@ def main(argv=None):
     print(f"{'preset':<9} {'size':>5} {'batch':>5} {'params':>12} {'build s':>8} {'1st step':>9} "
           f"{'median s':>9} {'min':>7} {'max':>7} {'img/s':>8} {'peak MiB':>10}")
     # Peak RSS is the process's high-water mark, so configurations are run smallest first.
-    configs = [(preset, int(size), int(batch)) for preset, size, batch in (c.split(":") for c in args.configs.split(","))]
+    configs = [(preset, int(size), int(batch))
+               for preset, size, batch in (c.split(":") for c in args.configs.split(","))]
     consumed = {}
     for preset, size, batch in configs:
         line, consumed[preset, size, batch] = bench_one(preset, size, batch, args.steps)

@@ -175,7 +175,8 @@ def main(argv=None):
         print(f"  {part:<28} {counts[part] / 1e9:8.2f}")
     print(f"  {'mask head, per ROI':<28} {per_roi / 1e9:8.2f}   (x {cfg.model.max_prop} ROIs = "
           f"{per_roi * cfg.model.max_prop / 1e9:.2f}; x {k} = {per_roi * k / 1e9:.2f})")
-    print(f"  {'ours, all ' + str(cfg.model.max_prop) + ' masks':<28} {(trunk + per_roi * cfg.model.max_prop) / 1e9:8.2f}")
+    print(f"  {'ours, all ' + str(cfg.model.max_prop) + ' masks':<28} "
+          f"{(trunk + per_roi * cfg.model.max_prop) / 1e9:8.2f}")
     if cv_yolo is not None:
         print(f"  {'YOLOv4 (cfg walk)':<28} {darknet_cfg.cfg_flops(cv_yolo.layers) / 1e9:8.2f}   (Darknet prints "
               f"~60.1 BFLOPS at 416)")
@@ -192,7 +193,8 @@ def main(argv=None):
     per_core = peak / (os.cpu_count() or 1) / 1e9
     print(f"The gap to the peak: (1) cores: CPU time / wall time is {share:.2f} here (2.00 = both cores ours all "
           f"the time; other jobs on the machine take the rest), so the per-CPU-second rate is the one to set against "
-          f"one core's peak, {per_core:.0f} GFLOP/s; (2) BN, Mish/leaky, upsampling, concatenation, NMS, ROI align, letterbox and paste/RLE "
+          f"one core's peak, {per_core:.0f} GFLOP/s; (2) BN, Mish/leaky, upsampling, concatenation, NMS, ROI align, "
+          f"letterbox and paste/RLE "
           f"move memory without FLOPs; (3) the late layers (26x26, 13x13) and the 14x14 mask ROIs give oneDNN small "
           f"GEMMs that keep few vector lanes busy; (4) the peak assumes both FMA ports busy every cycle at the stated "
           f"clock. bfloat16 rows are set against the FP32 peak (AMX's bfloat16 peak is several times higher).")

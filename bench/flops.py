@@ -70,7 +70,9 @@ def cpu_peak(clock_ghz=None):
     ghz = float(clock_ghz) if clock_ghz else (mhz / 1000 if mhz else 2.0)
     cores = os.cpu_count() or 1
     peak = cores * ghz * 1e9 * fma_units * lanes * 2
-    how = (f"{cores} cores x {ghz:.2f} GHz ({'given' if clock_ghz else 'cpu MHz in /proc/cpuinfo' if mhz else 'guessed'})"
-           f" x {fma_units} FMA units x {lanes} FP32 lanes ({'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'})"
+    how = (f"{cores} cores x {ghz:.2f} GHz "
+           f"({'given' if clock_ghz else 'cpu MHz in /proc/cpuinfo' if mhz else 'guessed'})"
+           f" x {fma_units} FMA units x {lanes} FP32 lanes "
+           f"({'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'})"
            f" x 2 = {peak / 1e9:.0f} GFLOP/s")
     return peak, how

@@ -278,7 +278,8 @@ def make_split(out: str, split: str, n_videos: int, seed: int, min_frames: int, 
         name = f"{split}_{i:04d}"
         file_names = [f"{name}/{t * FRAME_STEP:05d}.jpg" for t in range(n_frames)]
         for fname, img in zip(file_names, frames):
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for {fname}")
             atomic_write_bytes(os.path.join(root, "JPEGImages", fname), buf.tobytes())

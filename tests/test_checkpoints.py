@@ -41,7 +41,8 @@ def test_checkpoints_key_layers_by_name(tmp_path):
     config.save_config(cfg, str(run / "config.yaml"))
     path = checkpoints.make_checkpoint(plain)[0].write(str(run / "checkpoints" / "named"))
     names = [name for name, _ in tf.train.list_variables(path)]
-    assert any(n.startswith("layers/bb_conv_0/") for n in names) and any(n.startswith("layers/mask_out/") for n in names)
+    assert (any(n.startswith("layers/bb_conv_0/") for n in names)
+            and any(n.startswith("layers/mask_out/") for n in names))
     _, gated = checkpoints.load_run(str(run), checkpoint=path, mode="train")
     assert set(gated.input) == {"image", "boxes", "labels"}
     for a, b in zip(plain.get_weights(), gated.get_weights()):

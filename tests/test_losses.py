@@ -9,7 +9,8 @@ import utils
 
 
 def _level(pred, target):
-    return tf.constant(np.asarray(pred, np.float32)[None, None]), tf.constant(np.asarray(target, np.float32)[None, None])
+    return (tf.constant(np.asarray(pred, np.float32)[None, None]),
+            tf.constant(np.asarray(target, np.float32)[None, None]))
 
 
 def _tiny_level():

@@ -332,7 +332,8 @@ def test_mask_head_on_positives_only_gives_the_full_heads_loss_and_gradients(tin
     assert 0 < positive.sum() < positive.size and out_g["mask_logits"].shape[1] == positive.sum(1).max()
     for i in range(b):                                           # the positives, first and in order
         k = int(positive[i].sum())
-        np.testing.assert_array_equal(out_g["mask_proposals"][i, :k].numpy(), out_f["proposals"][i][positive[i]].numpy())
+        np.testing.assert_array_equal(out_g["mask_proposals"][i, :k].numpy(),
+                                      out_f["proposals"][i][positive[i]].numpy())
         np.testing.assert_allclose(out_g["mask_logits"][i, :k].numpy(), out_f["mask_logits"][i][positive[i]].numpy(),
                                    rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(out_g["mask_logits"][i, k:].numpy(), 0.0)   # the gate's padding: not computed

@@ -266,8 +266,10 @@ def test_one_frame_video():
     assert layout(frames) == [[0], [1]]
     assert track_predictions(preds(video(frames)), TrackConfig()) == []  # min_hits 4
     results = track_predictions(preds(video(frames, vid=42)), TrackConfig(min_hits=1))
-    assert results == [{"video_id": 42, "category_id": 2, "score": 0.9, "segmentations": [frames[0][0]["segmentation"]]},
-                       {"video_id": 42, "category_id": 3, "score": 0.7, "segmentations": [frames[0][1]["segmentation"]]}]
+    assert results == [{"video_id": 42, "category_id": 2, "score": 0.9,
+                        "segmentations": [frames[0][0]["segmentation"]]},
+                       {"video_id": 42, "category_id": 3, "score": 0.7,
+                        "segmentations": [frames[0][1]["segmentation"]]}]
 
 
 def test_first_frame_overlapping_detections_all_start_tracks():
@@ -303,7 +305,8 @@ def test_results_order_videos_in_input_order_tracks_in_creation_order():
                 [det((0, 0, 8, 8), 0.9), det((12, 12, 20, 20), 0.8)]], vid=9)
     v2 = video([[det((2, 2, 8, 8), 0.7, cat=3)]], vid=4)
     results = track_predictions(preds(v1, v2), TrackConfig(min_hits=1))
-    assert [(r["video_id"], r["category_id"], len(r["segmentations"])) for r in results] == [(9, 1, 3), (9, 1, 3), (4, 3, 1)]
+    assert ([(r["video_id"], r["category_id"], len(r["segmentations"])) for r in results]
+            == [(9, 1, 3), (9, 1, 3), (4, 3, 1)])
     assert results[1]["segmentations"][0] is None
 
 
@@ -475,8 +478,10 @@ def bad(mutate):
     (lambda d: d["videos"][0]["frames"][1].update(index=0), r"video 5 frame 1: 'index' is 0"),
     (lambda d: d["videos"][0]["frames"][1]["detections"][0]["segmentation"].update(size=[W, H]),
      r"video 5 frame 1 detection 0: segmentation size \[32, 24\]"),
-    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(category_id=7), r"video 5 frame 0 detection 0: 'category_id' 7"),
-    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=None), r"video 5 frame 0 detection 0: 'score'"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(category_id=7),
+     r"video 5 frame 0 detection 0: 'category_id' 7"),
+    (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=None),
+     r"video 5 frame 0 detection 0: 'score'"),
     (lambda d: d["videos"][0].pop("height"), r"'height' must be an int"),
     (lambda d: d["videos"][0]["frames"][0]["detections"][0].update(score=1e308),
      r"video 5 frame 0 detection 0: 'score' must be a number in \[0, 1\], got 1e\+308"),
@@ -597,7 +602,8 @@ def test_cli_bad_flags_and_unwritable_out_exit_before_reading(tmp_path, flags, m
 def test_cli_flags_override_config_file(tmp_path):
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text("preset: tiny\ntrack:\n  lam: 1.0\n  min_hits: 2\n")
-    args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o", "--config", str(cfg_path), "--lam", "0.25"])
+    args = track_cli.build_parser().parse_args(
+        ["--pred", "p", "--out", "o", "--config", str(cfg_path), "--lam", "0.25"])
     cfg = track_cli.resolve_config(args)
     assert (cfg.lam, cfg.min_hits, cfg.tau, cfg.keep_doubtful) == (0.25, 2, 0.99, False)
     args = track_cli.build_parser().parse_args(["--pred", "p", "--out", "o"])

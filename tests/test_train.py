@@ -285,7 +285,8 @@ def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
     slots = sorted(int(k.split("/")[2]) for k in saved if k.startswith("optimizer/_variables/"))
     assert len(slots) > 100
     for i in slots:
-        np.testing.assert_array_equal(opt_vars[i].numpy(), saved[f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE"])
+        np.testing.assert_array_equal(opt_vars[i].numpy(),
+                                      saved[f"optimizer/_variables/{i}/.ATTRIBUTES/VARIABLE_VALUE"])
     moments = opt.momentums if hasattr(opt, "momentums") else opt._momentums   # SGD | Adam (the tiny preset)
     assert sum(float(np.abs(m.numpy()).sum()) for m in moments) > 0          # real, non-zero slots came back
     assert int(opt.iterations.numpy()) == saved_step

@@ -83,7 +83,8 @@ def main(argv=None):
         sys.exit(f"tracking.track: {e}")
     write_results(args.out, results)
     elapsed = time.time() - start
-    print(f"wrote {len(results)} tracks to {args.out} ({elapsed:.1f} s, {num_frames / max(elapsed, 1e-9):.1f} frames/s)")
+    print(f"wrote {len(results)} tracks to {args.out} "
+          f"({elapsed:.1f} s, {num_frames / max(elapsed, 1e-9):.1f} frames/s)")
     if args.zip is not None:
         zip_path = args.zip or os.path.splitext(args.out)[0] + ".zip"
         try:
