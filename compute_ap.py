@@ -152,6 +152,22 @@ def _compressed_totals(strings) -> np.ndarray:
     return totals
 
 
+def _check_rle_totals(items: list, pending: list, where) -> None:
+    """Checks that the compressed run-length strings of items[k] for k in `pending` cover their frames (runs total
+    height x width), in batches that stay in the CPU's caches; raises for the first bad one, named by `where(k)` and
+    its frame. Empties `pending`."""
+    frames = [(k, t) for k in pending for t, rle in enumerate(items[k]["segmentations"]) if rle is not None]
+    for j in range(0, len(frames), 1000):
+        part = frames[j:j + 1000]
+        totals = _compressed_totals([items[k]["segmentations"][t]["counts"] for k, t in part])
+        for (k, t), total in zip(part, totals):
+            h, w = items[k]["segmentations"][t]["size"]
+            if total != h * w:
+                raise EvalInputError(f"{where(k)} frame {t}: malformed compressed RLE (runs do not cover {h}x{w} "
+                                     f"pixels)")
+    pending.clear()
+
+
 def compressed_counts(strings) -> list:
     """The run lengths of each well-formed compressed RLE string as a list of ints (the uncompressed RLE
     `counts`), None for a malformed one."""
@@ -301,17 +317,7 @@ def load_gt(src) -> dict:
     anns, pending = [], []  # pending: annotations whose run-length totals are not checked yet
 
     def check_pending():
-        """Totals of the pending annotations' strings in batches; raises for the first bad one."""
-        frames = [(k, t) for k in pending for t, rle in enumerate(anns[k]["segmentations"]) if rle is not None]
-        for j in range(0, len(frames), 1000):
-            part = frames[j:j + 1000]
-            totals = _compressed_totals([anns[k]["segmentations"][t]["counts"] for k, t in part])
-            for (k, t), total in zip(part, totals):
-                h, w = anns[k]["segmentations"][t]["size"]
-                if total != h * w:
-                    raise EvalInputError(f"GT {name}: annotations[{k}] (video_id {anns[k]['video_id']}) frame {t}: "
-                                         f"malformed compressed RLE (runs do not cover {h}x{w} pixels)")
-        pending.clear()
+        _check_rle_totals(anns, pending, lambda k: f"GT {name}: annotations[{k}] (video_id {anns[k]['video_id']})")
 
     try:
         for i, a in enumerate(data.get("annotations") or []):
@@ -375,17 +381,7 @@ def load_results(src, gt: dict) -> list:
     out, pending = [], []  # pending: entries whose run-length totals are not checked yet
 
     def check_pending():
-        """Totals of the pending entries' strings in a few batched calls; raises for the first bad one."""
-        frames = [(k, t) for k in pending for t, rle in enumerate(out[k]["segmentations"]) if rle is not None]
-        for j in range(0, len(frames), 1000):  # batches that stay in the CPU's caches
-            part = frames[j:j + 1000]
-            totals = _compressed_totals([out[k]["segmentations"][t]["counts"] for k, t in part])
-            for (k, t), total in zip(part, totals):
-                h, w = out[k]["segmentations"][t]["size"]
-                if total != h * w:
-                    raise EvalInputError(f"results {name}: entry {k} (video_id {out[k]['video_id']}) frame {t}: "
-                                         f"malformed compressed RLE (runs do not cover {h}x{w} pixels)")
-        pending.clear()
+        _check_rle_totals(out, pending, lambda k: f"results {name}: entry {k} (video_id {out[k]['video_id']})")
 
     try:
         _load_result_entries(data, gt, name, out, pending)

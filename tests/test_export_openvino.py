@@ -99,7 +99,6 @@ def keras_model(run):
     return checkpoints.load_run(str(run / "run"))
 
 
-@pytest.mark.xfail(reason="fails after the 2026-12-04 merge of nine branches; to investigate", strict=False)
 @pytest.mark.slow
 def test_openvino_matches_keras(run, keras_model):
     """Boxes within BOX_PX (measured: 0.01 px on the demo run), scores, classes and masks as for TFLite."""
@@ -117,7 +116,6 @@ def test_openvino_matches_keras(run, keras_model):
     assert inner >= 6
 
 
-@pytest.mark.xfail(reason="fails after the 2026-12-04 merge of nine branches; to investigate", strict=False)
 @pytest.mark.slow
 def test_openvino_fp16_and_mask_rois(run, keras_model):
     """FP16 weights: about half of model.bin. --mask-rois 3: the 3 best slots' masks equal the full export's, the
@@ -134,7 +132,6 @@ def test_openvino_fp16_and_mask_rois(run, keras_model):
         assert not b["masks"][3:].any() and a["masks"][3:int(a["num_valid"])].any()
 
 
-@pytest.mark.xfail(reason="fails after the 2026-12-04 merge of nine branches; to investigate", strict=False)
 @pytest.mark.slow
 def test_openvino_int8(run, keras_model):
     """NNCF INT8: 8-bit weights (model.bin under a third of FP32's); only the convolutions and matrix products are
@@ -161,7 +158,6 @@ def test_openvino_int8(run, keras_model):
         assert abs(float(out["scores"][0]) - float(ref["scores"][0])) < 0.35
 
 
-@pytest.mark.xfail(reason="fails after the 2026-12-04 merge of nine branches; to investigate", strict=False)
 @pytest.mark.slow
 def test_openvino_bf16_hint(run, keras_model, capsys):
     """INFERENCE_PRECISION_HINT bf16 stays near FP32; on a CPU without native bfloat16 loading it warns."""
