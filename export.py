@@ -448,18 +448,8 @@ def _convert_openvino(saved_model_dir, xml_path, fp16, int8_frames=None, log=pri
     return ov.__version__
 
 
-def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf_ops=False, mask_rois=None,
-           int8=None, int8_frames=300, log=print):
-    """Export the run's inference model to `out` (a new folder, written through a temp folder and a rename).
-    graph: "keras" or "portable" (see `serving_fn`); default keras for a SavedModel, portable for TFLite and
-    OpenVINO. mask_rois: masks for the k best proposals only (portable graph). int8: a dataset split root whose
-    frames (`int8_frames` of them) calibrate NNCF's INT8 quantisation (OpenVINO only).
-    Returns the metadata dict written to out/model.json."""
-    import tensorflow as tf
-
-    import config as config_lib
-    from checkpoints import CheckpointError, load_run
-
+def _check_options(fmt, graph, fp16, int8, mask_rois, int8_frames):
+    """The export's options checked against each other; returns the graph ("keras" or "portable")."""
     if fmt not in FORMATS:
         raise ExportError(f"unsupported format {fmt!r}; choose one of {', '.join(FORMATS)}")
     graph = graph or ("keras" if fmt == "saved_model" else "portable")
@@ -481,14 +471,16 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
         raise ExportError("--mask-rois needs --graph portable (the Keras graph computes all max_prop masks)")
     if int8 and int8_frames < 1:
         raise ExportError("--int8-frames must be at least 1")
-    frames = calibration_frames(int8, int8_frames) if int8 else None     # a bad split fails before the slow part
-    if os.path.exists(out):
-        raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
-    check_writable_file(out, "--out", ExportError)    # before the minutes of tracing, not after
-    if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
-        raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
-    from progress import Progress
-    bar = Progress(2 if fmt == "saved_model" else 3, f"export {fmt}", unit="part")   # load, trace (, convert)
+    return graph
+
+
+def _load_model(run_dir, checkpoint, log):
+    """(cfg, inference model) of the run's checkpoint (the latest by default), its errors as ExportErrors."""
+    import tensorflow as tf
+
+    import config as config_lib
+    from checkpoints import CheckpointError, load_run
+
     t0 = time.time()
     try:
         cfg, model = load_run(run_dir, checkpoint=checkpoint, mode="infer")
@@ -497,6 +489,60 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
     except (tf.errors.NotFoundError, ValueError) as e:
         raise ExportError(f"{run_dir}: cannot restore checkpoint {checkpoint or '(latest)'} ({e})") from None
     log(f"loaded {run_dir} ({cfg.preset}, input {cfg.model.input_size}) in {time.time() - t0:.1f} s", flush=True)
+    return cfg, model
+
+
+def _convert(tmp, sm_dir, fmt, fp16, select_tf_ops, frames, int8, meta, bar, log):
+    """Converts the SavedModel in `sm_dir` to TFLite or OpenVINO inside `tmp` (removing it) and fills `meta`'s
+    entries for the converted file; a SavedModel export keeps `sm_dir` as it is."""
+    if fmt == "tflite":
+        t0 = time.time()
+        data = _convert_tflite(sm_dir, fp16, select_tf_ops)
+        with open(os.path.join(tmp, TFLITE_FILE), "wb") as f:
+            f.write(data)
+        shutil.rmtree(sm_dir)
+        ops = _tflite_op_names(data)
+        meta["file"] = TFLITE_FILE
+        meta["tflite_ops"] = ops                            # of the main subgraph (not WHILE bodies)
+        # a builtin-only conversion succeeds only without Flex ops; with --select-tf-ops, list what we see
+        meta["flex_ops"] = [o for o in ops if o.startswith("Flex")] if select_tf_ops else []
+        log(f"TFLite converted in {time.time() - t0:.1f} s ({len(data) / 2**20:.1f} MiB, flex ops: "
+            f"{', '.join(meta['flex_ops']) or 'none'})", flush=True)
+        bar.update(1, part="TFLite")
+    elif fmt == "openvino":
+        t0 = time.time()
+        meta["openvino"] = _convert_openvino(sm_dir, os.path.join(tmp, OPENVINO_FILE), fp16, frames, log)
+        shutil.rmtree(sm_dir)
+        meta["file"] = OPENVINO_FILE
+        meta["int8"] = {"calibration": int8, "frames": len(frames)} if frames else None
+        log(f"OpenVINO IR written in {time.time() - t0:.1f} s ({folder_mb(tmp):.1f} MiB, "
+            f"{'INT8' if frames else 'FP16' if fp16 else 'FP32'} weights)", flush=True)
+        bar.update(1, part="OpenVINO")
+    else:
+        meta["file"] = SAVED_MODEL_DIR
+
+
+def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf_ops=False, mask_rois=None,
+           int8=None, int8_frames=300, log=print):
+    """Export the run's inference model to `out` (a new folder, written through a temp folder and a rename).
+    graph: "keras" or "portable" (see `serving_fn`); default keras for a SavedModel, portable for TFLite and
+    OpenVINO. mask_rois: masks for the k best proposals only (portable graph). int8: a dataset split root whose
+    frames (`int8_frames` of them) calibrate NNCF's INT8 quantisation (OpenVINO only).
+    Returns the metadata dict written to out/model.json."""
+    import tensorflow as tf
+
+    import config as config_lib
+
+    graph = _check_options(fmt, graph, fp16, int8, mask_rois, int8_frames)
+    frames = calibration_frames(int8, int8_frames) if int8 else None     # a bad split fails before the slow part
+    if os.path.exists(out):
+        raise ExportError(f"output folder {out} already exists; remove it or choose another --out")
+    check_writable_file(out, "--out", ExportError)    # before the minutes of tracing, not after
+    if checkpoint is None and not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        raise ExportError(f"{run_dir}: no checkpoints/ folder (is this a run directory written by train.py?)")
+    from progress import Progress
+    bar = Progress(2 if fmt == "saved_model" else 3, f"export {fmt}", unit="part")   # load, trace (, convert)
+    cfg, model = _load_model(run_dir, checkpoint, log)
     bar.update(1, part="load")
 
     parent = os.path.dirname(os.path.abspath(out))
@@ -515,31 +561,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
                 "categories": [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())],
                 "source": {"run_dir": run_dir, "checkpoint": checkpoint},
                 "tensorflow": tf.__version__, "config": cfg.to_dict()}
-        if fmt == "tflite":
-            t0 = time.time()
-            data = _convert_tflite(sm_dir, fp16, select_tf_ops)
-            with open(os.path.join(tmp, TFLITE_FILE), "wb") as f:
-                f.write(data)
-            shutil.rmtree(sm_dir)
-            ops = _tflite_op_names(data)
-            meta["file"] = TFLITE_FILE
-            meta["tflite_ops"] = ops                            # of the main subgraph (not WHILE bodies)
-            # a builtin-only conversion succeeds only without Flex ops; with --select-tf-ops, list what we see
-            meta["flex_ops"] = [o for o in ops if o.startswith("Flex")] if select_tf_ops else []
-            log(f"TFLite converted in {time.time() - t0:.1f} s ({len(data) / 2**20:.1f} MiB, flex ops: "
-                f"{', '.join(meta['flex_ops']) or 'none'})", flush=True)
-            bar.update(1, part="TFLite")
-        elif fmt == "openvino":
-            t0 = time.time()
-            meta["openvino"] = _convert_openvino(sm_dir, os.path.join(tmp, OPENVINO_FILE), fp16, frames, log)
-            shutil.rmtree(sm_dir)
-            meta["file"] = OPENVINO_FILE
-            meta["int8"] = {"calibration": int8, "frames": len(frames)} if frames else None
-            log(f"OpenVINO IR written in {time.time() - t0:.1f} s ({folder_mb(tmp):.1f} MiB, "
-                f"{'INT8' if frames else 'FP16' if fp16 else 'FP32'} weights)", flush=True)
-            bar.update(1, part="OpenVINO")
-        else:
-            meta["file"] = SAVED_MODEL_DIR
+        _convert(tmp, sm_dir, fmt, fp16, select_tf_ops, frames, int8, meta, bar, log)
         config_lib.save_config(cfg, os.path.join(tmp, CONFIG_FILE))
         config_lib.atomic_write_text(os.path.join(tmp, META_FILE), json.dumps(meta, indent=2))
         os.chmod(tmp, 0o755)                                   # mkdtemp makes 0700 folders

@@ -248,7 +248,7 @@ def track_and_draw(doc, videos, track_cfg, out_dir: str, fps: float | None = Non
     return written
 
 
-def main(argv=None):
+def build_parser():
     ap = argparse.ArgumentParser(description="Per-frame YOLOV4+1 predictions over a dataset split, a frame folder "
                                              "or a video file (then tracking and an overlay video).")
     model_src = ap.add_mutually_exclusive_group(required=True)
@@ -275,7 +275,11 @@ def main(argv=None):
     ap.add_argument("--max-videos", type=int, default=None, help="only the first N videos (with --data)")
     ap.add_argument("--fps", type=float, default=None, help="overlay fps (with --video; default 6)")
     ap.add_argument("--lam", type=float, default=None, help="tracking class-mismatch cost (with --video)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def check_args(ap, args):
+    """The combinations and ranges argparse cannot check (ap.error exits with the usage)."""
     if args.data and not args.out:
         ap.error("--data needs --out (the frame-predictions JSON)")
     if args.video and not args.out_dir:
@@ -293,7 +297,57 @@ def main(argv=None):
     if args.fps is not None and not (math.isfinite(args.fps) and args.fps > 0):
         ap.error(f"--fps must be a positive number, got {args.fps}")
 
+
+
+def open_videos(args):
+    """The videos of --data (the first --max-videos), a --video frame folder or a --video file."""
+    if args.data:
+        videos, _ = dataset_source(args.data, args.ann)
+        return videos[:args.max_videos] if args.max_videos else videos
+    if os.path.isdir(args.video):
+        return folder_source(args.video)
+    return video_source(args.video)
+
+
+def make_predictor(args):
+    """(cfg, frame predictor) of --exported or else of --run-dir's checkpoint."""
+    score_floor = args.score_floor
+    if args.exported:
+        import export
+        exported = export.ExportedModel(args.exported)
+        cfg = exported.cfg
+        return cfg, export.ExportedFramePredictor(
+            exported, cfg.infer.score_floor if score_floor is None else score_floor)
     from checkpoints import load_run  # its CheckpointError is an InputError
+    cfg, model = load_run(args.run_dir, checkpoint=args.checkpoint, mode="infer")
+    return cfg, FramePredictor(cfg, model, args.batch_size or cfg.infer.batch_size,
+                               cfg.infer.score_floor if score_floor is None else score_floor,
+                               mask_rois=args.mask_rois, bfloat16=args.bfloat16)
+
+
+def track_outputs(args, cfg, doc, videos):
+    """--video: frames.json, then the tracks (results.json) and the overlay videos in --out-dir."""
+    from tracking.io import FramePredictionsError, write_frame_predictions
+    os.makedirs(args.out_dir, exist_ok=True)
+    frames_json = os.path.join(args.out_dir, "frames.json")
+    write_frame_predictions(frames_json, doc)
+    print(f"frame predictions written to {frames_json}")
+    # the run's tracker settings (a preset may match them to its scores)
+    track_cfg = cfg.track if args.lam is None else dataclasses.replace(cfg.track, lam=args.lam)
+    _scripts_on_path()
+    from vis_common import VisError
+    try:
+        results_json = track_and_draw(doc, videos, track_cfg, args.out_dir, args.fps, frames_json)[0]
+    except (FrameError, FramePredictionsError, VisError) as e:
+        sys.exit(f"tracker.py: {e}")
+    print(f"results written to {results_json}; overlay in {os.path.join(args.out_dir, 'overlay')}")
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    check_args(ap, args)
+
     from tracking.io import write_frame_predictions
     errors = (InputError,)
     if args.exported:
@@ -305,23 +359,8 @@ def main(argv=None):
             check_writable_file(args.out, "--out")
         else:
             check_writable_dir(args.out_dir, "--out-dir")
-        if args.data:
-            videos, _ = dataset_source(args.data, args.ann)
-            videos = videos[:args.max_videos] if args.max_videos else videos
-        elif os.path.isdir(args.video):
-            videos = folder_source(args.video)
-        else:
-            videos = video_source(args.video)
-        if args.exported:
-            exported = export.ExportedModel(args.exported)
-            cfg = exported.cfg
-            predictor = export.ExportedFramePredictor(
-                exported, cfg.infer.score_floor if args.score_floor is None else args.score_floor)
-        else:
-            cfg, model = load_run(args.run_dir, checkpoint=args.checkpoint, mode="infer")
-            predictor = FramePredictor(cfg, model, args.batch_size or cfg.infer.batch_size,
-                                       cfg.infer.score_floor if args.score_floor is None else args.score_floor,
-                                       mask_rois=args.mask_rois, bfloat16=args.bfloat16)
+        videos = open_videos(args)
+        cfg, predictor = make_predictor(args)
         categories = [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())]
         doc = predict_videos(predictor, videos, categories)
     except errors as e:
@@ -331,20 +370,7 @@ def main(argv=None):
         write_frame_predictions(args.out, doc)
         print(f"frame predictions written to {args.out}")
         return
-    os.makedirs(args.out_dir, exist_ok=True)
-    frames_json = os.path.join(args.out_dir, "frames.json")
-    write_frame_predictions(frames_json, doc)
-    print(f"frame predictions written to {frames_json}")
-    # the run's tracker settings (a preset may match them to its scores)
-    track_cfg = cfg.track if args.lam is None else dataclasses.replace(cfg.track, lam=args.lam)
-    from tracking.io import FramePredictionsError
-    _scripts_on_path()
-    from vis_common import VisError
-    try:
-        results_json = track_and_draw(doc, videos, track_cfg, args.out_dir, args.fps, frames_json)[0]
-    except (FrameError, FramePredictionsError, VisError) as e:
-        sys.exit(f"tracker.py: {e}")
-    print(f"results written to {results_json}; overlay in {os.path.join(args.out_dir, 'overlay')}")
+    track_outputs(args, cfg, doc, videos)
 
 
 if __name__ == "__main__":

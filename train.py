@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -34,23 +33,14 @@ import validation
 from budget import TimeBudget, machine
 from config import atomic_write_text
 from fileio import InputError
-from progress import Progress, clock_after, format_seconds
+from freezing import backbone_layers, set_backbone_phase, trainable_vars
+from progress import Progress
+from train_budget import agree_max, epoch_bounds, eta_text, make_budget, plan_budget, set_plan
+from train_data import data_stream, next_batch
+from train_errors import Stopped, TrainError
 
-BUDGET_FILE = "budget.json"   # the plan of a --budget-minutes run, kept by --resume
 # Test-only hook: the total loss becomes NaN at this global step (1-based), to exercise the NaN guard.
 NAN_HOOK_ENV = "YOLOV4P1_TEST_NAN_AT_STEP"
-
-
-class TrainError(RuntimeError):
-    """Training cannot go on: bad data, a non-finite loss, an unusable run directory."""
-
-
-class Stopped(TrainError):
-    """SIGINT or SIGTERM: the run saved a checkpoint at the current step and stops (exit code 128 + signal)."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
 
 
 # ---- distribution -------------------------------------------------------------------------------------------
@@ -91,7 +81,7 @@ def make_strategy(kind: str = "auto", workers: str | None = None, worker_index: 
     raise TrainError(f"unknown --strategy {kind!r}")
 
 
-# ---- optimizer, learning rate, freezing ---------------------------------------------------------------------
+# ---- optimizer, learning rate ---------------------------------------------------------------------------
 
 class DecoupledDecay:
     """Mixin for a Keras optimizer: each update first shrinks the decayed variables by v -= wd * v (SGDW: not
@@ -186,41 +176,6 @@ def make_schedule(cfg, total_steps: int):
     return WarmupSchedule(cfg.train.lr, cfg.train.warmup_steps, total_steps, cfg.train.lr_schedule == "cosine")
 
 
-def all_layers(model):
-    """Every layer of a model, nested sub-models included."""
-    out = []
-    for layer in model.layers:
-        out.append(layer)
-        if hasattr(layer, "layers"):
-            out += all_layers(layer)
-    return out
-
-
-def backbone_layers(model):
-    return [layer for layer in all_layers(model) if layer.name.startswith(("bb_conv_", "bb_bn_"))]
-
-
-def set_backbone_phase(model, cfg, frozen: bool):
-    """Frozen: every backbone conv/BN untrainable (Keras runs untrainable BN in inference mode). Unfrozen: the
-    four output convs with their BNs (faithful) or, with train.unfreeze=all, the whole backbone."""
-    for layer in backbone_layers(model):
-        idx = int(layer.name.rsplit("_", 1)[1])
-        if frozen:
-            layer.trainable = False
-        else:
-            layer.trainable = cfg.train.unfreeze == "all" or idx in backbone.OUTPUT_CONVS
-
-
-def trainable_vars(model):
-    """The model's trainable variables plus the ALB log-variances, each once."""
-    seen, out = set(), []
-    for v in list(model.trainable_variables) + list(model.alb.trainable_variables):
-        if id(v) not in seen:
-            seen.add(id(v))
-            out.append(v)
-    return out
-
-
 def build_state(cfg, strategy, total_steps: int, weights: str | None = None, mask_positives: bool = True):
     """Model, optimizer (built over every variable that can ever train, so unfreezing needs no new slots), LR
     schedule and checkpoint, all created inside the strategy scope before the first step (Keras 3 wants it so).
@@ -298,40 +253,6 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
         return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
     return step
-
-
-# ---- the data stream -----------------------------------------------------------------------------------------------
-
-def next_batch(iterator, locate):
-    """next(iterator), where the loader's error raised inside the pipeline (a missing, truncated or mis-sized
-    frame, bad run lengths) becomes a TrainError with its message, and a frame TensorFlow cannot decode (its
-    header passed the loader's checks, so the error names no file) one naming it: `locate()` decodes every frame
-    to find it."""
-    try:
-        return next(iterator)
-    except tf.errors.InvalidArgumentError as e:
-        loader_error = re.search(r"\b(FrameError|AnnotationError): ([^\n]+)", e.message)
-        if loader_error:
-            hint = ("; data.skip_bad_frames=true skips such frames (reported)"
-                    if loader_error.group(1) == "FrameError" and "data.skip_bad_frames" not in e.message else "")
-            raise TrainError(loader_error.group(2) + hint) from None
-        print(f"the input pipeline failed ({e.message.splitlines()[0][:160]}); decoding every frame to find "
-              f"the bad one ...", flush=True)
-        bad = locate()
-        if not bad:
-            raise
-        raise TrainError(f"{len(bad)} frame(s) cannot be decoded although their headers are intact: "
-                         + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
-                         + ". data.skip_bad_frames cannot skip these: remove or re-encode the files") from None
-
-
-def resume_position(step: int, batches_per_pass: int):
-    """(loader pass, batches to skip in it) after `step` global batches: each pass of the training dataset gives
-    `batches_per_pass` = frames // global batch batches (the remainder is dropped), so a resumed run sees the
-    batches the uninterrupted run would have seen next (with data.skip_bad_frames, skipped frames shift it)."""
-    if batches_per_pass < 1:
-        return 0, 0
-    return step // batches_per_pass, step % batches_per_pass
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------
@@ -446,82 +367,6 @@ def setup(args) -> Run:
     print(f"training {plan} on {len(train_ids)} videos / {n_frames} frames, {len(val_ids)} held-out videos, "
           f"{n_rep} replica(s), global batch {gb}")
     return run
-
-
-def make_budget(args, cfg, schedule, t_start: float, step: int):
-    """The TimeBudget of a --budget-minutes run (None without one); a resumed run keeps its saved plan."""
-    if not args.budget_minutes:
-        return None
-    try:
-        budget = TimeBudget(args.budget_minutes, cfg.train.epochs, cfg.train.batch_size, start=t_start)
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    if args.resume and budget.load(os.path.join(args.run_dir, BUDGET_FILE)):
-        schedule.set_total(budget.total)
-        print(f"--resume: keeping the interrupted run's plan, {budget.describe(step)}")
-    return budget
-
-
-def epoch_bounds(run: Run, epoch: int):
-    """(first global step, end step) of `epoch`; under a budget the end is None until the plan is made."""
-    if run.budget is None:
-        return epoch * run.steps_per_epoch, (epoch + 1) * run.steps_per_epoch
-    if run.budget.epoch_ends is None:
-        return 0, None
-    return (run.budget.epoch_ends[epoch - 1] if epoch else 0), run.budget.epoch_ends[epoch]
-
-
-def agree_max(strategy, values):
-    """Element-wise maximum of `values` over every replica (one all-gather): all workers plan the same steps."""
-    got = strategy.gather(strategy.run(lambda: tf.constant([values], tf.float64)), axis=0).numpy()
-    return [float(v) for v in got.max(axis=0)]
-
-
-def set_plan(run: Run, total: int, text: str, log=print):
-    """A budget's new total: the LR schedule, the run's plan file and a line saying it."""
-    run.total_steps = total
-    run.schedule.set_total(total)
-    log(f"{text}: {run.budget.describe(int(run.step_var.numpy()))}")
-    if run.chief:
-        atomic_write_text(os.path.join(run.out_dir, BUDGET_FILE), json.dumps(run.budget.to_dict(), indent=2))
-
-
-def plan_budget(run: Run, epoch: int, start: int, step: int, log=print):
-    """After the warm-up steps: the total that fits the budget, from their rate. Each validation is guessed at a
-    training step's time an image a frame (high for a forward pass; the first validation corrects it)."""
-    rate = run.budget.measured_sec_per_step()
-    n_val = len(run.validator.source[0]) if run.validator is not None else 0
-    guess = n_val * rate / run.global_batch + 5.0 if n_val else 0.0
-    rate, spent = agree_max(run.strategy, [rate, time.time() - run.t_start])
-    set_plan(run, run.budget.plan(step, guess, epoch, start, sec_per_step=rate, spent_s=spent), "plan", log)
-
-
-def eta_text(bar, step: int, end, total, epochs_left: int, val_s: float, sec_per_step: float | None = None) -> str:
-    """', ETA epoch 0:42, run 11:05 (18:02)' at `sec_per_step` (a budget's measured rate, which leaves the traced
-    first steps out) or else this epoch's rate so far, the run's validations included."""
-    rate = 1.0 / sec_per_step if sec_per_step and math.isfinite(sec_per_step) else bar.rate
-    if end is None or not rate > 0:
-        return ""
-    text = f", ETA epoch {format_seconds((end - step) / rate)}"
-    if total:
-        left = (total - step) / rate + epochs_left * (val_s or 0.0)
-        text += f", run {format_seconds(left)} ({clock_after(left)})"
-    return text
-
-
-def data_stream(run: Run, ann_path: str, n_frames: int):
-    """The distributed iterator over the training batches, continuing where the saved step left the data: the
-    loader pass and the batch within it."""
-    gb = run.global_batch
-    data_epoch, data_skip = resume_position(int(run.step_var.numpy()), n_frames // gb)
-    ds = loader_ytvos.build_dataset(run.cfg, ann_path, run.image_root, video_ids=run.train_ids, training=True,
-                                    first_epoch=data_epoch, skip_frames=data_skip * gb)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    ds = ds.repeat().with_options(options)
-    if data_epoch or data_skip:
-        print(f"data stream resumed at pass {data_epoch + 1}, batch {data_skip + 1} of {n_frames // gb}")
-    return iter(run.strategy.experimental_distribute_dataset(ds))
 
 
 def enter_phase(run: Run, epoch: int, frozen: bool):

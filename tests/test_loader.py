@@ -474,8 +474,9 @@ def test_bad_frames_error_or_skip(synthetic_root, tmp_path):
 
 def test_skipping_more_than_half_the_frames_is_an_error(synthetic_root, tmp_path):
     """data.skip_bad_frames is for a few bad files: with 5 of a video's frames missing the pipeline stops with
-    the loader's error (and train.next_batch turns it into one line) instead of a stream that runs dry."""
+    the loader's error (and train_data.next_batch turns it into one line) instead of a stream that runs dry."""
     import train
+    import train_data
     ann, img = _copy_split(synthetic_root, tmp_path)
     y = L.load_annotations(ann)
     v = y["videos"][0]
@@ -486,7 +487,7 @@ def test_skipping_more_than_half_the_frames_is_an_error(synthetic_root, tmp_path
     with pytest.raises(train.TrainError) as e:
         it = iter(ds)
         for _ in range(v["length"]):
-            train.next_batch(it, lambda: pytest.fail("a loader error needs no search"))
+            train_data.next_batch(it, lambda: pytest.fail("a loader error needs no search"))
     msg = str(e.value)
     # frames load in parallel, so the count reported is the first past half, or one more
     import re
@@ -497,12 +498,13 @@ def test_skipping_more_than_half_the_frames_is_an_error(synthetic_root, tmp_path
 
 def test_next_batch_names_a_missing_frame_and_the_skip_option(synthetic_root, tmp_path):
     import train
+    import train_data
     ann, img = _copy_split(synthetic_root, tmp_path)
     v = L.load_annotations(ann)["videos"][0]
     os.remove(os.path.join(img, v["file_names"][0]))
     ds = L.build_dataset(_cfg(), ann, img, video_ids=[v["id"]], training=False, batch_size=1)
     with pytest.raises(train.TrainError) as e:
-        train.next_batch(iter(ds), lambda: pytest.fail("a loader error needs no search"))
+        train_data.next_batch(iter(ds), lambda: pytest.fail("a loader error needs no search"))
     assert str(e.value) == (f"{os.path.join(img, v['file_names'][0])}: cannot read (No such file or directory) "
                             f"(video {v['id']}, frame 0); data.skip_bad_frames=true skips such frames (reported)")
 
@@ -593,14 +595,14 @@ def test_bench_progress_lines_only_rewritten_on_a_terminal():
 def test_first_epoch_and_skip_frames_continue_the_stream(synthetic_root):
     """What `train.py --resume` relies on: build_dataset(first_epoch=k, skip_frames=j*B) yields exactly the batches
     a fresh dataset gives from batch j of pass k on (same frames, same augmentation, bit for bit)."""
-    import train
+    import train_data
     ann, img = _train(synthetic_root)
     cfg = _cfg("train.batch_size=2", "data.flip_prob=0.5", "data.hsv_prob=0.5")
     n = len(L.load_annotations(ann).samples())
     per_pass = n // 2
     full = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5).repeat(), 2 * per_pass)
     step = per_pass + 3                                   # 3 batches into the second pass
-    k, j = train.resume_position(step, per_pass)
+    k, j = train_data.resume_position(step, per_pass)
     assert (k, j) == (1, 3)
     resumed = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5, first_epoch=k, skip_frames=j * 2)
                        .repeat(), per_pass - 3 + 2)
@@ -612,16 +614,17 @@ def test_first_epoch_and_skip_frames_continue_the_stream(synthetic_root):
     third = _batches(L.build_dataset(cfg, ann, img, training=True, seed=5).repeat(), 3 * per_pass)[2 * per_pass:]
     for a, b in zip(third[:2], resumed[per_pass - 3:]):
         assert a["image"].tobytes() == b["image"].tobytes()
-    assert train.resume_position(0, per_pass) == (0, 0) and train.resume_position(7, 0) == (0, 0)
+    assert train_data.resume_position(0, per_pass) == (0, 0) and train_data.resume_position(7, 0) == (0, 0)
 
 
 def test_frame_with_intact_header_but_corrupt_body_is_named(synthetic_root, tmp_path):
     """Bit rot inside the entropy-coded data passes the header and end-marker checks and fails only in
-    TensorFlow's decoder, inside the graph, where no file name is known: train.next_batch catches it and names
+    TensorFlow's decoder, inside the graph, where no file name is known: train_data.next_batch catches it and names
     the frame (found by decoding every frame)."""
     import tensorflow as tf
 
     import train
+    import train_data
     ann, img = _copy_split(synthetic_root, tmp_path)
     y = L.load_annotations(ann)
     v = y["videos"][0]
@@ -641,7 +644,7 @@ def test_frame_with_intact_header_but_corrupt_body_is_named(synthetic_root, tmp_
     L.read_frame_file(path, v["width"], v["height"])        # the header checks pass
     ds = L.build_dataset(_cfg(), ann, img, video_ids=[v["id"]], training=False, batch_size=v["length"])
     with pytest.raises(train.TrainError) as e:
-        train.next_batch(iter(ds), lambda: L.find_undecodable_frames(y, img, [v["id"]]))
+        train_data.next_batch(iter(ds), lambda: L.find_undecodable_frames(y, img, [v["id"]]))
     msg = str(e.value)
     assert path in msg and f"video {v['id']}, frame 1" in msg and "1 frame(s)" in msg
 

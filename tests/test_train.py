@@ -296,7 +296,7 @@ def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
     assert f"resumed from {latest} (step {saved_step}" in res.stdout
     first = [ln for ln in res.stdout.splitlines() if "(global " in ln][0]
     assert f"(global {saved_step + 1})" in first
-    # The data stream continues too: pass and batch from the saved step (train.resume_position).
+    # The data stream continues too: pass and batch from the saved step (train_data.resume_position).
     m = re.search(r"data stream resumed at pass (\d+), batch (\d+) of (\d+)", res.stdout)
     assert m, res.stdout[-2000:]
     per_pass = int(m.group(3))
