@@ -279,6 +279,58 @@ class ProposalLayer(keras.layers.Layer):
 
 # ---- mask head (info/DESIGN.md#mask-head) ------------------------------------------------------------------
 
+def crop_and_resize(maps, boxes, box_idx, size: int):
+    """`tf.image.crop_and_resize(maps, boxes, box_idx, (size, size), "bilinear")`, differentiable in `maps` only
+    (the boxes are constants), with a gradient that loses nothing.
+
+    TensorFlow's CPU kernel for the gradient to the maps adds the crops' contributions from several threads without
+    atomics (tensorflow/tensorflow#42033), so where ROIs share pixels some are lost: measured, up to 60 % of the
+    gradient on a 2x2 map and 6 % on 16x16 (info/RESULTS.md#2026-12-04-roi-align-gradient). Here each sample's
+    four bilinear taps are summed into the maps with `unsorted_segment_sum`, one tap at a time: the kernel's
+    sampling (a sample at y1 (H-1) + i (y2-y1) (H-1) / (size-1), none outside the map), without the race.
+    """
+    boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
+
+    @tf.custom_gradient
+    def crop(x):
+        def grad(dy):
+            return _crop_and_resize_grad(dy, boxes, box_idx, tf.shape(x), size)
+        return tf.image.crop_and_resize(x, boxes, box_idx, (size, size), method="bilinear"), grad
+
+    return crop(maps)
+
+
+def _crop_and_resize_grad(dy, boxes, box_idx, shape, size: int):
+    """d(crop)/d(maps) contracted with dy [N, size, size, C] -> [B, H, W, C], as TF's kernel computes it."""
+    b, h, w = shape[0], shape[1], shape[2]
+    hf, wf = tf.cast(h - 1, tf.float32), tf.cast(w - 1, tf.float32)
+
+    def samples(lo, hi, extent):                          # [N, size]: the kernel's float32 order of operations
+        if size == 1:
+            return 0.5 * (lo + hi) * extent
+        i = tf.cast(tf.range(size), tf.float32)[None, :]
+        return lo * extent + i * ((hi - lo) * extent / float(size - 1))
+    ys = samples(boxes[:, 0:1], boxes[:, 2:3], hf)
+    xs = samples(boxes[:, 1:2], boxes[:, 3:4], wf)
+    y_in, x_in = (ys >= 0.0) & (ys <= hf), (xs >= 0.0) & (xs <= wf)
+    ys, xs = tf.where(y_in, ys, 0.0), tf.where(x_in, xs, 0.0)
+    y0, x0 = tf.floor(ys), tf.floor(xs)
+    yl, xl = ys - y0, xs - x0
+    y_taps = ((tf.cast(y0, tf.int32), 1.0 - yl), (tf.cast(tf.math.ceil(ys), tf.int32), yl))
+    x_taps = ((tf.cast(x0, tf.int32), 1.0 - xl), (tf.cast(tf.math.ceil(xs), tf.int32), xl))
+    keep = tf.cast(y_in, tf.float32)[:, :, None] * tf.cast(x_in, tf.float32)[:, None, :]     # [N, size, size]
+    base = tf.cast(box_idx, tf.int32)[:, None, None] * (h * w)
+    dy = tf.cast(dy, tf.float32)
+    total = tf.zeros([b * h * w, tf.shape(dy)[-1]], tf.float32)
+    for yi, yw in y_taps:
+        for xi, xw in x_taps:
+            index = base + yi[:, :, None] * w + xi[:, None, :]                                # [N, size, size]
+            weight = yw[:, :, None] * xw[:, None, :] * keep
+            total += tf.math.unsorted_segment_sum(tf.reshape(dy * weight[..., None], [-1, tf.shape(dy)[-1]]),
+                                                  tf.reshape(index, [-1]), b * h * w)
+    return tf.reshape(total, shape)
+
+
 class PyramidROIAlign(keras.layers.Layer):
     """Adaptive feature pooling input: every proposal from every embedding map (info/DESIGN.md#m10-feature-pooling).
 
@@ -310,8 +362,7 @@ class PyramidROIAlign(keras.layers.Layer):
         num = tf.shape(boxes)[1]
         boxes = tf.reshape(tf.gather(boxes, [1, 0, 3, 2], axis=-1), [-1, 4])      # [B*P, 4] y1, x1, y2, x2
         box_idx = tf.repeat(tf.range(tf.shape(proposals)[0]), num)
-        return [tf.image.crop_and_resize(m, boxes, box_idx, (self.pool_size, self.pool_size), method="bilinear")
-                for m in maps]
+        return [crop_and_resize(m, boxes, box_idx, self.pool_size) for m in maps]
 
     def compute_output_shape(self, input_shapes):
         p = input_shapes[0]
