@@ -67,11 +67,11 @@ def _make_run(data, run_dir):
     tf.train.CheckpointManager(ckpt, os.path.join(run_dir, "checkpoints"), 1).save()
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Synthetic dataset (128x128 frames: the letterbox to 64 is an exact 2x INTER_AREA, so cv2 and the graph agree
-    bit for bit), a run directory, and three exports of it made in parallel."""
-    base = tmp_path_factory.mktemp("export")
+def exported_run(tmp_path_factory, folder, exports, timeout, written=lambda out: out):
+    """A synthetic dataset (128x128 frames: the letterbox to 64 is an exact 2x INTER_AREA, so cv2 and the graph
+    agree bit for bit), a run directory, and its exports made in parallel: `exports(base)` maps a name to
+    export.py's arguments besides --run-dir and --out; each must print `written(its --out folder)`."""
+    base = tmp_path_factory.mktemp(folder)
     r = _run(["scripts/make_synthetic_ytvis.py", "--out", str(base / "shapes"), "--seed", "5", "--train-videos", "1",
               "--valid-videos", "1", "--min-frames", "6", "--max-frames", "6", "--width", "128", "--height", "128",
               "--quiet"])
@@ -80,13 +80,20 @@ def run(tmp_path_factory):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     jobs = {name: subprocess.Popen([PY, "export.py", "--run-dir", str(base / "run"), "--out", str(base / name)] + a,
                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for name, a in (("sm", ["--format", "saved_model"]), ("tfl", ["--format", "tflite"]),
-                            ("f16", ["--format", "tflite", "--fp16"]))}
+            for name, a in exports(base).items()}
     for name, p in jobs.items():
-        out, err = p.communicate(timeout=600)
+        out, err = p.communicate(timeout=timeout)
         assert p.returncode == 0, f"{name}: {out[-2000:]}{err[-3000:]}"
-        assert str(base / name) in out
+        assert written(str(base / name)) in out
     return base
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The dataset, a run directory, and three exports of it: SavedModel, TFLite, TFLite with float16 weights."""
+    exports = {"sm": ["--format", "saved_model"], "tfl": ["--format", "tflite"],
+               "f16": ["--format", "tflite", "--fp16"]}
+    return exported_run(tmp_path_factory, "export", lambda base: exports, timeout=600)
 
 
 @pytest.fixture(scope="module")

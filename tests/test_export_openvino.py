@@ -3,12 +3,11 @@ IR (FP32, FP16 weights, NNCF INT8, --mask-rois) against the Keras inference mode
 and the bfloat16 CPU check. Tests that need openvino skip when it is not installed."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from test_export import BOX_PX, SCORE, _compare, _keras_outputs, _make_run, _noise_frames, _run
+from test_export import BOX_PX, SCORE, _compare, _keras_outputs, _noise_frames, _run, exported_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -73,24 +72,13 @@ def run(tmp_path_factory):
     weights, INT8 (NNCF, 8 calibration frames of the train split) and FP32 with masks for the 3 best."""
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    base = tmp_path_factory.mktemp("export_ov")
-    r = _run(["scripts/make_synthetic_ytvis.py", "--out", str(base / "shapes"), "--seed", "5", "--train-videos", "1",
-              "--valid-videos", "1", "--min-frames", "6", "--max-frames", "6", "--width", "128", "--height", "128",
-              "--quiet"])
-    assert r.returncode == 0, r.stderr
-    _make_run(str(base / "shapes" / "train"), str(base / "run"))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    jobs = {}
-    for name, a in (("ov", []), ("ov16", ["--fp16"]), ("k3", ["--mask-rois", "3"]),
-                    ("int8", ["--int8", str(base / "shapes" / "train"), "--int8-frames", "8"])):
-        jobs[name] = subprocess.Popen([PY, "export.py", "--run-dir", str(base / "run"), "--format", "openvino",
-                                       "--out", str(base / name)] + a, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
-    for name, p in jobs.items():
-        out, err = p.communicate(timeout=900)
-        assert p.returncode == 0, f"{name}: {out[-2000:]}{err[-3000:]}"
-        assert str(base / name / "model.xml") in out
-    return base
+
+    def exports(base):
+        int8 = ["--int8", str(base / "shapes" / "train"), "--int8-frames", "8"]
+        return {name: ["--format", "openvino"] + a
+                for name, a in (("ov", []), ("ov16", ["--fp16"]), ("k3", ["--mask-rois", "3"]), ("int8", int8))}
+    return exported_run(tmp_path_factory, "export_ov", exports, timeout=900,
+                        written=lambda out: os.path.join(out, "model.xml"))
 
 
 @pytest.fixture(scope="module")
