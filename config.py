@@ -505,11 +505,19 @@ def validate_track(t: TrackConfig, prefix: str = "track.") -> TrackConfig:
 
 
 def validate(cfg: Config) -> Config:
+    """`cfg` itself after checking every section; a ConfigError names the first key that is wrong."""
     for section in SECTIONS:
         for key, value in getattr(cfg, section).__dict__.items():
             bad = _non_finite(value, f"{section}.{key}")
             if bad:
                 raise ConfigError(f"{bad} must be a finite number, got {value!r}")
+    _validate_model(cfg)
+    _validate_train(cfg.train)
+    _validate_data(cfg)
+    return cfg
+
+
+def _validate_model(cfg: Config):
     m = cfg.model
     if m.anchors_file:
         anchors, per_level, n_levels = read_anchor_file(m.anchors_file, m.input_size)
@@ -562,7 +570,9 @@ def validate(cfg: Config) -> Config:
     if cfg.data.categories and len(cfg.data.categories) != m.num_classes:
         raise ConfigError(f"data.categories lists {len(cfg.data.categories)} classes, model.num_classes is "
                           f"{m.num_classes}")
-    t = cfg.train
+
+
+def _validate_train(t: TrainConfig):
     if not t.lr > 0:
         raise ConfigError(f"train.lr must be positive, got {t.lr}")
     if t.lr_schedule not in ("constant", "cosine"):
@@ -581,6 +591,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"train.val_fraction must be in [0, 1), got {t.val_fraction}")
     if t.batch_size < 1:
         raise ConfigError("train.batch_size must be at least 1")
+
+
+def _validate_data(cfg: Config):
+    m = cfg.model
     if len(cfg.data.scale_jitter) != 2 or cfg.data.scale_jitter[0] > cfg.data.scale_jitter[1]:
         raise ConfigError("data.scale_jitter must be [low, high] with low <= high")
     if cfg.data.mask_res != 0 and not 8 <= cfg.data.mask_res <= m.input_size:
@@ -591,7 +605,6 @@ def validate(cfg: Config) -> Config:
     if cfg.data.pack_prob > 0 and m.input_size % cfg.mask_res:
         raise ConfigError(f"data.pack_prob needs mask rows of a whole number of pixels: model.input_size "
                           f"({m.input_size}) must be a multiple of the mask resolution ({cfg.mask_res})")
-    return cfg
 
 
 def save_config(cfg: Config, path: str):
