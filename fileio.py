@@ -46,17 +46,22 @@ def atomic_write_json(path: str, data, **dumps_kwargs):
     atomic_write_text(path, json.dumps(data, **dumps_kwargs))
 
 
+def read_bytes(path: str, error: type = InputError, what: str = "") -> bytes:
+    """The bytes of the file at `path`; one that cannot be read raises `error` naming it (after `what`, if given)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{what + ' ' if what else ''}{path}: cannot read ({e.strerror})") from None
+
+
 def read_json(path: str, what: str = "JSON file", error: type = InputError):
     """Parse the JSON file at `path`; a missing, unreadable or malformed file raises `error` naming it.
 
     `what` says what the file is ("annotation file", "results file") in the message, e.g.
     `annotation file a.json: not valid JSON (Expecting ',' delimiter: line 3 column 5)`.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise error(f"{what} {path}: cannot read ({e.strerror})") from None
+    raw = read_bytes(path, error, what)
     try:
         return json.loads(raw)
     except UnicodeDecodeError as e:

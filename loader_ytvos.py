@@ -25,7 +25,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from fileio import InputError, check_writable_file, confined_path, read_json
+from fileio import InputError, check_writable_file, confined_path, read_bytes, read_json
 from utils import Letterbox
 
 GRAY = 128
@@ -397,11 +397,7 @@ def instance_target(runs, plan: Plan, size: int, mask_res: int):
 def read_frame_file(path: str, width: int, height: int):
     """The bytes of a frame file and its format (a FORMATS name), checked from the header without decoding:
     readable, a known image format, complete (JPEG end marker, PNG IEND chunk) and width x height."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise FrameError(f"{path}: cannot read ({e.strerror})") from None
+    data = read_bytes(path, FrameError)
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, (w, h) = im.format, im.size
