@@ -172,8 +172,8 @@ def resume_training(model, ckpt, parts, run_dir: str, strategy, worker_index: in
         except CheckpointError as e:
             raise CheckpointError(f"--resume: {e}; the run directory is left as it was") from None
         except READ_ERRORS as e:
-            raise CheckpointError(f"--resume: checkpoint {path} does not fit the config ({first_line(e)}); the "
-                                  f"run directory is left as it was") from None
+            raise CheckpointError(f"--resume: checkpoint {path} cannot be read, truncated or corrupt? "
+                                  f"({first_line(e)}); the run directory is left as it was") from None
     step = int(parts["step"].numpy())
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         low, high = worker_steps(strategy, step)

@@ -111,6 +111,15 @@ def test_a_missing_or_truncated_checkpoint_is_named(tmp_path):
         f.truncate(os.path.getsize(data) // 2)
     with pytest.raises(checkpoints.CheckpointError, match=r"ckpt-1 cannot be read, truncated or corrupt\? \(Read less"):
         checkpoints.load_run(str(tmp_path))
+    import tensorflow as tf
+
+    import model as model_lib
+    m = model_lib.build_model(_tiny_cfg(), "train")
+    checkpoints.ensure_alb_built(m)
+    ckpt, parts = checkpoints.make_checkpoint(m)
+    with pytest.raises(checkpoints.CheckpointError, match=r"--resume: checkpoint .*ckpt-1 cannot be read, truncated or "
+                       r"corrupt\? \(Read less.*; the run directory is left as it was"):
+        checkpoints.resume_training(m, ckpt, parts, str(tmp_path), tf.distribute.get_strategy())
 
 
 def test_latest_checkpoint_counts_a_complete_save_the_state_file_does_not_list(tmp_path):
