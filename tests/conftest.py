@@ -14,14 +14,25 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")     # as config.py: oneDNN o
 
 def pytest_addoption(parser):
     parser.addoption("--shuffle", type=int, default=None, metavar="SEED",
-                     help="run the collected tests in an order shuffled with SEED (finds order dependencies)")
+                     help="run the test files, and the tests within each, in an order shuffled with SEED")
 
 
 def pytest_collection_modifyitems(config, items):
+    """--shuffle SEED: the test files in a shuffled order and the tests of each file shuffled among themselves (so
+    that a module-scoped fixture is still built once)."""
     seed = config.getoption("--shuffle")
-    if seed is not None:
-        import random
-        random.Random(seed).shuffle(items)
+    if seed is None:
+        return
+    import random
+    rng = random.Random(seed)
+    files = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    groups = list(files.values())
+    rng.shuffle(groups)
+    for group in groups:
+        rng.shuffle(group)
+    items[:] = [item for group in groups for item in group]
 
 
 def pytest_report_header(config):
