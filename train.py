@@ -490,11 +490,15 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats):
     run.writer.flush()
 
 
-def finish(run: Run, dump_path: str | None = None):
+def finish(run: Run, dump_path: str | None = None, trained: bool = True):
+    """The end of a run: the weights dumped if asked, a worker's scratch folder removed, and (when this call trained)
+    train_done.json; a resumed run that had nothing left to train keeps the record of the run that did."""
     if dump_path:
         checkpoints.dump_weights(run.model, dump_path)
     if not run.chief:
         shutil.rmtree(run.out_dir, ignore_errors=True)
+        return
+    if not trained:
         return
     atomic_write_text(os.path.join(run.out_dir, "train_done.json"),
                       json.dumps({"epochs": run.cfg.train.epochs, "step": int(run.step_var.numpy()),
@@ -511,13 +515,17 @@ def train(args):
         run = setup(args)
         run.stop = stop
         phase, step_fn = None, None
-        for epoch in range(int(run.epoch_var.numpy()), run.cfg.train.epochs):
+        first = int(run.epoch_var.numpy())
+        if first >= run.cfg.train.epochs:
+            print(f"--resume: the run finished its {run.cfg.train.epochs} epoch(s) at step "
+                  f"{int(run.step_var.numpy())}; nothing left to train (a larger --epochs trains on)")
+        for epoch in range(first, run.cfg.train.epochs):
             frozen = epoch < run.cfg.train.freeze_epochs
             if phase != frozen:       # a new set of trainable variables needs a new traced step
                 step_fn, phase = enter_phase(run, epoch, frozen), frozen
             end_epoch(run, epoch, run_epoch(run, epoch, step_fn))
             stop_if_asked(run)
-        finish(run, args.dump_weights)
+        finish(run, args.dump_weights, trained=first < run.cfg.train.epochs)
     return run.model
 
 

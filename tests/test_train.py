@@ -311,7 +311,8 @@ def test_resume_after_sigkill_continues_from_the_saved_state(shapes, tmp_path):
 @pytest.mark.slow
 def test_a_run_is_never_started_over_and_a_resume_that_does_not_fit_writes_nothing(shapes, tmp_path):
     """Without --resume or --overwrite train.py refuses a --run-dir holding a run; --resume with a --set that
-    changes the model stops in one line naming the layer, before config.yaml or anything else is written."""
+    changes the model stops in one line naming the layer, before config.yaml or anything else is written; --resume
+    of a finished run says there is nothing to train and leaves its files as they were."""
     run = tmp_path / "run"
     args = SMALL + ["--data", shapes, "--run-dir", str(run), "--epochs", "1", "--set", "train.val_fraction=0"]
     res = _run(args, timeout=900)
@@ -334,6 +335,12 @@ def test_a_run_is_never_started_over_and_a_resume_that_does_not_fit_writes_nothi
         f"configuration?); the run directory is left as it was")
     assert snapshot() == before
     assert sorted(os.listdir(run / "checkpoints")) == ["checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+    # --resume of a finished run: nothing to train, said in one line, and train_done.json keeps the run's record.
+    res = _run(args + ["--resume"], timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert ("--resume: the run finished its 1 epoch(s) at step 3; nothing left to train (a larger --epochs trains "
+            "on)") in res.stdout
+    assert snapshot() == before
 
 
 @pytest.mark.slow
