@@ -24,11 +24,16 @@ $(STAMP): requirements.txt
 	@echo "set-up done: $(VENV) ($$($(PY) -c 'import tensorflow as tf; print("tensorflow", tf.__version__)' 2>/dev/null))"
 
 # The `slow` tests (subprocesses, trainings of more than a few steps, exports, the 416 model) run in test-all only.
+# Both tiers run on $(TEST_WORKERS) pytest-xdist workers, a test file at a time (module fixtures are built once);
+# TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 test-all: setup
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,8 +1,8 @@
-"""Helper run in a subprocess by test_train.py (`PYTHONPATH=. python tests/_replica_step.py frozen_bn`): one step on
-1 device and on 2 logical CPU devices (MirroredStrategy) from the same initial weights and the same global batch,
-and once more on 2 devices with the losses normalised per replica (the bug the comparison must see); prints the
-norms of the updates and of their differences as JSON. Logical devices must be configured before TensorFlow
-initialises, hence a separate process.
+"""Helper run in a subprocess by test_train_distributed.py (`PYTHONPATH=. python tests/_replica_step.py frozen_bn`):
+one step on 1 device and on 2 logical CPU devices (MirroredStrategy) from the same initial weights and the same
+global batch, and once more on 2 devices with the losses normalised per replica (the bug the comparison must see);
+prints the norms of the updates and of their differences as JSON. Logical devices must be configured before
+TensorFlow initialises, hence a separate process.
 
 The step uses plain SGD without weight decay, so the update is -lr times the gradient and its difference measures
 the gradients' difference. Adam would hide both ways the step can go wrong: its first step is about lr * sign(g),

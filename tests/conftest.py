@@ -17,11 +17,24 @@ def pytest_addoption(parser):
                      help="run the test files, and the tests within each, in an order shuffled with SEED")
 
 
+# The files whose tests take minutes (train.py and export.py subprocesses, exported-run fixtures), heaviest first. The
+# Makefile runs the suite on 2 pytest-xdist workers a file at a time (--dist loadfile): started first, these keep
+# the two workers busy to the end instead of leaving one of them a long file at the end.
+HEAVY_FILES = ("test_train_distributed.py", "test_train_resume.py", "test_export_openvino.py", "test_export.py",
+               "test_tracker.py", "test_train.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """--shuffle SEED: the test files in a shuffled order and the tests of each file shuffled among themselves (so
-    that a module-scoped fixture is still built once)."""
+    """The HEAVY_FILES first, in that order, then the others as collected.
+
+    --shuffle SEED instead: the test files in a shuffled order and the tests of each file shuffled among themselves
+    (so that a module-scoped fixture is still built once)."""
     seed = config.getoption("--shuffle")
     if seed is None:
+        def rank(item):
+            name = os.path.basename(item.nodeid.split("::")[0])
+            return HEAVY_FILES.index(name) if name in HEAVY_FILES else len(HEAVY_FILES)
+        items.sort(key=rank)           # stable: the order within a file and among the others is kept
         return
     import random
     rng = random.Random(seed)
