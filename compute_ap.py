@@ -8,11 +8,16 @@ frame mAP used during training drives pycocotools' COCOeval on frame-level "imag
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
+import gc
 import io
 import math
+import multiprocessing
 import numbers
 import os
+import sys
 from collections import defaultdict
 
 import numpy as np
@@ -38,6 +43,22 @@ class EvalInputError(InputError):
     """A GT or results file that cannot be evaluated; the message names the file and the entry."""
 
 
+def _without_gc(fn):
+    """Runs `fn` with Python's cyclic garbage collector paused (restored after, also on an error). Loading
+    builds some 10**5 dicts and lists that hold no cycles; each allocation burst made the collector walk the whole
+    heap again, which cost more than the loading itself."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_on = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_on:
+                gc.enable()
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Segmentation parsing and validation
 
@@ -47,24 +68,14 @@ def _is_int(x) -> bool:
 
 def _plain_rle(seg):
     """The common case of to_rle without its general checks: a dict with a [h, w] list of ints and ASCII string
-    counts -> (compressed RLE dict, h * w). None when `seg` is anything else (to_rle then decides)."""
+    counts -> compressed RLE dict with bytes counts. False when `seg` is anything else (to_rle then decides)."""
     if type(seg) is not dict:
-        return None
+        return False
     size, counts = seg.get("size"), seg.get("counts")
     if (type(counts) is not str or type(size) is not list or len(size) != 2 or type(size[0]) is not int
             or type(size[1]) is not int or size[0] < 0 or size[1] < 0 or not counts.isascii()):
-        return None
+        return False
     return {"size": [size[0], size[1]], "counts": counts.encode("ascii")}
-
-
-def _areas(rles) -> list:
-    """Pixel count of each RLE (0 for None), in batched pycocotools calls (its `area` takes at most 255)."""
-    present = [r for r in rles if r is not None]
-    got = []
-    for i in range(0, len(present), 255):
-        got.extend(mask_utils.area(present[i:i + 255]).tolist())
-    it = iter(got)
-    return [next(it) if r is not None else 0 for r in rles]
 
 
 _SIGNED5 = np.array([i - 32 if i & 16 else i for i in range(32)] + [0] * 224, dtype=np.int64)
@@ -72,7 +83,24 @@ _SIGNED5 = np.array([i - 32 if i & 16 else i for i in range(32)] + [0] * 224, dt
 
 def _compressed_totals(strings) -> np.ndarray:
     """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed
-    (a character outside the alphabet, a string stopping inside a value, a run length < 0 or >= 2**32).
+    (a character outside the alphabet, a string stopping inside a value, a run length < 0 or >= 2**32)."""
+    return _compressed_sums(strings)[0]
+
+
+RLE_BATCH = 512  # strings decoded together: ~200 kB of text, whose int64 passes stay within a core's L2 cache
+
+
+def _compressed_sums(strings) -> tuple[np.ndarray, np.ndarray]:
+    """(totals, areas): per compressed RLE string the sum of its run lengths as `_compressed_totals`, and the sum
+    of its odd runs (the mask's pixel count, pycocotools `area`; meaningless where the total is -1)."""
+    if len(strings) <= RLE_BATCH:
+        return _compressed_sums_batch(strings)
+    parts = [_compressed_sums_batch(strings[i:i + RLE_BATCH]) for i in range(0, len(strings), RLE_BATCH)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _compressed_sums_batch(strings) -> tuple[np.ndarray, np.ndarray]:
+    """`_compressed_sums` in one set of numpy passes over all the strings.
 
     Answers as `_decode_compressed` does, with a third of its passes over the values: a count is a running sum of
     the deltas two places apart, so every count of a string is a difference of two entries of one cumulative sum
@@ -81,9 +109,9 @@ def _compressed_totals(strings) -> np.ndarray:
     cancels in the differences, which are small for a well-formed string."""
     n = len(strings)
     lens = np.fromiter((len(c) for c in strings), dtype=np.int64, count=n)
-    totals = np.zeros(n, dtype=np.int64)
+    totals, areas = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     if lens.sum() == 0:
-        return totals
+        return totals, areas
     bad = np.zeros(n, dtype=bool)
     v = np.frombuffer(b"".join(strings), dtype=np.uint8)
     bounds = np.cumsum(lens)
@@ -145,26 +173,46 @@ def _compressed_totals(strings) -> np.ndarray:
             b = base[has]
             bad[np.flatnonzero(has)[(mn - b < 0) | (mx - b >= 2 ** 32)]] = True
             # the segments of the strings without a value here are empty: skipping them moves no boundary
-            totals[has] += np.add.reduceat(cs[p], idx) - cnt[has] * b
+            sums = np.add.reduceat(cs[p], idx) - cnt[has] * b
+            totals[has] += sums
+            areas[has] += np.where(odd_chain[has], sums, 0)  # the odd runs are the mask's
     x0 = x[np.minimum(first, n_all - 1)]
     bad[(n_vals > 0) & ((x0 < 0) | (x0 >= 2 ** 32))] = True
     totals[bad] = -1
-    return totals
+    return totals, areas
 
 
 def _check_rle_totals(items: list, pending: list, where) -> None:
     """Checks that the compressed run-length strings of items[k] for k in `pending` cover their frames (runs total
-    height x width), in batches that stay in the CPU's caches; raises for the first bad one, named by `where(k)` and
-    its frame. Empties `pending`."""
-    frames = [(k, t) for k in pending for t, rle in enumerate(items[k]["segmentations"]) if rle is not None]
-    for j in range(0, len(frames), 1000):
-        part = frames[j:j + 1000]
-        totals = _compressed_totals([items[k]["segmentations"][t]["counts"] for k, t in part])
-        for (k, t), total in zip(part, totals):
-            h, w = items[k]["segmentations"][t]["size"]
-            if total != h * w:
-                raise EvalInputError(f"{where(k)} frame {t}: malformed compressed RLE (runs do not cover {h}x{w} "
-                                     f"pixels)")
+    height x width), in batches on the CPUs this process may use, and sets each one's `mask_areas` (pixels a frame, 0
+    where absent) from the same pass; raises for the first bad one, named by `where(k)` and its frame. Empties
+    `pending`."""
+    seqs = [items[k]["segmentations"] for k in pending]
+    n_frames = np.fromiter((len(q) for q in seqs), dtype=np.int64, count=len(seqs))
+    flat = [rle for q in seqs for rle in q]
+    on = np.flatnonzero(np.fromiter((rle is not None for rle in flat), dtype=bool, count=len(flat)))
+    present = [flat[i] for i in on.tolist()]
+    want = np.fromiter((r["size"][0] * r["size"][1] for r in present), dtype=np.int64, count=len(present))
+    areas = np.zeros(len(flat), dtype=np.int64)
+    step = RLE_BATCH
+    batches = [[r["counts"] for r in present[j:j + step]] for j in range(0, len(present), step)]
+    workers = min(len(batches), len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1, 8)
+    with concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        sums = (pool.map if pool else map)(_compressed_sums_batch, batches)  # numpy's passes free the GIL
+        for j, (totals, got) in zip(range(0, len(present), step), sums):
+            areas[on[j:j + step]] = got
+            bad = np.flatnonzero(totals != want[j:j + step])
+            if bad.size:
+                i = int(on[j + bad[0]])
+                s = int(np.searchsorted(np.cumsum(n_frames), i, side="right"))
+                t = i - int(n_frames[:s].sum())
+                h, w = seqs[s][t]["size"]
+                raise EvalInputError(f"{where(pending[s])} frame {t}: malformed compressed RLE (runs do not cover "
+                                     f"{h}x{w} pixels)")
+    bounds = np.cumsum(n_frames).tolist()
+    areas = areas.tolist()
+    for k, start, stop in zip(pending, [0, *bounds[:-1]], bounds):
+        items[k]["mask_areas"] = areas[start:stop]
     pending.clear()
 
 
@@ -287,6 +335,7 @@ def _read_json(src, what: str):
 # ----------------------------------------------------------------------------------------------------------------
 # Loaders
 
+@_without_gc
 def load_gt(src) -> dict:
     """Read a YouTube-VIS GT JSON (path or dict) into the evaluation form.
 
@@ -341,7 +390,7 @@ def load_gt(src) -> dict:
             rles = []
             for t, s in enumerate(segs):
                 rle = _plain_rle(s) if s else None
-                if rle is None:
+                if rle is False:
                     if s and isinstance(s, list) and not (_is_int(h) and _is_int(w)):
                         raise EvalInputError(f"{where} frame {t}: polygon needs the video's height and width")
                     rle = to_rle(s, h, w, f"{where} frame {t}", check=False)
@@ -363,12 +412,12 @@ def load_gt(src) -> dict:
         raise EvalInputError(f"GT {name}: no annotations, nothing to evaluate against (a split without ground "
                              f"truth, such as the challenge's valid or test split?)")
     for a in anns:
-        a["mask_areas"] = _areas(a["segmentations"])
         areas = a.pop("areas")
         a["avg_area"] = _avg_area(a["mask_areas"] if areas is None else areas)
     return {"videos": videos, "categories": cats, "annotations": anns, "name": name}
 
 
+@_without_gc
 def load_results(src, gt: dict) -> list:
     """Read a results list (path or list) into the evaluation form, checking every entry against `gt`.
 
@@ -390,7 +439,6 @@ def load_results(src, gt: dict) -> list:
         raise
     check_pending()
     for r in out:
-        r["mask_areas"] = _areas(r["segmentations"])
         r["avg_area"] = _avg_area([a if s else None for a, s in zip(r["mask_areas"], r["segmentations"])])
     return out
 
@@ -412,11 +460,10 @@ def _load_result_entries(data, gt, name, out, pending):
         segs = r.get("segmentations")
         if not isinstance(segs, list):
             raise EvalInputError(f"{where}: 'segmentations' must be a list (one RLE or null per frame)")
-        rles = []
-        for t, s in enumerate(segs):
-            rle = _plain_rle(s) if s else None
-            rles.append(rle if rle is not None else
-                        to_rle(s, None, None, f"{where} frame {t}", allow_polygon=False, check=False))
+        rles = [_plain_rle(s) if s else None for s in segs]
+        if False in rles:  # another form: to_rle converts it or names what is wrong
+            rles = [to_rle(s, None, None, f"{where} frame {t}", allow_polygon=False, check=False)
+                    if rle is False else rle for t, (s, rle) in enumerate(zip(segs, rles))]
         pending.append(len(out))
         out.append({"id": i + 1, "video_id": vid, "category_id": r["category_id"], "score": float(score),
                     "segmentations": rles})
@@ -430,13 +477,26 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt
 
     Sequences are lists of compressed RLE or None. Frames beyond the shorter sequence of a pair are skipped; a
     frame present on one side only adds its area to the union; masks of different sizes add nothing; U == 0 gives
-    0. Intersections come from one pycocotools `iou` call per frame and are recovered as exact integers
-    (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5 pixel). With `dt_groups` / `gt_groups` (a
-    label per sequence, e.g. the category), only pairs of one label are compared (one call per frame and label);
-    the other cells are left at 0."""
+    0. Intersections come from one pycocotools `iou` call per frame (every result against every GT mask present
+    there) and are recovered as exact integers (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5
+    pixel). With `dt_groups` / `gt_groups` (a label per sequence, e.g. the category), pairs of different labels
+    are left at 0, and a sequence whose label the other side lacks is not decoded at all."""
     D, G = len(dt_seqs), len(gt_seqs)
     if D == 0 or G == 0:
         return np.zeros((D, G))
+    if dt_groups is not None:  # a sequence without a partner of its label takes no part
+        common = set(dt_groups) & set(gt_groups)
+        di = [k for k, label in enumerate(dt_groups) if label in common]
+        gi = [k for k, label in enumerate(gt_groups) if label in common]
+        if len(di) < D or len(gi) < G:
+            out = np.zeros((D, G))
+            if di and gi:
+                out[np.ix_(di, gi)] = video_iou(
+                    [dt_seqs[k] for k in di], [gt_seqs[k] for k in gi],
+                    None if dt_areas is None else [dt_areas[k] for k in di],
+                    None if gt_areas is None else [gt_areas[k] for k in gi],
+                    [dt_groups[k] for k in di], [gt_groups[k] for k in gi])
+            return out
     if dt_areas is None:
         dt_areas = [[int(mask_utils.area(s)) if s else 0 for s in seq] for seq in dt_seqs]
     if gt_areas is None:
@@ -455,40 +515,23 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt
     cd = np.concatenate([np.zeros((D, 1), np.int64), np.cumsum(d_a, axis=1)], axis=1)
     cg = np.concatenate([np.zeros((G, 1), np.int64), np.cumsum(g_a, axis=1)], axis=1)
     union = np.take_along_axis(cd, both_len, axis=1) + np.take_along_axis(cg, both_len.T, axis=1).T
-    inter = np.zeros((D, G), dtype=np.int64)
-    d_at = [[k for k in range(D) if t < d_len[k] and dt_seqs[k][t] is not None] for t in range(T)]
-    g_at = [[k for k in range(G) if t < g_len[k] and gt_seqs[k][t] is not None] for t in range(T)]
     one_size = len({tuple(r["size"]) for seq in (*dt_seqs, *gt_seqs) for r in seq if r is not None}) <= 1
-    # one pycocotools call a frame where some pair has both masks; the arithmetic for all frames at once below
-    ious, rows, cols, frames = [], [], [], []
-    if dt_groups is None:
-        blocks = [(d_at[t], g_at[t], t) for t in range(T)]
-    else:
-        blocks = []
-        for t in range(T):
-            for label in {gt_groups[k] for k in g_at[t]}:
-                blocks.append(([k for k in d_at[t] if dt_groups[k] == label],
-                               [k for k in g_at[t] if gt_groups[k] == label], t))
-    for dk, gk, t in blocks:
-        if not dk or not gk:
-            continue
-        d_rles, g_rles = [dt_seqs[k][t] for k in dk], [gt_seqs[k][t] for k in gk]
-        if one_size:  # the common case
-            ious.append(np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(gk)), dtype=np.float64).ravel())
-        else:
-            d_sizes, g_sizes = [tuple(r["size"]) for r in d_rles], [tuple(r["size"]) for r in g_rles]
-            iou = np.full((len(dk), len(gk)), -1.0)  # -1: sizes differ, the pair merges to an empty mask
-            for size in set(d_sizes) & set(g_sizes):
-                ri = [i for i, ds in enumerate(d_sizes) if ds == size]
-                ci = [j for j, gs in enumerate(g_sizes) if gs == size]
-                block = mask_utils.iou([d_rles[i] for i in ri], [g_rles[j] for j in ci], [0] * len(ci))
-                iou[np.ix_(ri, ci)] = np.asarray(block).reshape(len(ri), len(ci))
-            ious.append(iou.ravel())
-        rows.append(np.repeat(dk, len(gk)))
-        cols.append(np.tile(gk, len(dk)))
-        frames.append(np.full(len(dk) * len(gk), t))
-    if ious:
-        iou, r, c, t = (np.concatenate(x) for x in (ious, rows, cols, frames))
+    if one_size:  # the common case: an empty mask adds nothing to I or U, so only non-empty ones are compared
+        d_on, g_on = d_a > 0, g_a > 0
+    else:  # an empty mask of another size than its partner still takes the partner's area out of the union
+        d_on, g_on = np.zeros((D, T), bool), np.zeros((G, T), bool)
+        for on, seqs in ((d_on, dt_seqs), (g_on, gt_seqs)):
+            for k, seq in enumerate(seqs):
+                on[k, :min(len(seq), T)] = [r is not None for r in seq[:T]]
+    # every (frame, d, g) with both masks, in the order of the iou blocks below: frame, then d, then g
+    t, r, c = np.nonzero(d_on.T[:, :, None] & g_on.T[:, None, :])
+    if t.size:
+        ious = []
+        for f in np.unique(t).tolist():
+            d_rles = [dt_seqs[k][f] for k in np.flatnonzero(d_on[:, f]).tolist()]
+            g_rles = [gt_seqs[k][f] for k in np.flatnonzero(g_on[:, f]).tolist()]
+            ious.append(_frame_iou(d_rles, g_rles, one_size))
+        iou = np.concatenate(ious)
         ab = d_a[r, t] + g_a[c, t]
         same = iou >= 0
         iou = np.maximum(iou, 0.0)
@@ -496,13 +539,30 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt
         # a pair of the same size: A + B - I instead of the A + B counted above; of different sizes: nothing
         # (A + B taken back)
         flat = r * G + c
-        inter += np.bincount(flat, weights=i_exact, minlength=D * G).astype(np.int64).reshape(D, G)
+        inter = np.bincount(flat, weights=i_exact, minlength=D * G).astype(np.int64).reshape(D, G)
         union -= np.bincount(flat, weights=np.where(same, i_exact, ab), minlength=D * G).astype(np.int64).reshape(D, G)
+    else:
+        inter = np.zeros((D, G), dtype=np.int64)
     # float sums of integers are exact, so this equals the official i / u
     out = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     if dt_groups is not None:
         out[np.asarray(dt_groups)[:, None] != np.asarray(gt_groups)[None, :]] = 0.0
     return out
+
+
+def _frame_iou(d_rles, g_rles, one_size: bool) -> np.ndarray:
+    """pycocotools' IoU of every d against every g of one frame, flattened d-major; -1 for a pair of different
+    mask sizes."""
+    if one_size:
+        return np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(g_rles)), dtype=np.float64).ravel()
+    d_sizes, g_sizes = [tuple(x["size"]) for x in d_rles], [tuple(x["size"]) for x in g_rles]
+    iou = np.full((len(d_rles), len(g_rles)), -1.0)  # -1: sizes differ, the pair merges to an empty mask
+    for size in set(d_sizes) & set(g_sizes):
+        ri = [i for i, s in enumerate(d_sizes) if s == size]
+        ci = [j for j, s in enumerate(g_sizes) if s == size]
+        block = mask_utils.iou([d_rles[i] for i in ri], [g_rles[j] for j in ci], [0] * len(ci))
+        iou[np.ix_(ri, ci)] = np.asarray(block).reshape(len(ri), len(ci))
+    return iou.ravel()
 
 
 def _greedy_match(ious, gt_ignore, gt_crowd, gt_ids, dt_ids):
@@ -536,6 +596,52 @@ def _greedy_match(ious, gt_ignore, gt_crowd, gt_ids, dt_ids):
             gtm[tind, m] = dt_ids[dind]
             matched[m] = dt_ids[dind]
     return dtm, gtm, dt_ig
+
+
+def _worker_count(workers, n_videos: int) -> int:
+    if workers is None:
+        if n_videos < 16 or sys.platform != "linux":
+            return 1
+        workers = min(len(os.sched_getaffinity(0)), 8)
+    return max(1, min(int(workers), n_videos))
+
+
+_FORKED_EVAL = None  # the YTVISEval that forked workers read; set only while its pool runs
+
+
+def _forked_ious(videos):
+    """A worker's share: its IoU matrices packed into one array (a pickle of thousands of small arrays costs more
+    than computing them)."""
+    ious = _FORKED_EVAL._ious_of_videos(videos)
+    flat = [m.ravel() for m in ious.values()]
+    return list(ious), [m.shape for m in ious.values()], np.concatenate(flat) if flat else np.zeros(0)
+
+
+def _map_videos(E, videos: list, workers: int):
+    """Yields E._ious_of_videos(chunk) over chunks of `videos`: in this process when `workers` is 1, else in
+    `workers` forked processes, which read E from the parent's memory and send back only the IoUs. Chunks are
+    contiguous runs of videos of about equal work (results + GT tracks), 4 a worker, so that progress moves and a
+    slow chunk does not hold the others up."""
+    if workers <= 1:
+        for i in range(0, len(videos), 8):
+            yield E._ious_of_videos(videos[i:i + 8])
+        return
+    cost = np.cumsum([sum(len(E._dts[vid, c]) + len(E._gts[vid, c]) for c in cats) + 1 for vid, cats in videos])
+    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, 4 * workers) / (4 * workers), side="right")
+    bounds = [0, *sorted(set(cuts.tolist()) - {0, len(videos)}), len(videos)]
+    chunks = [videos[i:j] for i, j in zip(bounds[:-1], bounds[1:])]
+    global _FORKED_EVAL
+    _FORKED_EVAL = E
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            for keys, shapes, flat in pool.map(_forked_ious, chunks):
+                ious, at = {}, 0
+                for key, (d, g) in zip(keys, shapes):
+                    ious[key] = flat[at:at + d * g].reshape(d, g)
+                    at += d * g
+                yield ious
+    finally:
+        _FORKED_EVAL = None
 
 
 class YTVISEval:
@@ -602,6 +708,11 @@ class YTVISEval:
         if _dt is None:
             _dt = self._sorted_dts(vid, cat, max_det)
         dt, scores, ids, areas = _dt
+        out = ((areas < a_rng[0]) | (areas > a_rng[1]))[None, :]
+        if not gt:  # what the general path gives without a gt: nothing matched, the out-of-range results ignored
+            T = len(IOU_THRS)
+            return {"dtScores": scores, "dtMatches": np.zeros((T, len(dt))), "gtMatches": np.zeros((T, 0)),
+                    "gtIgnore": np.array([]), "dtIgnore": np.repeat(out, T, axis=0), "dtIds": ids, "gtIds": []}
         g_ignore = [1 if (g["iscrowd"] or g["avg_area"] < a_rng[0] or g["avg_area"] > a_rng[1]) else 0
                     for g in gt]
         gt_order = np.argsort(g_ignore, kind="mergesort")
@@ -610,7 +721,6 @@ class YTVISEval:
         ious = self.ious[vid, cat][:, gt_order]
         dtm, gtm, dt_ig = _greedy_match(ious, g_ignore, [g["iscrowd"] for g in gt], [g["id"] for g in gt], ids)
         # unmatched detections outside the area range are ignored (a gt id of 0 counts as unmatched, as official)
-        out = ((areas < a_rng[0]) | (areas > a_rng[1]))[None, :]
         dt_ig = np.logical_or(dt_ig, np.logical_and(dtm == 0, out))
         return {"dtScores": scores, "dtMatches": dtm, "gtMatches": gtm,
                 "gtIgnore": g_ignore, "dtIgnore": dt_ig, "dtIds": ids, "gtIds": [g["id"] for g in gt]}
@@ -624,24 +734,29 @@ class YTVISEval:
         return (dt, [d["score"] for d in dt], [d["id"] for d in dt],
                 np.array([d["avg_area"] for d in dt], dtype=np.float64))
 
-    def evaluate(self, progress=None):
-        """IoUs for every (video, category) that has a gt or a result, then matching per area range."""
+    @_without_gc
+    def evaluate(self, progress=None, workers=None):
+        """IoUs for every (video, category) that has a gt or a result, then matching per area range.
+
+        `workers` > 1 computes the IoUs of the videos in that many forked processes (Linux; the numbers are the
+        same); None takes the CPUs this process may use, at most 8, for 16 videos or more."""
         pairs = sorted(set(self._gts) | set(self._dts))
         by_video = defaultdict(list)
         for vid, cat in pairs:
             by_video[vid].append(cat)
-        done = 0
-        for vid, cats in by_video.items():
-            for cat, ious in self.compute_video_ious(vid, cats).items():
-                self.ious[vid, cat] = ious
-            done += len(cats)
+        self.ious, self.eval_vids = {}, {}
+        for ious in _map_videos(self, list(by_video.items()), _worker_count(workers, len(by_video))):
+            self.ious.update(ious)
             if progress:
-                progress(done, len(pairs))
-        self.eval_vids = {}
+                progress(len(self.ious), len(pairs))
         for vid, cat in pairs:
             dts = self._sorted_dts(vid, cat, MAX_DETS[-1])
             for a, rng in enumerate(AREA_RNG):
                 self.eval_vids[cat, a, vid] = self.evaluate_vid(vid, cat, rng, MAX_DETS[-1], dts)
+
+    def _ious_of_videos(self, videos) -> dict:
+        """{(vid, cat): IoU matrix} for [(video id, [category ids])]."""
+        return {(vid, cat): iou for vid, cats in videos for cat, iou in self.compute_video_ious(vid, cats).items()}
 
     def accumulate(self):
         T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(self.cat_ids), len(AREA_RNG), len(MAX_DETS)
@@ -669,19 +784,20 @@ class YTVISEval:
                     tp_sum = np.cumsum(tps, axis=1).astype(float)
                     fp_sum = np.cumsum(fps, axis=1).astype(float)
                     nd = tp_sum.shape[1]
-                    for t in range(T):
-                        tp, fp = tp_sum[t], fp_sum[t]
-                        rc = tp / npig
-                        pr = tp / (fp + tp + np.spacing(1))
-                        recall[t, k, a, m] = rc[-1] if nd else 0
-                        pr = np.maximum.accumulate(pr[::-1])[::-1]  # monotone from the right
-                        idx = np.searchsorted(rc, REC_THRS, side="left")
-                        ok = idx < nd  # recall levels never reached keep precision 0
-                        q, ss = np.zeros(R), np.zeros(R)
-                        q[ok] = pr[idx[ok]]
-                        ss[ok] = scores_sorted[idx[ok]]
-                        precision[t, :, k, a, m] = q
-                        scores[t, :, k, a, m] = ss
+                    # the official per-threshold arithmetic, all thresholds at once (the same float operations)
+                    rc = tp_sum / npig
+                    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+                    recall[:, k, a, m] = rc[:, -1] if nd else 0
+                    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # monotone from the right
+                    idx = np.stack([np.searchsorted(rc[t], REC_THRS, side="left") for t in range(T)])
+                    ok = idx < nd  # recall levels never reached keep precision 0
+                    at = np.minimum(idx, max(nd - 1, 0))
+                    if nd:
+                        precision[:, :, k, a, m] = np.where(ok, np.take_along_axis(pr, at, axis=1), 0.0)
+                        scores[:, :, k, a, m] = np.where(ok, scores_sorted[at], 0.0)
+                    else:
+                        precision[:, :, k, a, m] = 0.0
+                        scores[:, :, k, a, m] = 0.0
         self.eval = {"counts": [T, R, K, A, M], "precision": precision, "recall": recall, "scores": scores}
 
     def _summarize(self, ap=1, iou_thr=None, area="all", max_dets=100):
@@ -719,8 +835,10 @@ def format_stats(stats) -> str:
     return "\n".join(lines)
 
 
-def evaluate_vis(gt, results, verbose: bool = False, progress=None):
+@_without_gc
+def evaluate_vis(gt, results, verbose: bool = False, progress=None, workers=None):
     """Load (paths or parsed JSON), evaluate, accumulate and summarize. Returns (metrics dict, YTVISEval).
+    `workers`: processes for the video IoUs, as YTVISEval.evaluate.
 
     `metrics` is the info/DESIGN.md#metrics-json dict: the 12 stats by name plus per_category {name: {id, AP}}. An empty
     results list gives AP 0 for categories with GT and -1 elsewhere (info/DESIGN.md#evaluation-inputs)."""
@@ -728,7 +846,7 @@ def evaluate_vis(gt, results, verbose: bool = False, progress=None):
         gt = load_gt(gt)
     res = load_results(results, gt)
     E = YTVISEval(gt, res)
-    E.evaluate(progress=progress)
+    E.evaluate(progress=progress, workers=workers)
     E.accumulate()
     stats = E.summarize(verbose=verbose)
     metrics = {name: float(v) for name, v in zip(STAT_NAMES, stats)}

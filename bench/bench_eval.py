@@ -5,8 +5,10 @@ a real results file is); the figure is the wall time of `evaluate_vis` from the 
 `scripts/evaluate.py --no-hota` as a process. With `--official DIR` (a folder holding the official
 youtubevos/cocoapi `ytvos.py` and `ytvoseval.py`, e.g. PythonAPI/pycocotools of a checkout; nothing is downloaded)
 the official evaluation runs beside ours in each repeat, in-process and as a process, and its 12 stats must equal
-ours to the last digit. CPU seconds are printed beside wall seconds: on a shared machine the wall time follows
-the others' load, the CPU time much less.
+ours to the last digit. Ours computes the video IoUs in one forked process per CPU (at most 8); the row
+"workers=1" is ours in this process alone, against the official code's one process. CPU seconds (forked
+processes' included) are printed beside wall seconds: on a shared machine the wall time follows the others' load,
+the CPU time much less.
 
     python bench/bench_eval.py [--official /tmp/cocoapi/PythonAPI/pycocotools] [--data /tmp/bench_eval_data]
 """
@@ -134,10 +136,13 @@ def run_official(folder: str, gt_path: str, res_path: str) -> np.ndarray:
 
 
 def timed(fn):
-    """(result, wall s, CPU s) of fn() in this process."""
-    t, c = time.perf_counter(), time.process_time()
+    """(result, wall s, CPU s) of fn() in this process, the CPU time of the processes it forked included."""
+    def cpu():
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + kids.ru_utime + kids.ru_stime
+    t, c = time.perf_counter(), cpu()
     out = fn()
-    return out, time.perf_counter() - t, time.process_time() - c
+    return out, time.perf_counter() - t, cpu() - c
 
 
 def timed_process(cmd):
@@ -195,6 +200,10 @@ def main(argv=None):
             (metrics, E), wall, cpu = timed(lambda: evaluate_vis(gt_path, res_path))
             rows.setdefault("ours: evaluate_vis, files to 12 stats (in-process)", []).append((wall, cpu))
             line = f"  run {r + 1}/{args.repeats}: ours {wall:.2f} s wall / {cpu:.2f} s CPU (AP {metrics['AP']:.3f})"
+            (m1, _), wall, cpu = timed(lambda: evaluate_vis(gt_path, res_path, workers=1))
+            rows.setdefault("ours: evaluate_vis(..., workers=1), no process forked", []).append((wall, cpu))
+            if m1 != metrics:
+                sys.exit("bench_eval: one process and several give different metrics")
             _, wall, cpu = timed_process(evaluate_py)
             rows.setdefault("ours: scripts/evaluate.py --no-hota (process)", []).append((wall, cpu))
             (_, wall, cpu) = timed(lambda: (load_results(res_path, load_gt(gt_path)), None)[1])

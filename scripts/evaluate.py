@@ -102,7 +102,12 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, metavar="DIR", help="also save an AP bar chart and PR curves here")
     ap.add_argument("--no-hota", action="store_true", help="the AP only: skip TrackEval's HOTA")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
+    ap.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="processes for the video IoUs (default: the CPUs this process may use, at most 8; 1: none "
+                         "forked). The numbers do not depend on it")
     args = ap.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers must be at least 1, got {args.workers}")
 
     t0 = time.time()
 
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
             check_writable_file(args.out, "--out")
         if args.plot:
             check_writable_dir(args.plot, "--plot")
-        metrics, E = evaluate_vis(args.gt, args.results, progress=progress)
+        metrics, E = evaluate_vis(args.gt, args.results, progress=progress, workers=args.workers)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -180,3 +180,17 @@ def test_cli_unwritable_output_is_found_before_the_evaluation(files, capsys, mon
     assert evaluate.main(["--gt", gt, "--results", results, flag, path, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(message.format(tmp=tmp)), err
+
+
+def test_workers_flag_checked_and_the_metrics_do_not_depend_on_it(files, capsys):
+    gt, results, tmp = files
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--gt", gt, "--results", results, "--workers", "0", "--quiet"])
+    assert e.value.code == 2 and "--workers must be at least 1, got 0" in capsys.readouterr().err
+    got = []
+    for n in ("1", "2"):  # 2 videos: 2 workers split them one each
+        out = str(tmp / f"metrics{n}.json")
+        assert evaluate.main(["--gt", gt, "--results", results, "--out", out, "--no-hota", "--quiet",
+                              "--workers", n]) == 0
+        got.append(json.load(open(out)))
+    assert got[0] == got[1] and got[0]["AP"] == pytest.approx(0.55, abs=1e-12)

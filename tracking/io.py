@@ -62,7 +62,7 @@ def validate_segmentation(seg, height, width, where):
 def check_compressed_totals(compressed):
     """Raise for the first of `compressed` [(where, counts bytes, (height, width))] whose run lengths are not a
     valid compressed RLE covering the frame (pycocotools would decode garbage into a wrong or empty mask). One
-    numpy pass over all of them: call it once a file."""
+    batched decoding for all of them: call it once a file."""
     if not compressed:
         return
     totals = _compressed_totals([c for _, c, _ in compressed])
