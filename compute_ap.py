@@ -184,7 +184,7 @@ def _compressed_sums_batch(strings) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_rle_totals(items: list, pending: list, where) -> None:
     """Checks that the compressed run-length strings of items[k] for k in `pending` cover their frames (runs total
-    height x width), in batches on the CPUs this process may use, and sets each one's `mask_areas` (pixels a frame, 0
+    height x width), in batches that stay in the CPU's caches, and sets each one's `mask_areas` (pixels a frame, 0
     where absent) from the same pass; raises for the first bad one, named by `where(k)` and its frame. Empties
     `pending`."""
     seqs = [items[k]["segmentations"] for k in pending]
@@ -196,19 +196,18 @@ def _check_rle_totals(items: list, pending: list, where) -> None:
     areas = np.zeros(len(flat), dtype=np.int64)
     step = RLE_BATCH
     batches = [[r["counts"] for r in present[j:j + step]] for j in range(0, len(present), step)]
-    workers = min(len(batches), len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1, 8)
-    with concurrent.futures.ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
-        sums = (pool.map if pool else map)(_compressed_sums_batch, batches)  # numpy's passes free the GIL
-        for j, (totals, got) in zip(range(0, len(present), step), sums):
-            areas[on[j:j + step]] = got
-            bad = np.flatnonzero(totals != want[j:j + step])
-            if bad.size:
-                i = int(on[j + bad[0]])
-                s = int(np.searchsorted(np.cumsum(n_frames), i, side="right"))
-                t = i - int(n_frames[:s].sum())
-                h, w = seqs[s][t]["size"]
-                raise EvalInputError(f"{where(pending[s])} frame {t}: malformed compressed RLE (runs do not cover "
-                                     f"{h}x{w} pixels)")
+    for j, (totals, got) in zip(range(0, len(present), step), map(_compressed_sums_batch, batches)):
+        areas[on[j:j + step]] = got
+        bad = np.flatnonzero(totals != want[j:j + step])
+        if bad.size:
+            i = int(on[j + bad[0]])
+            s = int(np.searchsorted(np.cumsum(n_frames), i, side="right"))
+            t = i - int(n_frames[:s].sum())
+            h, w = seqs[s][t]["size"]
+            error = EvalInputError(f"{where(pending[s])} frame {t}: malformed compressed RLE (runs do not cover "
+                                   f"{h}x{w} pixels)")
+            error.item = pending[s]
+            raise error
     bounds = np.cumsum(n_frames).tolist()
     areas = areas.tolist()
     for k, start, stop in zip(pending, [0, *bounds[:-1]], bounds):
@@ -326,10 +325,19 @@ def _avg_area(areas) -> float:
     return np.array(kept).mean() if kept else 0
 
 
+def _source_name(src, what: str) -> str:
+    """How messages name a GT or results source: its path, or <what> for a parsed object."""
+    return str(src) if isinstance(src, (str, os.PathLike)) else f"<{what}>"
+
+
 def _read_json(src, what: str):
     if isinstance(src, (str, os.PathLike)):
-        return read_json(os.fspath(src), what, EvalInputError), str(src)
-    return src, f"<{what}>"
+        return read_json(os.fspath(src), what, EvalInputError), _source_name(src, what)
+    return src, _source_name(src, what)
+
+
+def _result_where(name: str, r: dict) -> str:
+    return f"results {name}: entry {r['id'] - 1} (video_id {r['video_id']})"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,29 +426,41 @@ def load_gt(src) -> dict:
 
 
 @_without_gc
-def load_results(src, gt: dict) -> list:
+def load_results(src, gt: dict, check: bool = True) -> list:
     """Read a results list (path or list) into the evaluation form, checking every entry against `gt`.
 
     Each result keeps video_id, category_id, score (float), `segmentations` as compressed RLE or None per frame,
     `mask_areas`, `avg_area` (from RLE pixel counts) and `id` = 1-based position in the file, as the official
-    `loadRes`. Compressed and uncompressed RLE are accepted (the official accepts compressed only)."""
+    `loadRes`. Compressed and uncompressed RLE are accepted (the official accepts compressed only).
+
+    `check=False` leaves the run-length check of the compressed strings, and with it `mask_areas` and `avg_area`
+    (None until then), to `YTVISEval.evaluate`, which does it video by video beside the IoUs, in parallel; the
+    first malformed string is reported all the same. A malformed entry is reported here either way."""
     data, name = _read_json(src, "results")
     if not isinstance(data, list):
         raise EvalInputError(f"results {name}: want a list of results, got {type(data).__name__}")
     out, pending = [], []  # pending: entries whose run-length totals are not checked yet
 
     def check_pending():
-        _check_rle_totals(out, pending, lambda k: f"results {name}: entry {k} (video_id {out[k]['video_id']})")
+        _check_rle_totals(out, pending, lambda k: _result_where(name, out[k]))
 
     try:
         _load_result_entries(data, gt, name, out, pending)
     except EvalInputError:
         check_pending()  # a malformed string in an earlier entry is reported first, as entry by entry
         raise
+    if not check:
+        for r in out:
+            r["mask_areas"] = r["avg_area"] = None
+        return out
     check_pending()
-    for r in out:
-        r["avg_area"] = _avg_area([a if s else None for a, s in zip(r["mask_areas"], r["segmentations"])])
+    _set_avg_areas(out)
     return out
+
+
+def _set_avg_areas(results) -> None:
+    for r in results:
+        r["avg_area"] = _avg_area([a if s else None for a, s in zip(r["mask_areas"], r["segmentations"])])
 
 
 def _load_result_entries(data, gt, name, out, pending):
@@ -526,12 +546,15 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt
     # every (frame, d, g) with both masks, in the order of the iou blocks below: frame, then d, then g
     t, r, c = np.nonzero(d_on.T[:, :, None] & g_on.T[:, None, :])
     if t.size:
-        ious = []
-        for f in np.unique(t).tolist():
-            d_rles = [dt_seqs[k][f] for k in np.flatnonzero(d_on[:, f]).tolist()]
-            g_rles = [gt_seqs[k][f] for k in np.flatnonzero(g_on[:, f]).tolist()]
-            ious.append(_frame_iou(d_rles, g_rles, one_size))
-        iou = np.concatenate(ious)
+        if one_size:
+            iou = _stacked_frames_iou(dt_seqs, gt_seqs, d_on, g_on, t, r, c)
+        else:
+            ious = []
+            for f in np.unique(t).tolist():
+                d_rles = [dt_seqs[k][f] for k in np.flatnonzero(d_on[:, f]).tolist()]
+                g_rles = [gt_seqs[k][f] for k in np.flatnonzero(g_on[:, f]).tolist()]
+                ious.append(_frame_iou(d_rles, g_rles))
+            iou = np.concatenate(ious)
         ab = d_a[r, t] + g_a[c, t]
         same = iou >= 0
         iou = np.maximum(iou, 0.0)
@@ -550,11 +573,45 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt
     return out
 
 
-def _frame_iou(d_rles, g_rles, one_size: bool) -> np.ndarray:
+STACK_PAIRS = 1 << 18  # (result, GT) mask pairs of one pycocotools call in _stacked_frames_iou: 2 MiB of IoUs
+
+
+def _stacked_frames_iou(dt_seqs, gt_seqs, d_on, g_on, t, r, c) -> np.ndarray:
+    """pycocotools' IoU of masks dt_seqs[r][t] and gt_seqs[c][t] for each triple, all masks of one size, from a few
+    calls over many frames at once. Frame f's masks go in labelled width + f: pycocotools compares the sizes of a
+    pair before merging its runs and gives -1 for different ones, so a pair of two frames costs only its bounding
+    box test, while the bounding boxes and run lengths, which never read the width, are unchanged. One call a
+    frame cost more in Python than pycocotools spent in C."""
+    frames = np.unique(t)
+    dm, gm = d_on[:, frames].T, g_on[:, frames].T  # [frames with a pair, D], [.., G]
+    d_row = np.cumsum(dm.ravel()).reshape(dm.shape) - 1  # the place of (frame, d) in the frame-major stack
+    g_col = np.cumsum(gm.ravel()).reshape(gm.shape) - 1
+    at = np.searchsorted(frames, t)
+    rows, cols = d_row[at, r], g_col[at, c]
+    n_d, n_g = dm.sum(1), gm.sum(1)
+    d_start, g_start = np.cumsum(n_d) - n_d, np.cumsum(n_g) - n_g  # a frame's first row and column
+    h, w = next(x for seq in dt_seqs for x in seq if x is not None)["size"]
+    out = np.empty(t.size)
+    j0 = 0
+    while j0 < frames.size:
+        j1, nd, ng = j0 + 1, int(n_d[j0]), int(n_g[j0])
+        while j1 < frames.size and (nd + n_d[j1]) * (ng + n_g[j1]) <= STACK_PAIRS:
+            nd, ng, j1 = nd + int(n_d[j1]), ng + int(n_g[j1]), j1 + 1
+        d_rles, g_rles = [], []
+        for j in range(j0, j1):
+            f = int(frames[j])
+            d_rles += [{"size": [h, w + f], "counts": dt_seqs[k][f]["counts"]} for k in np.flatnonzero(dm[j]).tolist()]
+            g_rles += [{"size": [h, w + f], "counts": gt_seqs[k][f]["counts"]} for k in np.flatnonzero(gm[j]).tolist()]
+        block = np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(g_rles)), dtype=np.float64).reshape(nd, ng)
+        sel = (at >= j0) & (at < j1)
+        out[sel] = block[rows[sel] - d_start[j0], cols[sel] - g_start[j0]]
+        j0 = j1
+    return out
+
+
+def _frame_iou(d_rles, g_rles) -> np.ndarray:
     """pycocotools' IoU of every d against every g of one frame, flattened d-major; -1 for a pair of different
     mask sizes."""
-    if one_size:
-        return np.asarray(mask_utils.iou(d_rles, g_rles, [0] * len(g_rles)), dtype=np.float64).ravel()
     d_sizes, g_sizes = [tuple(x["size"]) for x in d_rles], [tuple(x["size"]) for x in g_rles]
     iou = np.full((len(d_rles), len(g_rles)), -1.0)  # -1: sizes differ, the pair merges to an empty mask
     for size in set(d_sizes) & set(g_sizes):
@@ -609,37 +666,57 @@ def _worker_count(workers, n_videos: int) -> int:
 _FORKED_EVAL = None  # the YTVISEval that forked workers read; set only while its pool runs
 
 
-def _forked_ious(videos):
-    """A worker's share: its IoU matrices packed into one array (a pickle of thousands of small arrays costs more
-    than computing them)."""
-    ious = _FORKED_EVAL._ious_of_videos(videos)
+def _forked_share(videos):
+    """A forked worker's E._evaluate_share(videos), its IoU matrices packed into one array (a pickle of thousands
+    of small arrays costs more than computing them)."""
+    E = _FORKED_EVAL
+    share = E._evaluate_share(videos)
+    checked = sorted((r for vid, _ in videos for r in E._unchecked.get(vid, ())), key=lambda r: r["id"])
+    if checked and not share["bad"]:  # the pixel counts this process found, for the parent's results
+        share["areas"] = ([r["id"] for r in checked], [len(r["mask_areas"]) for r in checked],
+                          np.array([a for r in checked for a in r["mask_areas"]], dtype=np.int64))
+    ious = share.pop("ious")
     flat = [m.ravel() for m in ious.values()]
-    return list(ious), [m.shape for m in ious.values()], np.concatenate(flat) if flat else np.zeros(0)
+    share["packed"] = list(ious), [m.shape for m in ious.values()], np.concatenate(flat) if flat else np.zeros(0)
+    return share
+
+
+def _unpack_share(share: dict) -> dict:
+    keys, shapes, flat = share.pop("packed")
+    share["ious"], at = {}, 0
+    for key, (d, g) in zip(keys, shapes):
+        share["ious"][key] = flat[at:at + d * g].reshape(d, g)
+        at += d * g
+    return share
 
 
 def _map_videos(E, videos: list, workers: int):
-    """Yields E._ious_of_videos(chunk) over chunks of `videos`: in this process when `workers` is 1, else in
-    `workers` forked processes, which read E from the parent's memory and send back only the IoUs. Chunks are
-    contiguous runs of videos of about equal work (results + GT tracks), 4 a worker, so that progress moves and a
-    slow chunk does not hold the others up."""
+    """Yields E._evaluate_share(chunk) for chunks of `videos`, in any order. With `workers` > 1, `workers` - 1
+    forked processes take chunks from the front while this process takes them from the back, so that the caller's
+    matching of a finished chunk overlaps the work still being done; the forked ones read E from the parent's
+    memory and send back only the IoUs and pixel counts. Chunks are contiguous runs of videos of about equal work
+    (results + GT tracks), 8 a worker, so that progress moves and the last chunk is short."""
     if workers <= 1:
         for i in range(0, len(videos), 8):
-            yield E._ious_of_videos(videos[i:i + 8])
+            yield E._evaluate_share(videos[i:i + 8])
         return
-    cost = np.cumsum([sum(len(E._dts[vid, c]) + len(E._gts[vid, c]) for c in cats) + 1 for vid, cats in videos])
-    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, 4 * workers) / (4 * workers), side="right")
+    cost = np.cumsum([sum(len(E._dts[vid, c]) + len(E._gts[vid, c]) for c in cats) + len(E._unchecked[vid]) + 1
+                      for vid, cats in videos])
+    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, 8 * workers) / (8 * workers), side="right")
     bounds = [0, *sorted(set(cuts.tolist()) - {0, len(videos)}), len(videos)]
     chunks = [videos[i:j] for i, j in zip(bounds[:-1], bounds[1:])]
     global _FORKED_EVAL
     _FORKED_EVAL = E
     try:
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            for keys, shapes, flat in pool.map(_forked_ious, chunks):
-                ious, at = {}, 0
-                for key, (d, g) in zip(keys, shapes):
-                    ious[key] = flat[at:at + d * g].reshape(d, g)
-                    at += d * g
-                yield ious
+        with concurrent.futures.ProcessPoolExecutor(workers - 1,
+                                                    mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_forked_share, chunk) for chunk in chunks]
+            for chunk, future in zip(reversed(chunks), reversed(futures)):
+                if not future.cancel():  # a forked process has it: the rest of the front is theirs too
+                    break
+                yield E._evaluate_share(chunk)
+            for future in concurrent.futures.as_completed([f for f in futures if not f.cancelled()]):
+                yield _unpack_share(future.result())
     finally:
         _FORKED_EVAL = None
 
@@ -651,8 +728,8 @@ class YTVISEval:
     (category, area) has no non-ignored GT; `summarize()` fills `stats` (12 values, official order) and
     `per_category` ({category id: AP@[.5:.95], area all, maxDets 100})."""
 
-    def __init__(self, gt: dict, results: list):
-        self.gt, self.results = gt, results
+    def __init__(self, gt: dict, results: list, results_name: str = "<results>"):
+        self.gt, self.results, self.results_name = gt, results, results_name
         self.vid_ids = sorted(gt["videos"])
         self.cat_ids = sorted(c["id"] for c in gt["categories"])
         cat_set = set(self.cat_ids)
@@ -672,6 +749,11 @@ class YTVISEval:
         for d in results:
             if d["category_id"] in cat_set:
                 self._dts[d["video_id"], d["category_id"]].append(d)
+        # results from load_results(check=False), by video in file order: evaluate() checks them
+        self._unchecked = defaultdict(list)
+        for r in results:
+            if r["mask_areas"] is None:
+                self._unchecked[r["video_id"]].append(r)
         self.ious, self.eval_vids, self.eval, self.stats, self.per_category = {}, {}, {}, [], {}
 
     def _top_dts(self, vid, cat):
@@ -738,47 +820,86 @@ class YTVISEval:
     def evaluate(self, progress=None, workers=None):
         """IoUs for every (video, category) that has a gt or a result, then matching per area range.
 
-        `workers` > 1 computes the IoUs of the videos in that many forked processes (Linux; the numbers are the
-        same); None takes the CPUs this process may use, at most 8, for 16 videos or more."""
+        `workers` > 1 computes the IoUs of the videos in this process and `workers` - 1 forked ones (Linux; the
+        numbers are the same); None takes the CPUs this process may use, at most 8, for 16 videos or more."""
         pairs = sorted(set(self._gts) | set(self._dts))
         by_video = defaultdict(list)
         for vid, cat in pairs:
             by_video[vid].append(cat)
+        for vid in self._unchecked:  # a video whose results all name categories outside the GT: checked only
+            by_video.setdefault(vid, [])
         self.ious, self.eval_vids = {}, {}
-        for ious in _map_videos(self, list(by_video.items()), _worker_count(workers, len(by_video))):
-            self.ious.update(ious)
+        by_id = {r["id"]: r for r in self.results} if self._unchecked else {}
+        bad = []
+        for share in _map_videos(self, list(by_video.items()), _worker_count(workers, len(by_video))):
+            if share["bad"]:
+                bad.append(share["bad"])
+                continue
+            if "areas" in share:  # checked in a forked process: the pixel counts it found
+                ids, n_frames, areas = share["areas"]
+                for i, n, start in zip(ids, n_frames, np.cumsum(n_frames) - n_frames):
+                    by_id[i]["mask_areas"] = areas[start:start + n].tolist()
+                _set_avg_areas([by_id[i] for i in ids])
+            self.ious.update(share["ious"])
+            for vid, cat in share["ious"]:
+                dts = self._sorted_dts(vid, cat, MAX_DETS[-1])
+                for a, rng in enumerate(AREA_RNG):
+                    self.eval_vids[cat, a, vid] = self.evaluate_vid(vid, cat, rng, MAX_DETS[-1], dts)
             if progress:
                 progress(len(self.ious), len(pairs))
-        for vid, cat in pairs:
-            dts = self._sorted_dts(vid, cat, MAX_DETS[-1])
-            for a, rng in enumerate(AREA_RNG):
-                self.eval_vids[cat, a, vid] = self.evaluate_vid(vid, cat, rng, MAX_DETS[-1], dts)
+        if bad:  # the first malformed string of the file, as load_results would have named it
+            raise EvalInputError(min(bad)[1])
+        self._unchecked.clear()
 
-    def _ious_of_videos(self, videos) -> dict:
-        """{(vid, cat): IoU matrix} for [(video id, [category ids])]."""
-        return {(vid, cat): iou for vid, cats in videos for cat, iou in self.compute_video_ious(vid, cats).items()}
+    def _evaluate_share(self, videos) -> dict:
+        """The work of evaluate() on [(video id, [category ids])] that can run in a forked process: the run-length
+        check of the videos' results that load_results(check=False) left, then the IoUs. Returns {"ious": {(vid,
+        cat): IoU matrix}, "bad": None or (result id, message) for the first malformed string, when no IoU is
+        computed}."""
+        todo = sorted((r for vid, _ in videos for r in self._unchecked.get(vid, ())), key=lambda r: r["id"])
+        share = {"ious": {}, "bad": None}
+        if todo:
+            try:
+                _check_rle_totals(todo, list(range(len(todo))), lambda k: _result_where(self.results_name, todo[k]))
+            except EvalInputError as e:
+                share["bad"] = (todo[e.item]["id"], str(e))
+                return share
+            _set_avg_areas(todo)
+        share["ious"] = {(vid, cat): iou for vid, cats in videos if cats
+                         for cat, iou in self.compute_video_ious(vid, cats).items()}
+        return share
 
     def accumulate(self):
         T, R, K, A, M = len(IOU_THRS), len(REC_THRS), len(self.cat_ids), len(AREA_RNG), len(MAX_DETS)
         precision = -np.ones((T, R, K, A, M))
         recall = -np.ones((T, K, A, M))
         scores = -np.ones((T, R, K, A, M))
+        by_cat_area = defaultdict(list)
+        for (cat, a, vid), e in self.eval_vids.items():
+            if e is not None:
+                by_cat_area[cat, a].append((vid, e))
         for k, cat in enumerate(self.cat_ids):
             for a in range(A):
-                E = [self.eval_vids.get((cat, a, vid)) for vid in self.vid_ids]
-                E = [e for e in E if e is not None]
+                E = [e for _, e in sorted(by_cat_area.get((cat, a), ()), key=lambda item: item[0])]  # by video id
                 if not E:
                     continue
                 gt_ig = np.concatenate([e["gtIgnore"] for e in E])
                 npig = np.count_nonzero(gt_ig == 0)
                 if npig == 0:
                     continue
+                # every video's results joined once; "the first max_det of each video" is then a rank mask
+                n_dt = np.array([len(e["dtScores"]) for e in E])
+                rank = np.arange(n_dt.sum()) - np.repeat(np.cumsum(n_dt) - n_dt, n_dt)
+                all_scores = np.concatenate([np.asarray(e["dtScores"], dtype=np.float64) for e in E])
+                all_dtm = np.concatenate([e["dtMatches"] for e in E], axis=1)
+                all_dt_ig = np.concatenate([e["dtIgnore"] for e in E], axis=1)
                 for m, max_det in enumerate(MAX_DETS):
-                    dt_scores = np.concatenate([e["dtScores"][0:max_det] for e in E])
+                    keep = rank < max_det
+                    dt_scores = all_scores[keep]
                     inds = np.argsort(-dt_scores, kind="mergesort")
                     scores_sorted = dt_scores[inds]
-                    dtm = np.concatenate([e["dtMatches"][:, 0:max_det] for e in E], axis=1)[:, inds]
-                    dt_ig = np.concatenate([e["dtIgnore"][:, 0:max_det] for e in E], axis=1)[:, inds]
+                    dtm = all_dtm[:, keep][:, inds]
+                    dt_ig = all_dt_ig[:, keep][:, inds]
                     tps = np.logical_and(dtm, np.logical_not(dt_ig))
                     fps = np.logical_and(np.logical_not(dtm), np.logical_not(dt_ig))
                     tp_sum = np.cumsum(tps, axis=1).astype(float)
@@ -844,8 +965,8 @@ def evaluate_vis(gt, results, verbose: bool = False, progress=None, workers=None
     results list gives AP 0 for categories with GT and -1 elsewhere (info/DESIGN.md#evaluation-inputs)."""
     if not (isinstance(gt, dict) and isinstance(gt.get("videos"), dict)):  # not yet through load_gt
         gt = load_gt(gt)
-    res = load_results(results, gt)
-    E = YTVISEval(gt, res)
+    res = load_results(results, gt, check=False)  # the strings are checked by E.evaluate, beside the IoUs
+    E = YTVISEval(gt, res, _source_name(results, "results"))
     E.evaluate(progress=progress, workers=workers)
     E.accumulate()
     stats = E.summarize(verbose=verbose)

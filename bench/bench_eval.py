@@ -4,11 +4,12 @@ GT and results are synthetic (random ellipses and rectangles, written as compres
 a real results file is); the figure is the wall time of `evaluate_vis` from the two files to the 12 stats, and of
 `scripts/evaluate.py --no-hota` as a process. With `--official DIR` (a folder holding the official
 youtubevos/cocoapi `ytvos.py` and `ytvoseval.py`, e.g. PythonAPI/pycocotools of a checkout; nothing is downloaded)
-the official evaluation runs beside ours in each repeat, in-process and as a process, and its 12 stats must equal
-ours to the last digit. Ours computes the video IoUs in one forked process per CPU (at most 8); the row
-"workers=1" is ours in this process alone, against the official code's one process. CPU seconds (forked
-processes' included) are printed beside wall seconds: on a shared machine the wall time follows the others' load,
-the CPU time much less.
+the official evaluation runs beside ours in each repeat, right after ours in the same mode, in-process and as a
+process; its 12 stats (and in-process its precision and recall arrays) must equal ours to the last digit, and
+the ratio of each pair's wall times is printed (a shared machine's speed drifts within minutes: the pairs, seconds
+apart, drift less). Ours checks the RLE strings and computes the video IoUs in this process and one forked
+process per further CPU (at most 8 in all); the row "workers=1" is ours in this process alone, against the
+official code's one process. CPU seconds (forked processes' included) are printed beside wall seconds.
 
     python bench/bench_eval.py [--official /tmp/cocoapi/PythonAPI/pycocotools] [--data /tmp/bench_eval_data]
 """
@@ -122,8 +123,9 @@ def modern_numpy_shims():
         del np.float
 
 
-def run_official(folder: str, gt_path: str, res_path: str) -> np.ndarray:
-    """The official evaluation from the two files to the 12 stats (its progress prints swallowed)."""
+def run_official(folder: str, gt_path: str, res_path: str, arrays: bool = False):
+    """The official evaluation from the two files to the 12 stats (its progress prints swallowed); with `arrays`,
+    (stats, precision, recall)."""
     ytvos, ytvoseval = import_official(folder)
     with modern_numpy_shims(), contextlib.redirect_stdout(io.StringIO()):
         gt = ytvos.YTVOS(gt_path)
@@ -132,6 +134,8 @@ def run_official(folder: str, gt_path: str, res_path: str) -> np.ndarray:
         E.evaluate()
         E.accumulate()
         E.summarize()
+    if arrays:
+        return np.asarray(E.stats), np.asarray(E.eval["precision"]), np.asarray(E.eval["recall"])
     return np.asarray(E.stats)
 
 
@@ -196,32 +200,37 @@ def main(argv=None):
         rows = {}
         evaluate_py = [sys.executable, os.path.join(ROOT, "scripts", "evaluate.py"), "--gt", gt_path,
                        "--results", res_path, "--no-hota", "--quiet"]
-        for r in range(args.repeats):
+        for r in range(args.repeats):  # each of ours right before the official's same kind of run
             (metrics, E), wall, cpu = timed(lambda: evaluate_vis(gt_path, res_path))
+            ours, ours_arrays = E.stats.copy(), (E.eval["precision"].copy(), E.eval["recall"].copy())
+            del E  # nothing of ours stays alive to slow the next runs' garbage collections
             rows.setdefault("ours: evaluate_vis, files to 12 stats (in-process)", []).append((wall, cpu))
             line = f"  run {r + 1}/{args.repeats}: ours {wall:.2f} s wall / {cpu:.2f} s CPU (AP {metrics['AP']:.3f})"
+            if args.official:
+                (stats, *arrays), wall, cpu = timed(lambda: run_official(args.official, gt_path, res_path, True))
+                rows.setdefault("official: YTVOS, loadRes, evaluate/accumulate/summarize (in-process)",
+                                []).append((wall, cpu))
+                same = np.array_equal(stats, ours) and all(map(np.array_equal, arrays, ours_arrays))
+                line += (f"; official {wall:.2f} s wall / {cpu:.2f} s CPU, 12 stats and the precision and recall "
+                         f"arrays identical: {same}")
+                if not same:
+                    sys.exit(f"bench_eval: the stats differ:\n ours     {ours.tolist()}\n official "
+                             f"{stats.tolist()}")
+            _, wall, cpu = timed_process(evaluate_py)
+            rows.setdefault("ours: scripts/evaluate.py --no-hota (process)", []).append((wall, cpu))
+            if args.official:
+                out, wall, cpu = timed_process([sys.executable, os.path.abspath(__file__), "--official-once",
+                                                args.official, gt_path, res_path])
+                rows.setdefault("official: the same as a process", []).append((wall, cpu))
+                if json.loads(out.strip().splitlines()[-1]) != ours.tolist():
+                    sys.exit("bench_eval: the official process's stats differ from ours")
             (m1, _), wall, cpu = timed(lambda: evaluate_vis(gt_path, res_path, workers=1))
             rows.setdefault("ours: evaluate_vis(..., workers=1), no process forked", []).append((wall, cpu))
             if m1 != metrics:
                 sys.exit("bench_eval: one process and several give different metrics")
-            _, wall, cpu = timed_process(evaluate_py)
-            rows.setdefault("ours: scripts/evaluate.py --no-hota (process)", []).append((wall, cpu))
+            del m1, _
             (_, wall, cpu) = timed(lambda: (load_results(res_path, load_gt(gt_path)), None)[1])
             rows.setdefault("ours: load + validate GT and results", []).append((wall, cpu))
-            if args.official:
-                stats, wall, cpu = timed(lambda: run_official(args.official, gt_path, res_path))
-                rows.setdefault("official: YTVOS, loadRes, evaluate/accumulate/summarize (in-process)",
-                                []).append((wall, cpu))
-                same = np.array_equal(stats, E.stats)
-                line += f"; official {wall:.2f} s wall / {cpu:.2f} s CPU, 12 stats identical: {same}"
-                if not same:
-                    sys.exit(f"bench_eval: the stats differ:\n ours     {E.stats.tolist()}\n official "
-                             f"{stats.tolist()}")
-                out, wall, cpu = timed_process([sys.executable, os.path.abspath(__file__), "--official-once",
-                                                args.official, gt_path, res_path])
-                rows.setdefault("official: the same as a process", []).append((wall, cpu))
-                if json.loads(out.strip().splitlines()[-1]) != E.stats.tolist():
-                    sys.exit("bench_eval: the official process's stats differ from ours")
             print(line, flush=True)
     print()
     print(f"load average {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} CPUs")
@@ -231,6 +240,15 @@ def main(argv=None):
         walls, cpus = [x[0] for x in xs], [x[1] for x in xs]
         print(f"| {name} | {statistics.median(walls):.2f} | {min(walls):.2f} | {statistics.median(cpus):.2f} | "
               f"{min(cpus):.2f} |")
+    if args.official:  # each repeat's pair ran seconds apart: their ratio follows the machine's drift less
+        print()
+        for mode, ours_row, official_row in (
+                ("in-process", "ours: evaluate_vis, files to 12 stats (in-process)",
+                 "official: YTVOS, loadRes, evaluate/accumulate/summarize (in-process)"),
+                ("as a process", "ours: scripts/evaluate.py --no-hota (process)", "official: the same as a process")):
+            ratios = [o[0] / u[0] for u, o in zip(rows[ours_row], rows[official_row])]
+            print(f"official / ours wall time {mode}, each repeat: {' '.join(f'{x:.2f}' for x in ratios)} "
+                  f"(median {statistics.median(ratios):.2f})")
 
 
 if __name__ == "__main__":

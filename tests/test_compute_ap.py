@@ -367,6 +367,32 @@ def test_the_first_malformed_string_in_file_order_is_reported_across_batches():
         C.load_results(results, gt)
 
 
+def test_evaluate_vis_checks_the_strings_beside_the_ious_with_the_same_errors_and_areas():
+    """evaluate_vis leaves the run-length check to YTVISEval.evaluate, video by video in the IoU workers: the
+    first malformed string of the file is named as load_results names it (whichever worker meets it first, also
+    in a result of a category outside the GT), and the pixel counts are load_results' own."""
+    from bench_eval import make_data
+    gt, results = make_data(videos=24, frames=3, h=240, w=320, per_video=4, n_cats=3, seed=2)
+    g = C.load_gt(gt)
+    want = C.load_results(results, g)
+    for workers in (1, 2):
+        _, E = C.evaluate_vis(gt, results, workers=workers)
+        assert [(r["mask_areas"], r["avg_area"]) for r in E.results] == [(r["mask_areas"], r["avg_area"])
+                                                                          for r in want]
+    cut = lambda seg: {"size": seg["size"], "counts": seg["counts"][:-3]}  # noqa: E731
+    broken = [dict(r, segmentations=list(r["segmentations"])) for r in results]
+    broken[70]["segmentations"][1] = cut(broken[70]["segmentations"][1])  # video 18
+    broken[41]["segmentations"][2] = cut(broken[41]["segmentations"][2])  # video 11, the first in the file
+    broken[41]["category_id"] = 99  # a category the GT does not list: dropped from the AP, checked all the same
+    with pytest.raises(C.EvalInputError) as first:
+        C.load_results(broken, g)
+    assert "entry 41 (video_id 11) frame 2: malformed compressed RLE" in str(first.value)
+    for workers in (1, 2):
+        with pytest.raises(C.EvalInputError) as got:
+            C.evaluate_vis(gt, broken, workers=workers)
+        assert str(got.value) == str(first.value)
+
+
 def test_loading_pauses_the_garbage_collector_and_restores_it():
     import gc
     gt = gt_json({1: 1}, [(1, 1, [A], None, 0)])
