@@ -83,10 +83,15 @@ _SIGNED5 = np.array([i - 32 if i & 16 else i for i in range(32)] + [0] * 224, dt
 
 def _compressed_totals(strings) -> np.ndarray:
     """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed
-    (a character outside the alphabet, a string stopping inside a value, a run length < 0 or >= 2**32)."""
+    (a character outside the alphabet, a string stopping inside a value, a value of more than MAX_CHUNKS
+    characters, a run length < 0 or >= 2**32)."""
     return _compressed_sums(strings)[0]
 
 
+# Chunks of a compressed RLE value at most: 30 bits with the sign, any count of a frame under 2**29 pixels.
+# pycocotools' decoder (rleFrString) shifts a C int by 30 and 35 for a 7th chunk and reads another number than
+# the one written, so such a string is malformed here: the check and pycocotools then read every string alike.
+MAX_CHUNKS = 6
 RLE_BATCH = 512  # strings decoded together: ~200 kB of text, whose int64 passes stay within a core's L2 cache
 
 
@@ -136,11 +141,11 @@ def _compressed_sums_batch(strings) -> tuple[np.ndarray, np.ndarray]:
         end_char = np.flatnonzero(ends & after_cont)
         k = np.ones(long_vals.size, dtype=np.int64)  # chunks of each long value
         active = np.ones(long_vals.size, dtype=bool)
-        for i in range(1, 8):
+        for i in range(1, MAX_CHUNKS + 1):
             # the string's own last character is an end: a value never runs over into the previous string
             active &= (end_char - i >= 0) & ~ends[np.maximum(end_char - i, 0)]
             k += active
-        bad[np.searchsorted(bounds, end_char[active], side="right")] = True  # > 35 bits: no valid count
+        bad[np.searchsorted(bounds, end_char[active], side="right")] = True  # longer than MAX_CHUNKS
         first_char = end_char - k + 1
         xl = (c[first_char] & 0x1f).astype(np.int64)
         for i in range(1, int(k.max())):
@@ -256,7 +261,7 @@ def _decode_compressed(strings):
     x = (v[start_pos] & 0x1f).astype(np.int64)
     long_vals = np.flatnonzero(chunks > 1)  # most counts fit one chunk; only the others need more passes
     if long_vals.size:
-        bad[val_sid[long_vals[chunks[long_vals] > 7]]] = True  # > 35 bits: no valid uint32 count needs that
+        bad[val_sid[long_vals[chunks[long_vals] > MAX_CHUNKS]]] = True
         for i in range(1, int(min(chunks.max(), 7))):
             sel = long_vals[chunks[long_vals] > i]
             x[sel] |= (v[start_pos[sel] + i] & 0x1f).astype(np.int64) << (5 * i)
@@ -656,6 +661,8 @@ def _greedy_match(ious, gt_ignore, gt_crowd, gt_ids, dt_ids):
 
 
 def _worker_count(workers, n_videos: int) -> int:
+    if multiprocessing.current_process().daemon:  # a daemonic process (a multiprocessing.Pool's) may not fork
+        return 1
     if workers is None:
         if n_videos < 16 or sys.platform != "linux":
             return 1
@@ -663,7 +670,12 @@ def _worker_count(workers, n_videos: int) -> int:
     return max(1, min(int(workers), n_videos))
 
 
-_FORKED_EVAL = None  # the YTVISEval that forked workers read; set only while its pool runs
+_FORKED_EVAL = None  # in a forked worker only: the parent's YTVISEval, set by _init_forked
+
+
+def _init_forked(E) -> None:
+    global _FORKED_EVAL
+    _FORKED_EVAL = E
 
 
 def _forked_share(videos):
@@ -705,20 +717,20 @@ def _map_videos(E, videos: list, workers: int):
     cuts = np.searchsorted(cost, cost[-1] * np.arange(1, 8 * workers) / (8 * workers), side="right")
     bounds = [0, *sorted(set(cuts.tolist()) - {0, len(videos)}), len(videos)]
     chunks = [videos[i:j] for i, j in zip(bounds[:-1], bounds[1:])]
-    global _FORKED_EVAL
-    _FORKED_EVAL = E
-    try:
-        with concurrent.futures.ProcessPoolExecutor(workers - 1,
-                                                    mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_forked_share, chunk) for chunk in chunks]
+    # E reaches the forked processes as the initializer's argument, which a fork passes in memory, not pickled
+    with concurrent.futures.ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork"),
+                                                initializer=_init_forked, initargs=(E,)) as pool:
+        futures = [pool.submit(_forked_share, chunk) for chunk in chunks]
+        try:
             for chunk, future in zip(reversed(chunks), reversed(futures)):
                 if not future.cancel():  # a forked process has it: the rest of the front is theirs too
                     break
                 yield E._evaluate_share(chunk)
             for future in concurrent.futures.as_completed([f for f in futures if not f.cancelled()]):
                 yield _unpack_share(future.result())
-    finally:
-        _FORKED_EVAL = None
+        finally:  # on an error (or a caller that stops early) the chunks not yet started are dropped
+            for future in futures:
+                future.cancel()
 
 
 class YTVISEval:

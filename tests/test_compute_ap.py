@@ -314,6 +314,33 @@ def test_compressed_rle_totals_batched():
     assert list(C._compressed_totals([b"", strings[0]])) == [0, 600]
 
 
+def test_a_value_pycocotools_would_misread_is_malformed():
+    """A run length written in 7 chunks (a valid but non-minimal encoding) is read by pycocotools' C decoder with
+    an int shifted by 35 bits, so as another number; the check rejects it rather than let its pixel count (or an
+    IoU loop over runs that do not cover the frame) differ. Written in 6 chunks, the same counts agree."""
+    def encode(counts, widths):
+        out, prev = [], []
+        for i, (n, k) in enumerate(zip(counts, widths)):
+            x = n - prev[i - 2] if i > 2 else n
+            for j in range(k):
+                c = (x >> (5 * j)) & 0x1F
+                out.append(chr(48 + (c | (0x20 if j < k - 1 else 0))))
+            prev.append(n)
+        return "".join(out).encode()
+    counts = [100, 10000, 100, 6380, 23420]  # 40000 pixels: a 200x200 frame, 16380 of them on
+    six, seven = encode(counts, [2, 3, 2, 6, 4]), encode(counts, [2, 3, 2, 7, 4])
+    assert C._compressed_sums([six])[0][0] == 40000 and C._compressed_sums([six])[1][0] == 16380
+    assert mask_utils.area({"size": [200, 200], "counts": six}) == 16380
+    assert mask_utils.area({"size": [200, 200], "counts": seven}) != 16380  # pycocotools misreads it
+    assert C._compressed_totals([seven])[0] == -1 and C._decode_compressed([seven])[0][0] == -1
+    gt = C.load_gt({"videos": [{"id": 1, "height": 200, "width": 200}], "categories": [{"id": 1}],
+                    "annotations": [{"id": 1, "video_id": 1, "category_id": 1,
+                                     "segmentations": [{"size": [200, 200], "counts": six.decode()}]}]})
+    with pytest.raises(C.EvalInputError, match=r"entry 0 \(video_id 1\) frame 0: malformed compressed RLE"):
+        C.load_results([{"video_id": 1, "category_id": 1, "score": .5,
+                         "segmentations": [{"size": [200, 200], "counts": seven.decode()}]}], gt)
+
+
 def test_compressed_totals_agree_with_the_plain_decoder_on_damaged_strings():
     """The per-parity-sum totals against the decoder that writes out every run length (compressed_counts' one):
     the same total, or -1, for strings damaged at random (changed, dropped and inserted characters)."""
@@ -391,6 +418,22 @@ def test_evaluate_vis_checks_the_strings_beside_the_ious_with_the_same_errors_an
         with pytest.raises(C.EvalInputError) as got:
             C.evaluate_vis(gt, broken, workers=workers)
         assert str(got.value) == str(first.value)
+
+
+def _ap_in_a_pool_worker(data):
+    return C.evaluate_vis(*data)[0]["AP"]
+
+
+def test_evaluate_vis_in_a_daemonic_pool_worker_keeps_to_one_process():
+    """A multiprocessing.Pool worker may not start processes: there the default (16 videos or more: fork) falls
+    back to one process instead of failing."""
+    import multiprocessing
+
+    from bench_eval import make_data
+    data = make_data(videos=17, frames=2, h=240, w=320, per_video=3, n_cats=3, seed=0)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.map(_ap_in_a_pool_worker, [data])[0]
+    assert got == C.evaluate_vis(*data, workers=1)[0]["AP"] > 0
 
 
 def test_loading_pauses_the_garbage_collector_and_restores_it():
