@@ -78,9 +78,6 @@ def _plain_rle(seg):
     return {"size": [size[0], size[1]], "counts": counts.encode("ascii")}
 
 
-_SIGNED5 = np.array([i - 32 if i & 16 else i for i in range(32)] + [0] * 224, dtype=np.int64)
-
-
 def _compressed_totals(strings) -> np.ndarray:
     """Sum of the run lengths in each compressed RLE string (pycocotools rleFrString), -1 where malformed
     (a character outside the alphabet, a string stopping inside a value, a value of more than MAX_CHUNKS
@@ -113,7 +110,7 @@ def _compressed_sums_batch(strings) -> tuple[np.ndarray, np.ndarray]:
     per-string minima, maxima and sums of those cumulative sums. Integer overflow of the sums wraps in int64 and
     cancels in the differences, which are small for a well-formed string."""
     n = len(strings)
-    lens = np.fromiter((len(c) for c in strings), dtype=np.int64, count=n)
+    lens = np.array(list(map(len, strings)), dtype=np.int64)
     totals, areas = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     if lens.sum() == 0:
         return totals, areas
@@ -131,7 +128,8 @@ def _compressed_sums_batch(strings) -> tuple[np.ndarray, np.ndarray]:
     last = bounds[nonempty] - 1
     bad[np.flatnonzero(nonempty)[~ends[last]]] = True  # a string that stops inside a value
     ends[last] = True  # keep values from running into the next string
-    x = _SIGNED5.take(c[ends])  # a one-chunk value: 5 bits, two's complement
+    # a one-chunk value: 5 bits, two's complement (c < 32 here, but at the forced end of a string already bad)
+    x = np.subtract(c[ends] ^ np.uint8(16), 16, dtype=np.int64)
     n_all = x.size
     after_cont = np.empty_like(ends)  # the character before is the middle of a value
     after_cont[0] = False
