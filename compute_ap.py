@@ -500,10 +500,11 @@ def video_iou(dt_seqs, gt_seqs, dt_areas=None, gt_areas=None, dt_groups=None, gt
 
     Sequences are lists of compressed RLE or None. Frames beyond the shorter sequence of a pair are skipped; a
     frame present on one side only adds its area to the union; masks of different sizes add nothing; U == 0 gives
-    0. Intersections come from one pycocotools `iou` call per frame (every result against every GT mask present
-    there) and are recovered as exact integers (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5
-    pixel). With `dt_groups` / `gt_groups` (a label per sequence, e.g. the category), pairs of different labels
-    are left at 0, and a sequence whose label the other side lacks is not decoded at all."""
+    0. Intersections come from pycocotools `iou` over every result and GT mask present in the same frame (many
+    frames a call, `_stacked_frames_iou`; one call a frame when the masks differ in size) and are recovered as
+    exact integers (I = iou*(A+B)/(1+iou), rounded: the float error is far below 0.5 pixel). With `dt_groups` /
+    `gt_groups` (a label per sequence, e.g. the category), pairs of different labels are left at 0, and a
+    sequence whose label the other side lacks is not decoded at all."""
     D, G = len(dt_seqs), len(gt_seqs)
     if D == 0 or G == 0:
         return np.zeros((D, G))
@@ -679,9 +680,8 @@ def _init_forked(E) -> None:
 def _forked_share(videos):
     """A forked worker's E._evaluate_share(videos), its IoU matrices packed into one array (a pickle of thousands
     of small arrays costs more than computing them)."""
-    E = _FORKED_EVAL
-    share = E._evaluate_share(videos)
-    checked = sorted((r for vid, _ in videos for r in E._unchecked.get(vid, ())), key=lambda r: r["id"])
+    share = _FORKED_EVAL._evaluate_share(videos)
+    checked = share.pop("checked")
     if checked and not share["bad"]:  # the pixel counts this process found, for the parent's results
         share["areas"] = ([r["id"] for r in checked], [len(r["mask_areas"]) for r in checked],
                           np.array([a for r in checked for a in r["mask_areas"]], dtype=np.int64))
@@ -830,8 +830,10 @@ class YTVISEval:
     def evaluate(self, progress=None, workers=None):
         """IoUs for every (video, category) that has a gt or a result, then matching per area range.
 
-        `workers` > 1 computes the IoUs of the videos in this process and `workers` - 1 forked ones (Linux; the
-        numbers are the same); None takes the CPUs this process may use, at most 8, for 16 videos or more."""
+        The run-length check that load_results(check=False) left is done here, video by video before the IoUs.
+        `workers` > 1 shares both among this process and `workers` - 1 forked ones (Linux; the numbers and errors
+        are the same); None takes the CPUs this process may use, at most 8, for 16 videos or more, and one process
+        in a daemonic process (which may not fork)."""
         pairs = sorted(set(self._gts) | set(self._dts))
         by_video = defaultdict(list)
         for vid, cat in pairs:
@@ -864,10 +866,10 @@ class YTVISEval:
     def _evaluate_share(self, videos) -> dict:
         """The work of evaluate() on [(video id, [category ids])] that can run in a forked process: the run-length
         check of the videos' results that load_results(check=False) left, then the IoUs. Returns {"ious": {(vid,
-        cat): IoU matrix}, "bad": None or (result id, message) for the first malformed string, when no IoU is
-        computed}."""
+        cat): IoU matrix}, "checked": the results checked, "bad": None or (result id, message) for the first
+        malformed string, when no IoU is computed}."""
         todo = sorted((r for vid, _ in videos for r in self._unchecked.get(vid, ())), key=lambda r: r["id"])
-        share = {"ious": {}, "bad": None}
+        share = {"ious": {}, "checked": todo, "bad": None}
         if todo:
             try:
                 _check_rle_totals(todo, list(range(len(todo))), lambda k: _result_where(self.results_name, todo[k]))
