@@ -103,8 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hota", action="store_true", help="the AP only: skip TrackEval's HOTA")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     ap.add_argument("--workers", type=int, default=None, metavar="N",
-                    help="processes for the video IoUs (default: the CPUs this process may use, at most 8; 1: none "
-                         "forked). The numbers do not depend on it")
+                    help="processes for the results' mask checks and video IoUs (default: the CPUs this process may "
+                         "use, at most 8; 1: none forked). The numbers do not depend on it")
     args = ap.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         ap.error(f"--workers must be at least 1, got {args.workers}")

@@ -367,7 +367,7 @@ def test_compressed_totals_agree_with_the_plain_decoder_on_damaged_strings():
 
 def test_mask_areas_from_the_run_length_check_equal_pycocotools_area():
     """load_results takes each frame's pixel count from the same numpy pass that checks the run lengths: equal
-    to pycocotools' own area on random, empty, full and large masks, in batches of RLE_BATCH strings."""
+    to pycocotools' own area on random, empty and full masks, over more than two batches of RLE_BATCH strings."""
     rng = np.random.default_rng(3)
     masks = [rng.random((H, W)) < p for p in rng.random(2 * C.RLE_BATCH + 7)]
     masks[5] = np.zeros((H, W), bool)
