@@ -375,17 +375,43 @@ def cpu_flags():
     return set()
 
 
-def native_bfloat16(flags=None):
-    """True when the CPU has bfloat16 arithmetic units (AVX512-BF16 or AMX-BF16); elsewhere TensorFlow (oneDNN) and
-    OpenVINO emulate bfloat16 with float32 instructions plus conversions, which is slower than float32."""
+# oneDNN's ONEDNN_MAX_CPU_ISA values (DNNL_MAX_CPU_ISA is the older name) that leave out its bfloat16 kernels
+ONEDNN_CAPS_WITHOUT_BFLOAT16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                                          "AVX512_CORE_VNNI"})
+
+
+def onednn_isa_cap(environ=None):
+    """The ISA oneDNN is capped at by the environment (upper case), or "" when it is not capped."""
+    env = os.environ if environ is None else environ
+    return (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+
+
+def native_bfloat16(flags=None, environ=None):
+    """True when the CPU has bfloat16 arithmetic units (AVX512-BF16 or AMX-BF16) and oneDNN is not capped below
+    them; elsewhere TensorFlow (oneDNN) and OpenVINO emulate bfloat16 with float32 instructions plus conversions,
+    which is slower than float32."""
     flags = cpu_flags() if flags is None else flags
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and not bfloat16_capped_off(flags, environ)
 
 
-def warn_without_native_bfloat16(what, flags=None, stream=None):
-    """Print a one-line warning (stderr) and return True when `what` asks for bfloat16 on a CPU without it."""
-    if native_bfloat16(flags):
+def bfloat16_capped_off(flags=None, environ=None):
+    """True when the CPU has bfloat16 but ONEDNN_MAX_CPU_ISA caps oneDNN below it (bfloat16 cannot run then)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) and onednn_isa_cap(environ) in ONEDNN_CAPS_WITHOUT_BFLOAT16
+
+
+def check_bfloat16(what, flags=None, environ=None, stream=None):
+    """Refuse or warn before `what` runs in bfloat16. Raises ExportError when the CPU has bfloat16 but
+    ONEDNN_MAX_CPU_ISA caps oneDNN below it: TensorFlow and OpenVINO choose bfloat16 kernels from the CPU's flags,
+    and the capped oneDNN then cannot create them (the first convolution fails). Prints a one-line warning (stderr)
+    and returns True on a CPU without native bfloat16; returns False when bfloat16 is native."""
+    flags = cpu_flags() if flags is None else flags
+    if native_bfloat16(flags, environ):
         return False
+    if bfloat16_capped_off(flags, environ):
+        raise ExportError(f"{what}: ONEDNN_MAX_CPU_ISA={onednn_isa_cap(environ)} caps oneDNN below the bfloat16 "
+                          f"this CPU has, and TensorFlow and OpenVINO would still pick bfloat16 kernels that oneDNN "
+                          f"then cannot create; unset ONEDNN_MAX_CPU_ISA, or run in float32")
     print(f"warning: {what}: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo); "
           f"bfloat16 is emulated there and is usually slower than float32", file=stream or sys.stderr, flush=True)
     return True
@@ -632,7 +658,7 @@ class ExportedModel:
             raise ExportError(f"{file}: running an OpenVINO export needs the openvino package: "
                               f"pip install -r requirements.txt") from None
         if precision == "bf16":
-            warn_without_native_bfloat16("OpenVINO INFERENCE_PRECISION_HINT bf16")
+            check_bfloat16("OpenVINO INFERENCE_PRECISION_HINT bf16")
         props = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT" if throughput else "LATENCY"}
         if num_threads:
             props["INFERENCE_NUM_THREADS"] = int(num_threads)

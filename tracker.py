@@ -134,8 +134,8 @@ class FramePredictor:
 
         import model as model_lib
         if bfloat16:
-            from export import warn_without_native_bfloat16
-            warn_without_native_bfloat16("--bfloat16")
+            from export import check_bfloat16
+            check_bfloat16("--bfloat16")
         model = model_lib.inference_model(model, cfg, mask_rois, score_floor if gate_masks else None, bfloat16)
         self.cfg, self.model, self.batch_size, self.score_floor = cfg, model, batch_size, score_floor
         self.letterbox = model_lib.letterbox_image
@@ -350,7 +350,7 @@ def main(argv=None):
 
     from tracking.io import write_frame_predictions
     errors = (InputError,)
-    if args.exported:
+    if args.exported or args.bfloat16:          # an export that cannot be read; bfloat16 the CPU cannot run
         import export
         errors += (export.ExportError,)
     try:

@@ -111,7 +111,8 @@ def run_case(name, cfg, mask_rois, forms, args, frame, calib, tmp):
             if export.native_bfloat16():
                 variants.append(("ov_bf16", ov_model, "bf16"))
             else:
-                print("skipping ov_bf16: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16)", flush=True)
+                print("skipping ov_bf16: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16, or "
+                      "ONEDNN_MAX_CPU_ISA caps oneDNN below it)", flush=True)
         if "ov_int8" in forms:
             t0 = time.perf_counter()
             int8 = export.openvino_model(sm_dir, calib, log=lambda *a, **kw: None)

@@ -94,6 +94,7 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
+    import export
     import model as model_lib
     from tracker import FramePredictor
 
@@ -123,9 +124,14 @@ def main(argv=None):
             f"ours, gated at score >= {floor:g}": FramePredictor(cfg, net, 1, floor),
             f"ours, {k} best masks (mask_rois={k})": FramePredictor(cfg, net, 1, 0.0, mask_rois=k),
             "ours, 1 mask (~ detection only)": FramePredictor(cfg, net, 1, 0.0, mask_rois=1),
-            f"ours, bfloat16, {k} best masks": FramePredictor(cfg, net, 1, 0.0, mask_rois=k, bfloat16=True),
-            "ours, bfloat16, 1 mask": FramePredictor(cfg, net, 1, 0.0, mask_rois=1, bfloat16=True),
         }
+        if export.bfloat16_capped_off():
+            print(f"skipping the bfloat16 rows: ONEDNN_MAX_CPU_ISA={export.onednn_isa_cap()} caps oneDNN below "
+                  f"this CPU's bfloat16", flush=True)
+        else:
+            predictors[f"ours, bfloat16, {k} best masks"] = FramePredictor(cfg, net, 1, 0.0, mask_rois=k,
+                                                                           bfloat16=True)
+            predictors["ours, bfloat16, 1 mask"] = FramePredictor(cfg, net, 1, 0.0, mask_rois=1, bfloat16=True)
         for name, p in predictors.items():
             variants[name] = (lambda p=p: p([frame]), p)
         stages = {name: {"forward": [], "post": []} for name in predictors}

@@ -15,17 +15,29 @@ PY = sys.executable
 
 # ---- the bfloat16 check ------------------------------------------------------------------------------------------
 
-def test_native_bfloat16_from_flags():
+def test_bfloat16_check_from_flags_and_the_onednn_cap():
+    """Native bfloat16 needs the CPU's avx512_bf16 or amx_bf16 flag and oneDNN not capped below it; a cap below it
+    on such a CPU is refused (TensorFlow and OpenVINO would pick bfloat16 kernels the capped oneDNN lacks), a CPU
+    without the flags gets a warning, capped or not."""
     import io
 
     import export
-    assert not export.native_bfloat16({"avx2", "fma", "avx512f"})
-    assert export.native_bfloat16({"avx2", "avx512_bf16"}) and export.native_bfloat16({"amx_bf16", "amx_tile"})
+    bf16, cap = {"avx2", "avx512_bf16"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert not export.native_bfloat16({"avx2", "fma", "avx512f"}, {})
+    assert export.native_bfloat16(bf16, {}) and export.native_bfloat16({"amx_bf16", "amx_tile"}, {})
+    assert not export.native_bfloat16(bf16, cap)
+    assert not export.native_bfloat16(bf16, {"DNNL_MAX_CPU_ISA": "avx512_core"})
+    assert export.native_bfloat16(bf16, {"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"})
+    assert export.native_bfloat16(bf16, {"ONEDNN_MAX_CPU_ISA": "ALL"})
+    for flags, environ in (({"avx2", "fma"}, {}), ({"avx2", "fma"}, cap)):
+        out = io.StringIO()
+        assert export.check_bfloat16("--bfloat16", flags, environ, out)
+        assert "--bfloat16" in out.getvalue() and "no native bfloat16" in out.getvalue()
     out = io.StringIO()
-    assert export.warn_without_native_bfloat16("--bfloat16", {"avx2", "fma"}, out)
-    assert "--bfloat16" in out.getvalue() and "no native bfloat16" in out.getvalue()
-    out = io.StringIO()
-    assert not export.warn_without_native_bfloat16("--bfloat16", {"amx_bf16"}, out) and out.getvalue() == ""
+    assert not export.check_bfloat16("--bfloat16", {"amx_bf16"}, {}, out) and out.getvalue() == ""
+    assert export.bfloat16_capped_off(bf16, cap) and not export.bfloat16_capped_off({"avx2"}, cap)
+    with pytest.raises(export.ExportError, match="--bfloat16: ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN below"):
+        export.check_bfloat16("--bfloat16", bf16, cap, io.StringIO())
 
 
 # ---- the cause of the box offset ---------------------------------------------------------------------------------
@@ -148,13 +160,18 @@ def test_openvino_int8(run, keras_model):
 
 @pytest.mark.slow
 def test_openvino_bf16_hint(run, keras_model, capsys):
-    """INFERENCE_PRECISION_HINT bf16 stays near FP32; on a CPU without native bfloat16 loading it warns."""
+    """INFERENCE_PRECISION_HINT bf16 stays near FP32; on a CPU without native bfloat16 loading it warns; with oneDNN
+    capped below the CPU's bfloat16 it is refused."""
     import export
-    exported = export.ExportedModel(str(run / "ov"), precision="bf16")
-    assert ("no native bfloat16" in capsys.readouterr().err) == (not export.native_bfloat16())
-    for frame in _noise_frames()[:2]:
-        out, ref = exported(frame), _keras_outputs(keras_model, frame)
-        assert abs(float(out["scores"][0]) - float(ref["scores"][0])) < 0.05
+    if export.bfloat16_capped_off():                # ONEDNN_MAX_CPU_ISA below this CPU's bfloat16
+        with pytest.raises(export.ExportError, match="ONEDNN_MAX_CPU_ISA"):
+            export.ExportedModel(str(run / "ov"), precision="bf16")
+    else:
+        exported = export.ExportedModel(str(run / "ov"), precision="bf16")
+        assert ("no native bfloat16" in capsys.readouterr().err) == (not export.native_bfloat16())
+        for frame in _noise_frames()[:2]:
+            out, ref = exported(frame), _keras_outputs(keras_model, frame)
+            assert abs(float(out["scores"][0]) - float(ref["scores"][0])) < 0.05
     with pytest.raises(export.ExportError, match="precision"):
         export.ExportedModel(str(run / "ov"), precision="fp8")
 
