@@ -275,13 +275,17 @@ def serving_fn(model, cfg, graph="keras", mask_rois=None):
 
 
 def _write_saved_model(model, cfg, path, graph, mask_rois=None):
+    """The serving function as a SavedModel with one signature, SIGNATURE, over the model's variables. Saved
+    directly rather than through Keras's ExportArchive, which traced the function twice and stored every variable
+    twice (info/RESULTS.md#2026-12-07-savedmodel-written-directly)."""
     import tensorflow as tf
-    from keras.export import ExportArchive
-    archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SIGNATURE, serving_fn(model, cfg, graph, mask_rois),
-                         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")])
-    archive.write_out(path, verbose=False)
+    fn = tf.function(serving_fn(model, cfg, graph, mask_rois), autograph=False,
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.uint8, name="image")]).get_concrete_function()
+    holder = tf.Module()
+    # the tf.Variables the graph captures (inside Keras's variables): tracked, they are saved as the signature's
+    # variables, which the TFLite and OpenVINO converters freeze into constants
+    holder.captured = list(fn.variables)
+    tf.saved_model.save(holder, path, signatures={SIGNATURE: fn})
 
 
 def folder_mb(path):
