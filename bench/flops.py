@@ -47,11 +47,24 @@ def model_flops(model, rois: int) -> dict:
     return counts
 
 
+def simd_lanes(flags, environ=None):
+    """FP32 lanes of the widest vectors oneDNN uses here: 16 with avx512f, 8 with avx2 + fma, 4 otherwise; an
+    ONEDNN_MAX_CPU_ISA below AVX-512 (SSE41, AVX, AVX2...) caps it, as it caps oneDNN's kernels."""
+    env = os.environ if environ is None else environ
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
+    if cap.startswith("AVX") and not cap.startswith(("AVX512", "AVX10")):
+        lanes = min(lanes, 8)
+    elif cap == "SSE41":
+        lanes = 4
+    return lanes
+
+
 def cpu_peak(clock_ghz=None):
     """Peak FP32 FLOP/s of this machine's cores: cores x clock x FMA units x SIMD lanes x 2 (an FMA is two FLOPs).
 
     Returns (flops per second, a one-line statement of the assumptions). The vector width comes from
-    /proc/cpuinfo's flags (avx512f: 16 lanes; avx2 + fma: 8); two FMA units per core are assumed for AVX-512
+    /proc/cpuinfo's flags and ONEDNN_MAX_CPU_ISA (`simd_lanes`); two FMA units per core are assumed for AVX-512
     server parts (Skylake-SP Gold/Platinum and later) and AVX2 cores. The clock is `clock_ghz` if given, else the
     'cpu MHz' /proc/cpuinfo reports (on a VM the TSC/nominal rate; all-core AVX-512 turbo may differ either way).
     """
@@ -65,7 +78,7 @@ def cpu_peak(clock_ghz=None):
                     mhz = float(line.split(":", 1)[1])
     except (OSError, ValueError):
         pass
-    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
+    lanes = simd_lanes(flags)
     fma_units = 2
     ghz = float(clock_ghz) if clock_ghz else (mhz / 1000 if mhz else 2.0)
     cores = os.cpu_count() or 1

@@ -77,3 +77,14 @@ def test_cpu_peak_formula():
     lanes = 16 if "AVX-512" in how else 8 if "AVX2" in how else 4
     assert peak == pytest.approx(os.cpu_count() * 2.0e9 * 2 * lanes * 2)
     assert "2.00 GHz (given)" in how
+
+
+def test_simd_lanes_follow_the_flags_and_the_onednn_cap():
+    avx512 = {"avx2", "fma", "avx512f"}
+    assert flops.simd_lanes(avx512, {}) == 16 and flops.simd_lanes({"avx2", "fma"}, {}) == 8
+    assert flops.simd_lanes({"sse4_2"}, {}) == 4
+    assert flops.simd_lanes(avx512, {"ONEDNN_MAX_CPU_ISA": "AVX2"}) == 8
+    assert flops.simd_lanes(avx512, {"DNNL_MAX_CPU_ISA": "avx2_vnni"}) == 8
+    assert flops.simd_lanes(avx512, {"ONEDNN_MAX_CPU_ISA": "SSE41"}) == 4
+    assert flops.simd_lanes(avx512, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) == 16
+    assert flops.simd_lanes({"avx2", "fma"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}) == 8
