@@ -59,6 +59,16 @@ def check_writable(folder: str):
         raise RunDirError(f"--run-dir {folder} is not a writable folder ({e.strerror or e})") from None
 
 
+def remove_if_empty(folder: str) -> bool:
+    """Removes `folder` if it is an empty folder (what a run that stopped before writing anything leaves behind);
+    True if it did."""
+    try:
+        os.rmdir(folder)
+    except OSError:          # not empty, not there, or not ours to remove
+        return False
+    return True
+
+
 def guard(run_dir: str, resume: bool, overwrite: bool):
     """The checks before a run starts in `run_dir`: writable, and a run already there named by the command."""
     check_writable(run_dir)

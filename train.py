@@ -602,6 +602,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    new_run_dir = not os.path.exists(args.run_dir)
     try:
         train(args)
     except Stopped as e:
@@ -610,6 +611,9 @@ def main(argv=None):
     except (TrainError, InputError, validation.ValidationError, rundir.RunDirError) as e:
         # InputError: config, annotations, frames, Darknet weights, checkpoints
         sys.exit(f"train.py: {e}")
+    finally:
+        if new_run_dir:              # made by the writability check, then nothing written: not left behind
+            rundir.remove_if_empty(args.run_dir)
 
 
 if __name__ == "__main__":

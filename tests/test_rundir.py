@@ -1,6 +1,6 @@
 """The run directory's guards (rundir.py): an existing run is never started over by accident, an unwritable folder
-is named first, --overwrite removes only what train.py wrote, stale `ckpt-N_temp/` folders go, signals are
-remembered rather than raised."""
+is named first, --overwrite removes only what train.py wrote, a run stopped before writing leaves no folder it
+made, stale `ckpt-N_temp/` folders go, signals are remembered rather than raised."""
 import os
 import subprocess
 import sys
@@ -46,6 +46,21 @@ def test_an_unwritable_run_dir_is_named(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(rundir.RunDirError, match=r"--run-dir .*a_file/run is not a writable folder \(Not a dir"):
         rundir.guard(str(tmp_path / "a_file" / "run"), resume=False, overwrite=False)
+
+
+def test_a_run_stopped_before_writing_leaves_no_folder_it_made(tmp_path):
+    """train.py stopped by bad input before writing anything removes the --run-dir its writability check made, not
+    one that was there before it, and never a folder holding anything."""
+    import train
+    for run_dir, existed in ((tmp_path / "runs" / "new", False), (tmp_path / "kept", True)):
+        if existed:
+            os.makedirs(run_dir)
+        with pytest.raises(SystemExit, match=r"train.py: annotation file .*missing/instances.json: cannot read"):
+            train.main(["--preset", "tiny", "--data", str(tmp_path / "missing"), "--run-dir", str(run_dir)])
+        assert run_dir.is_dir() == existed
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    assert not rundir.remove_if_empty(str(tmp_path / "kept")) and (tmp_path / "kept" / "notes.txt").exists()
+    assert rundir.remove_if_empty(str(tmp_path / "runs")) and not (tmp_path / "runs").exists()
 
 
 def test_stale_temp_folders_are_removed(tmp_path):
