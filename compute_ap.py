@@ -9,6 +9,7 @@ frame mAP used during training drives pycocotools' COCOeval on frame-level "imag
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import functools
 import gc
@@ -41,6 +42,10 @@ STAT_NAMES = [s[0] for s in STAT_SPECS]
 
 class EvalInputError(InputError):
     """A GT or results file that cannot be evaluated; the message names the file and the entry."""
+
+
+class EvalWorkerError(RuntimeError):
+    """A forked evaluation process ended without its answer (killed, or out of memory)."""
 
 
 def _without_gc(fn):
@@ -669,17 +674,29 @@ def _worker_count(workers, n_videos: int) -> int:
     return max(1, min(int(workers), n_videos))
 
 
-_FORKED_EVAL = None  # in a forked worker only: the parent's YTVISEval, set by _init_forked
+_FORKED_EVAL = None    # in a forked worker only: the parent's YTVISEval, set by _init_forked
+_FORKED_CLAIMS = None  # and the chunks' claim flags, shared with the parent
 
 
-def _init_forked(E) -> None:
-    global _FORKED_EVAL
-    _FORKED_EVAL = E
+def _init_forked(E, claims) -> None:
+    global _FORKED_EVAL, _FORKED_CLAIMS
+    _FORKED_EVAL, _FORKED_CLAIMS = E, claims
 
 
-def _forked_share(videos):
+def _claim(claims, index: int) -> bool:
+    """Marks chunk `index` taken; False if a process had taken it already."""
+    with claims.get_lock():
+        if claims[index]:
+            return False
+        claims[index] = 1
+        return True
+
+
+def _forked_share(index, videos):
     """A forked worker's E._evaluate_share(videos), its IoU matrices packed into one array (a pickle of thousands
-    of small arrays costs more than computing them)."""
+    of small arrays costs more than computing them); None when the parent had claimed the chunk."""
+    if not _claim(_FORKED_CLAIMS, index):
+        return None
     share = _FORKED_EVAL._evaluate_share(videos)
     checked = share.pop("checked")
     if checked and not share["bad"]:  # the pixel counts this process found, for the parent's results
@@ -715,20 +732,31 @@ def _map_videos(E, videos: list, workers: int):
     cuts = np.searchsorted(cost, cost[-1] * np.arange(1, 8 * workers) / (8 * workers), side="right")
     bounds = [0, *sorted(set(cuts.tolist()) - {0, len(videos)}), len(videos)]
     chunks = [videos[i:j] for i, j in zip(bounds[:-1], bounds[1:])]
-    # E reaches the forked processes as the initializer's argument, which a fork passes in memory, not pickled
-    with concurrent.futures.ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork"),
-                                                initializer=_init_forked, initargs=(E,)) as pool:
-        futures = [pool.submit(_forked_share, chunk) for chunk in chunks]
+    # Each chunk goes to whichever process claims it first (a shared flag per chunk), not by cancelling the
+    # futures: a cancel racing with a pool that breaks (a worker killed) can leave Python 3.11's executor with
+    # futures it never finishes (info/DESIGN.md#video-ap).
+    # E and the flags reach the forked processes as the initializer's arguments, which a fork passes in memory.
+    ctx = multiprocessing.get_context("fork")
+    claims = ctx.Array("b", len(chunks))
+    with concurrent.futures.ProcessPoolExecutor(workers - 1, mp_context=ctx, initializer=_init_forked,
+                                                initargs=(E, claims)) as pool:
         try:
-            for chunk, future in zip(reversed(chunks), reversed(futures)):
-                if not future.cancel():  # a forked process has it: the rest of the front is theirs too
+            futures = [pool.submit(_forked_share, i, chunk) for i, chunk in enumerate(chunks)]
+            for i in reversed(range(len(chunks))):
+                if not _claim(claims, i):  # a forked process has it: the rest of the front is theirs too
                     break
-                yield E._evaluate_share(chunk)
-            for future in concurrent.futures.as_completed([f for f in futures if not f.cancelled()]):
-                yield _unpack_share(future.result())
-        finally:  # on an error (or a caller that stops early) the chunks not yet started are dropped
-            for future in futures:
-                future.cancel()
+                yield E._evaluate_share(chunks[i])
+            for future in concurrent.futures.as_completed(futures):
+                share = future.result()
+                if share is not None:
+                    yield _unpack_share(share)
+        except concurrent.futures.process.BrokenProcessPool:
+            raise EvalWorkerError("a forked evaluation process ended without its answer (killed, or out of "
+                                  "memory?); nothing was written: evaluate again, with fewer --workers (1 runs in "
+                                  "this process alone)") from None
+        finally:  # on an error (or a caller that stops early) the chunks not yet started are skipped
+            with claims.get_lock():
+                claims[:] = [1] * len(chunks)
 
 
 class YTVISEval:

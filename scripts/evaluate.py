@@ -18,7 +18,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from compute_ap import IOU_THRS, REC_THRS, EvalInputError, evaluate_vis, format_stats  # noqa: E402
+from compute_ap import IOU_THRS, REC_THRS, EvalInputError, EvalWorkerError, evaluate_vis, format_stats  # noqa: E402
 from compute_hota import evaluate_hota, format_hota  # noqa: E402
 from fileio import InputError, atomic_write_text, check_writable_dir, check_writable_file  # noqa: E402
 from progress import Progress  # noqa: E402
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         if args.plot:
             check_writable_dir(args.plot, "--plot")
         metrics, E = evaluate_vis(args.gt, args.results, progress=progress, workers=args.workers)
-    except InputError as e:
+    except (InputError, EvalWorkerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -1,5 +1,7 @@
 """compute_ap: the official YouTube-VIS video AP semantics (info/DESIGN.md#video-ap), each quirk on a
 hand-computed case with 20x30 masks, and the frame-level mask mAP."""
+import os
+
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
@@ -484,6 +486,28 @@ def test_forked_workers_give_the_one_process_evaluation_exactly():
     np.testing.assert_array_equal(one.eval["precision"], two.eval["precision"])
     np.testing.assert_array_equal(one.stats, two.stats)
     assert 0 < one.stats[0] < 1
+
+
+def _exit_at_once(index, videos):
+    os._exit(9)  # a forked evaluation process killed as it starts its first chunk
+
+
+def test_a_forked_worker_killed_mid_evaluation_is_named(monkeypatch):
+    """A forked process that ends without its answer raises EvalWorkerError (not the executor's BrokenProcessPool,
+    and no hang: the chunks are claimed through shared flags, never by cancelling futures); the same evaluation
+    then runs in one process."""
+    from bench_eval import make_data
+    gt, results = make_data(videos=40, frames=3, h=240, w=320, per_video=6, n_cats=3, seed=1)
+    g = C.load_gt(gt)
+    r = C.load_results(results, g)
+    real = C._forked_share
+    monkeypatch.setattr(C, "_forked_share", _exit_at_once)
+    with pytest.raises(C.EvalWorkerError, match=r"forked evaluation process ended without its answer .*--workers"):
+        C.YTVISEval(g, r).evaluate(workers=2)
+    monkeypatch.setattr(C, "_forked_share", real)
+    E = C.YTVISEval(g, r)
+    E.evaluate(workers=2)
+    assert len(E.ious) > 40
 
 
 # ----------------------------------------------------------------------------------------------- frame mAP

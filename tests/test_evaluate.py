@@ -194,3 +194,17 @@ def test_workers_flag_checked_and_the_metrics_do_not_depend_on_it(files, capsys)
                               "--workers", n]) == 0
         got.append(json.load(open(out)))
     assert got[0] == got[1] and got[0]["AP"] == pytest.approx(0.55, abs=1e-12)
+
+
+def test_a_forked_worker_that_dies_is_named_and_nothing_is_written(files, capsys, monkeypatch):
+    """A forked evaluation process that ends without its answer (here it exits as it starts, as an out-of-memory
+    kill would end it) gives one line naming what happened and what to do, exit 2, and no --out file."""
+    import compute_ap
+    gt, results, tmp = files
+    monkeypatch.setattr(compute_ap, "_init_forked", lambda *args: os._exit(9))
+    out = tmp / "dead.json"
+    assert evaluate.main(["--gt", gt, "--results", results, "--out", str(out), "--no-hota", "--quiet",
+                          "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: a forked evaluation process ended without its answer") and "--workers" in err, err
+    assert not out.exists()
