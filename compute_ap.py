@@ -752,8 +752,8 @@ def _map_videos(E, videos: list, workers: int):
                     yield _unpack_share(share)
         except concurrent.futures.process.BrokenProcessPool:
             raise EvalWorkerError("a forked evaluation process ended without its answer (killed, or out of "
-                                  "memory?); nothing was written: evaluate again, with fewer --workers (1 runs in "
-                                  "this process alone)") from None
+                                  "memory?); nothing was written: evaluate again with fewer workers (evaluate.py "
+                                  "--workers; 1 keeps it in one process)") from None
         finally:  # on an error (or a caller that stops early) the chunks not yet started are skipped
             with claims.get_lock():
                 claims[:] = [1] * len(chunks)

@@ -50,8 +50,8 @@ def model_flops(model, rois: int) -> dict:
 def simd_lanes(flags, environ=None):
     """FP32 lanes of the widest vectors oneDNN uses here: 16 with avx512f, 8 with avx2 + fma, 4 otherwise; an
     ONEDNN_MAX_CPU_ISA below AVX-512 (SSE41, AVX, AVX2...) caps it, as it caps oneDNN's kernels."""
-    env = os.environ if environ is None else environ
-    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    from export import onednn_isa_cap
+    cap = onednn_isa_cap(environ)
     lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
     if cap.startswith("AVX") and not cap.startswith(("AVX512", "AVX10")):
         lanes = min(lanes, 8)
