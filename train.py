@@ -262,7 +262,7 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
     clip = float(cfg.train.clip_norm)
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)   # model.mixed_precision
 
-    def replica_step(batch, nan_flag):
+    def replica_step(batch, nan_flag, stop_flag):
         ctx = tf.distribute.get_replica_context()
 
         def global_sum(x):
@@ -289,13 +289,15 @@ def make_train_step(model, optimizer, cfg, strategy, train_variables):
         logs = {k: losses[k] for k in log_keys(cfg.num_levels)}
         logs["total"] = total
         logs["grad_norm"] = norm / n_rep     # summed below like the losses, which are per-replica shares
+        if stop_flag is not None:            # summed below: above 0 when any worker was asked to stop
+            logs["stop"] = stop_flag
         return logs
 
     # No tensor-dependent Python control flow below (tracing would fail if there were): autograph would only spend
     # seconds of each trace converting the ~50 functions the step calls.
     @tf.function(autograph=False)
-    def step(dist_batch, nan_flag):
-        per_replica = strategy.run(replica_step, args=(dist_batch, nan_flag))
+    def step(dist_batch, nan_flag, stop_flag=None):
+        per_replica = strategy.run(replica_step, args=(dist_batch, nan_flag, stop_flag))
         return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()}
 
     return step
@@ -326,6 +328,7 @@ class Run:
     steps_per_epoch: int = 1
     nan_at: int = 0
     stop: rundir.StopRequest = None
+    stop_agreed: bool = False   # several workers: a stop the step's reduction shared with every worker
     total_steps: int = 0
     budget: TimeBudget = None   # --budget-minutes: the steps and epoch ends follow from the measured rate
     t_start: float = 0.0      # when the command started (a budget counts from here)
@@ -439,8 +442,9 @@ def run_epoch(run: Run, epoch: int, step_fn) -> EpochStats:
         stop_if_asked(run)
         batch = next_batch(run.iterator, lambda: loader_ytvos.find_undecodable_frames(
             run.ytvis, run.image_root, run.train_ids, cfg.data.frame_stride, log=print))
-        logs = step_fn(batch, tf.constant(1.0 if step + 1 == run.nan_at else 0.0))
+        logs = step_fn(batch, tf.constant(1.0 if step + 1 == run.nan_at else 0.0), stop_flag(run))
         logs = {k: float(v) for k, v in logs.items()}
+        run.stop_agreed = logs.pop("stop", 0.0) > 0 or run.stop_agreed
         step += 1
         run.step_var.assign(step)
         if not all(math.isfinite(v) for v in logs.values()):
@@ -476,19 +480,35 @@ def run_epoch(run: Run, epoch: int, step_fn) -> EpochStats:
     return stats
 
 
+def several_workers(run: Run) -> bool:
+    return isinstance(run.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def stop_flag(run: Run):
+    """With several workers, the step's input saying this worker was asked to stop (None otherwise). A signal
+    reaches one worker, or reaches them between different steps, but they must stop after the same step: one that
+    stops alone leaves the others waiting in its collectives. So the flag travels in the step's reduction, and every
+    worker stops after the step in which any of them asked (`stop_if_asked`)."""
+    if not several_workers(run):
+        return None
+    return tf.constant(1.0 if run.stop is not None and run.stop.signum is not None else 0.0)
+
+
 def stop_if_asked(run: Run):
-    """After SIGINT/SIGTERM: a checkpoint at the current step (unless the last save was at it), then Stopped."""
-    if run.stop is None or run.stop.signum is None:
+    """After SIGINT/SIGTERM: a checkpoint at the current step (unless the last save was at it), then Stopped. With
+    several workers, once the step has shared the request (`stop_flag`): the same step on every worker."""
+    if run.stop is None or not (run.stop_agreed if several_workers(run) else run.stop.signum is not None):
         return
-    step, name = int(run.step_var.numpy()), run.stop.name
+    step, signum = int(run.step_var.numpy()), run.stop.signum
+    why = f"stopped by {run.stop.name}" if signum is not None else "stopped: another worker was asked to stop"
     path = run.manager.latest_checkpoint
     if step == 0:
-        raise Stopped(f"stopped by {name} before the first step; nothing to save", run.stop.signum)
+        raise Stopped(f"{why} before the first step; nothing to save", signum)
     if not path or not path.endswith(f"ckpt-{step}"):
         path = run.manager.save(checkpoint_number=step)
     run.writer.flush()
-    raise Stopped(f"stopped by {name} at step {step} ({int(run.epoch_var.numpy())} epoch(s) done); saved {path}; "
-                  f"continue with --resume", run.stop.signum)
+    raise Stopped(f"{why} at step {step} ({int(run.epoch_var.numpy())} epoch(s) done); saved {path}; "
+                  f"continue with --resume", signum)
 
 
 def write_step_summaries(run: Run, logs: dict, lr: float, step: int):
@@ -607,7 +627,7 @@ def main(argv=None):
         train(args)
     except Stopped as e:
         print(f"train.py: {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+        sys.exit(128 + e.signum if e.signum is not None else 1)
     except (TrainError, InputError, validation.ValidationError, rundir.RunDirError) as e:
         # InputError: config, annotations, frames, Darknet weights, checkpoints
         sys.exit(f"train.py: {e}")

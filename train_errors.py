@@ -9,8 +9,9 @@ class TrainError(RuntimeError):
 
 
 class Stopped(TrainError):
-    """SIGINT or SIGTERM: the run saved a checkpoint at the current step and stops (exit code 128 + signal)."""
+    """SIGINT or SIGTERM: the run saved a checkpoint at the current step and stops (exit code 128 + signal; 1 on a
+    worker that stops because another one was signalled, `signum` None)."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int | None):
         super().__init__(message)
         self.signum = signum

@@ -3,8 +3,11 @@ and two MultiWorkerMirroredStrategy workers on localhost train, save and resume 
 (logical devices and workers need their own TensorFlow process)."""
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -43,8 +46,8 @@ def _free_ports(n):
     return ports
 
 
-def _two_workers(tmp_path, data, run_dirs, extra, dumps=True):
-    """Runs train.py as the 2 workers of a MultiWorkerMirroredStrategy on localhost; [(returncode, out, err)]."""
+def _start_workers(tmp_path, data, run_dirs, extra, dumps=True):
+    """Starts train.py as the 2 workers of a MultiWorkerMirroredStrategy on localhost; the Popen objects."""
     hosts = ",".join(f"127.0.0.1:{p}" for p in _free_ports(2))
     procs = []
     for i, run_dir in enumerate(run_dirs):
@@ -56,15 +59,25 @@ def _two_workers(tmp_path, data, run_dirs, extra, dumps=True):
             args += ["--dump-weights", str(tmp_path / f"w{i}.npz")]
         procs.append(subprocess.Popen([PY, os.path.join(ROOT, "train.py")] + args, cwd=ROOT, env=train_env(),
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _wait(procs, timeout=300):
+    """[(returncode, out, err)] of the workers, killed if they outlive `timeout` seconds."""
     outs = []
     try:
         for p in procs:
-            outs.append((*p.communicate(timeout=300),))
+            outs.append((*p.communicate(timeout=timeout),))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
     return [(p.returncode, o, e) for p, (o, e) in zip(procs, outs)]
+
+
+def _two_workers(tmp_path, data, run_dirs, extra, dumps=True):
+    """Runs train.py as the 2 workers of a MultiWorkerMirroredStrategy on localhost; [(returncode, out, err)]."""
+    return _wait(_start_workers(tmp_path, data, run_dirs, extra, dumps))
 
 
 def _same_dumps(tmp_path):
@@ -102,3 +115,29 @@ def test_two_workers_end_with_identical_weights_only_worker0_writes_and_resume_t
     _same_dumps(tmp_path)
     import tensorflow as tf
     assert tf.train.latest_checkpoint(str(run0 / "checkpoints")).endswith("ckpt-6")
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_worker_stops_every_worker_after_the_same_step(shapes, tmp_path):
+    """SIGINT to worker 1 alone: the request travels in the next step's reduction, and both workers stop after that
+    step, worker 0 saving its checkpoint. Before, worker 1 stopped alone and worker 0 died in the next collective
+    with a traceback, its last checkpoint the periodic one, steps behind."""
+    run = tmp_path / "run"
+    procs = _start_workers(tmp_path, shapes, [run, tmp_path / "run1"],
+                           ["--epochs", "30", "--set", "train.ckpt_every=2"], dumps=False)
+    state, deadline = run / "checkpoints" / "checkpoint", time.time() + 240
+    try:
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if state.exists() and "ckpt-2" in state.read_text():
+                break
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGINT)
+    finally:
+        (rc0, _, err0), (rc1, _, err1) = _wait(procs, timeout=180)
+    found = re.search(r"train.py: stopped by SIGINT at step (\d+) ", err1)
+    assert rc1 == 130 and found, err1[-3000:]
+    step = int(found.group(1))
+    assert rc0 == 1 and f"train.py: stopped: another worker was asked to stop at step {step} " in err0, err0[-3000:]
+    assert "Traceback" not in err0 and step >= 3
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith(f"ckpt-{step}")
