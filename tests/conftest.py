@@ -4,6 +4,7 @@ The repository root, scripts/ and bench/ are on sys.path through `pythonpath` in
 import dataclasses
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -75,6 +76,19 @@ def tiny_config(**overrides):
             key = f"{owners[0]}.{name}"
         items.append(f"{key}={json.dumps(value)}")     # JSON is YAML: true/false, numbers, quoted strings, lists
     return config.apply_overrides(cfg, items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_basetemp(tmp_path_factory):
+    """The temporary files of the tests and of the processes they start go under pytest's basetemp, not the system's
+    temporary folder: TensorFlow writes a source file there for every function autograph converts and removes it at
+    exit, so a train.py that a test kills (SIGKILL) would leave its files behind in /tmp at every run."""
+    folder = tmp_path_factory.mktemp("tmp")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TMPDIR", str(folder))
+    patch.setattr(tempfile, "tempdir", None)       # tempfile caches the folder it found first
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")
