@@ -146,6 +146,13 @@ def test_openvino_int8(run, keras_model):
     fed = {t.get_node().get_type_name() for op in ops if op.get_type_name() == "FakeQuantize"
            for t in op.output(0).get_target_inputs()}
     assert fed and fed <= {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}, fed
+    # scripts/head_clip.py reads the per-tensor range of the level-5 detection output conv's input (it holds 0)
+    import head_clip
+    cfg = keras_model[0]
+    low, high = head_clip.int8_input_range(str(run / "int8" / "model.xml"), 5, cfg)
+    assert low <= 0.0 < high
+    with pytest.raises(ValueError, match="has no FakeQuantize on its input"):
+        head_clip.int8_input_range(str(run / "ov" / "model.xml"), 5, cfg)
     exported = export.ExportedModel(str(run / "int8"))
     cfg = keras_model[0]
     for frame in _noise_frames():
