@@ -138,6 +138,7 @@ class StopRequest:
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self.plan = "stopping after this step with a checkpoint"    # what the signal's one line announces
 
     def __enter__(self):
         for s in self.SIGNALS:
@@ -154,5 +155,5 @@ class StopRequest:
 
     def _remember(self, signum, frame):
         if self.signum is None:
-            print(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint ...", flush=True)
+            print(f"{signal.Signals(signum).name}: {self.plan} ...", flush=True)
         self.signum = signum

@@ -580,6 +580,8 @@ def train(args):
     with rundir.StopRequest() as stop:
         run = setup(args)
         run.stop = stop
+        if several_workers(run):        # the request reaches the others through the next step (`stop_flag`)
+            stop.plan = "stopping after the next step, every worker with it, worker 0 saving a checkpoint"
         phase, step_fn = None, None
         first = int(run.epoch_var.numpy())
         if first >= run.cfg.train.epochs:

@@ -133,9 +133,10 @@ def test_a_signal_to_one_worker_stops_every_worker_after_the_same_step(shapes, t
             time.sleep(0.2)
         procs[1].send_signal(signal.SIGINT)
     finally:
-        (rc0, _, err0), (rc1, _, err1) = _wait(procs, timeout=180)
+        (rc0, _, err0), (rc1, out1, err1) = _wait(procs, timeout=180)
     found = re.search(r"train.py: stopped by SIGINT at step (\d+) ", err1)
     assert rc1 == 130 and found, err1[-3000:]
+    assert "SIGINT: stopping after the next step, every worker with it, worker 0 saving a checkpoint ..." in out1
     step = int(found.group(1))
     assert rc0 == 1 and f"train.py: stopped: another worker was asked to stop at step {step} " in err0, err0[-3000:]
     assert "Traceback" not in err0 and step >= 3
