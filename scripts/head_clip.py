@@ -15,6 +15,7 @@ conv's input). It also prints the fraction of the conv's input values that fall 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -31,56 +32,90 @@ def det_out_channels(cfg) -> int:
 
 
 def int8_input_range(xml_path: str, level: int, cfg) -> tuple[float, float]:
-    """(low, high) of the per-tensor FakeQuantize that feeds level `level`'s detection output conv in an OpenVINO
-    INT8 IR: the conv with nA*6 output channels on the level's grid (input_size / 2**level). Raises ValueError naming
-    the file when there is none (an FP32 or FP16 export)."""
+    """(low, high) of the per-tensor 8-bit FakeQuantize that feeds level `level`'s detection output conv in an
+    OpenVINO INT8 IR: the one conv with nA*6 output channels on the level's grid (input_size / 2**level). Raises
+    ValueError naming the file when the IR cannot be read, holds no such conv or several, or that conv's input is not
+    quantised to 256 levels per tensor (an FP32 or FP16 export)."""
     import numpy as np
     import openvino as ov
 
     if not os.path.isfile(xml_path):
         raise ValueError(f"{xml_path}: no such file (--int8 takes a folder written by export.py --format openvino)")
+    try:
+        ops = ov.Core().read_model(xml_path).get_ordered_ops()
+    except RuntimeError as e:
+        raise ValueError(f"{xml_path}: cannot read the OpenVINO model ({str(e).strip().splitlines()[0][:300]})") \
+            from None
     grid = cfg.model.input_size // 2 ** level
-    for op in ov.Core().read_model(xml_path).get_ordered_ops():
-        if op.get_type_name() != "Convolution":
-            continue
-        shape = op.output(0).get_partial_shape()
-        if shape.rank.get_length() != 4 or not shape.is_static:
-            continue
-        if list(shape.to_shape())[1:] != [det_out_channels(cfg), grid, grid]:
-            continue
-        fq = op.input(0).get_source_output().get_node()
-        if fq.get_type_name() != "FakeQuantize":
-            raise ValueError(f"{xml_path}: the level-{level} detection output conv ({op.get_friendly_name()}) has no "
-                             f"FakeQuantize on its input (not an INT8 export, or that conv was left in float)")
-        low, high = (np.asarray(fq.input(i).get_source_output().get_node().get_data(), np.float64) for i in (1, 2))
-        if low.size != 1 or high.size != 1:
-            raise ValueError(f"{xml_path}: the level-{level} FakeQuantize is per-channel ({low.size} ranges)")
-        return float(low.ravel()[0]), float(high.ravel()[0])
-    raise ValueError(f"{xml_path}: no level-{level} detection output conv ({det_out_channels(cfg)} channels on a "
-                     f"{grid}x{grid} grid) in this IR")
+    found = []
+    for op in ops:
+        shape = op.output(0).get_partial_shape() if op.get_type_name() == "Convolution" else None
+        if shape is not None and shape.is_static and shape.rank.get_length() == 4 and \
+                list(shape.to_shape())[1:] == [det_out_channels(cfg), grid, grid]:
+            found.append(op)
+    if len(found) != 1:
+        raise ValueError(f"{xml_path}: {len(found) or 'no'} convs with the level-{level} detection output's shape "
+                         f"({det_out_channels(cfg)} channels on a {grid}x{grid} grid) in this IR; expected one")
+    op = found[0]
+    fq = op.input(0).get_source_output().get_node()
+    if fq.get_type_name() != "FakeQuantize":
+        raise ValueError(f"{xml_path}: the level-{level} detection output conv ({op.get_friendly_name()}) has no "
+                         f"FakeQuantize on its input (not an INT8 export, or that conv was left in float)")
+    if fq.get_levels() != 256:
+        raise ValueError(f"{xml_path}: the level-{level} FakeQuantize has {fq.get_levels()} levels, not 256")
+    low, high = (np.asarray(fq.input(i).get_source_output().get_node().get_data(), np.float64) for i in (1, 2))
+    if low.size != 1 or high.size != 1:
+        raise ValueError(f"{xml_path}: the level-{level} FakeQuantize is per-channel ({low.size} ranges)")
+    return float(low.ravel()[0]), float(high.ravel()[0])
+
+
+def export_input_range(folder: str, level: int, cfg, run_dir: str) -> tuple[float, float]:
+    """`int8_input_range` of an export folder, after checking its model.json: an OpenVINO INT8 export of a model at
+    the same inference canvas. An export of another run than `run_dir` (when its recorded run folder is found from
+    here) is named in a warning: its range belongs to that run's weights."""
+    import export
+    from fileio import read_json
+
+    meta = read_json(os.path.join(folder, export.META_FILE), "export metadata", ValueError)
+    if meta.get("format") != "openvino" or not meta.get("int8"):
+        raise ValueError(f"{folder}: not an OpenVINO INT8 export (model.json: format {meta.get('format')!r}, int8 "
+                         f"{meta.get('int8')!r}); write one with export.py --format openvino --int8 SPLIT")
+    if meta.get("input_size") != cfg.model.input_size:
+        raise ValueError(f"{folder}: exported at input {meta.get('input_size')}, but --run-dir infers at "
+                         f"{cfg.model.input_size}")
+    source = (meta.get("source") or {}).get("run_dir")   # as given to export.py, maybe relative to another folder
+    if source and os.path.isdir(source) and os.path.isdir(run_dir) and not os.path.samefile(source, run_dir):
+        print(f"warning: {folder} was exported from {source}, not {run_dir}: its range belongs to that run's weights",
+              file=sys.stderr, flush=True)
+    return int8_input_range(os.path.join(folder, export.OPENVINO_FILE), level, cfg)
 
 
 class HeadInputPatch:
     """Wraps `head_det_out_<level>`'s call in `model` so that its input is clipped to [low, high] ("clip"), rounded to
     the 255 steps of that range without clipping ("round"), or both ("fake_quant", as an 8-bit asymmetric
-    FakeQuantize). Counts the input values seen and those outside the range (`outside_fraction`). Patch before the
+    FakeQuantize). Counts the input values seen and those outside the range (`outside_fraction`), over the first
+    `rows` examples of each batch when `rows` is set (>= 0), so that padding copies are not counted. Patch before the
     model's graph is traced."""
 
     def __init__(self, model, level: int, low: float, high: float, mode: str = "clip"):
+        import math
+
         import tensorflow as tf
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not low < high:
-            raise ValueError(f"the range must have low < high, got [{low}, {high}]")
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"the range must be finite with low < high, got [{low}, {high}]")
         self.low, self.high, self.mode = float(low), float(high), mode
+        self.rows = tf.Variable(-1, dtype=tf.int32, trainable=False)
         self.seen = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.outside = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         layer = model.get_layer(f"head_det_out_{level}")
         call = layer.call
 
         def patched(x):
-            self.seen.assign_add(tf.cast(tf.size(x), tf.float64))
-            self.outside.assign_add(tf.reduce_sum(tf.cast((x < self.low) | (x > self.high), tf.float64)))
+            real = x[:tf.where(self.rows < 0, tf.shape(x)[0], self.rows)]
+            self.seen.assign_add(tf.cast(tf.size(real), tf.float64))
+            self.outside.assign_add(tf.reduce_sum(tf.cast((real < self.low) | (real > self.high), tf.float64)))
             return call(self.transform(x))
         layer.call = patched
 
@@ -99,6 +134,25 @@ class HeadInputPatch:
         return float(self.outside.numpy()) / seen if seen else 0.0
 
 
+def clipped_predictions(cfg, model, videos, level: int, low: float, high: float, mode: str = "clip",
+                        mask_rois: int | None = None, batch_size: int | None = None):
+    """(frame-predictions document, fraction of the head's input values outside [low, high]) of `tracker.py`'s
+    predictor over `videos` (`tracker.dataset_source`), with `HeadInputPatch` on level `level`; categories from the
+    model's config, as tracker.py writes them."""
+    import tracker
+    predictor = tracker.FramePredictor(cfg, model, batch_size or cfg.infer.batch_size, cfg.infer.score_floor,
+                                       mask_rois=mask_rois)
+    patch = HeadInputPatch(predictor.model, level, low, high, mode)
+    forward = predictor.forward
+
+    def forward_counted(frames):
+        patch.rows.assign(len(frames))          # a short batch is padded with copies of its last frame
+        return forward(frames)
+    predictor.forward = forward_counted
+    categories = [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())]
+    return tracker.predict_videos(predictor, videos, categories), patch.outside_fraction
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", required=True, help="the trained run (its latest checkpoint)")
@@ -112,8 +166,12 @@ def main(argv=None):
     ap.add_argument("--mask-rois", type=int, default=None, metavar="K", help="as tracker.py --mask-rois")
     ap.add_argument("--max-videos", type=int, default=None, metavar="N", help="the first N videos only")
     args = ap.parse_args(argv)
-    if args.range and not args.range[0] < args.range[1]:
-        ap.error(f"--range needs LO < HI, got {args.range[0]:g} {args.range[1]:g}")
+    if args.range and not (all(map(math.isfinite, args.range)) and args.range[0] < args.range[1]):
+        ap.error(f"--range needs finite LO < HI, got {args.range[0]:g} {args.range[1]:g}")
+    if args.mask_rois is not None and args.mask_rois < 1:
+        ap.error("--mask-rois must be at least 1")
+    if args.max_videos is not None and args.max_videos < 1:
+        ap.error("--max-videos must be at least 1")
 
     import tracker
     from checkpoints import load_run
@@ -123,22 +181,17 @@ def main(argv=None):
         check_writable_file(args.out, "--out")
         cfg, model = load_run(args.run_dir, mode="infer")
         if args.int8:
-            import export
-            xml = os.path.join(args.int8, export.OPENVINO_FILE)
-            low, high = int8_input_range(xml, args.level, cfg)
-            print(f"range [{low:.6g}, {high:.6g}] from {xml}")
+            low, high = export_input_range(args.int8, args.level, cfg, args.run_dir)
+            print(f"range [{low:.6g}, {high:.6g}] from {args.int8}")
         else:
             low, high = args.range
-        videos, categories = tracker.dataset_source(args.data)
-        videos = videos[:args.max_videos] if args.max_videos else videos
-        predictor = tracker.FramePredictor(cfg, model, cfg.infer.batch_size, cfg.infer.score_floor,
-                                           mask_rois=args.mask_rois)
-        patch = HeadInputPatch(predictor.model, args.level, low, high, args.mode)
-        doc = tracker.predict_videos(predictor, videos, categories)
+        videos, _ = tracker.dataset_source(args.data)
+        doc, outside = clipped_predictions(cfg, model, videos[:args.max_videos], args.level, low, high, args.mode,
+                                           args.mask_rois)
+        write_frame_predictions(args.out, doc)
     except (InputError, ValueError) as e:
         sys.exit(f"head_clip.py: {e}")
-    write_frame_predictions(args.out, doc)
-    print(f"level {args.level}: {patch.outside_fraction:.2%} of head_det_out_{args.level}'s input values outside "
+    print(f"level {args.level}: {outside:.2%} of head_det_out_{args.level}'s input values outside "
           f"[{low:.6g}, {high:.6g}] ({args.mode})")
     print(f"frame predictions written to {args.out}")
 

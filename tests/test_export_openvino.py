@@ -146,15 +146,18 @@ def test_openvino_int8(run, keras_model):
     fed = {t.get_node().get_type_name() for op in ops if op.get_type_name() == "FakeQuantize"
            for t in op.output(0).get_target_inputs()}
     assert fed and fed <= {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul"}, fed
-    # scripts/head_clip.py reads the per-tensor range of the level-5 detection output conv's input (it holds 0)
+    # scripts/head_clip.py reads the per-tensor range of each level's detection output conv's input: four convs,
+    # four calibrated ranges (each holding 0)
     import head_clip
     cfg = keras_model[0]
-    low, high = head_clip.int8_input_range(str(run / "int8" / "model.xml"), 5, cfg)
-    assert low <= 0.0 < high
+    ranges = [head_clip.export_input_range(str(run / "int8"), level, cfg, str(run / "run")) for level in (2, 3, 4, 5)]
+    assert len(set(ranges)) == 4 and all(low <= 0.0 < high for low, high in ranges)
+    assert head_clip.int8_input_range(str(run / "int8" / "model.xml"), 5, cfg) == ranges[3]
     with pytest.raises(ValueError, match="has no FakeQuantize on its input"):
         head_clip.int8_input_range(str(run / "ov" / "model.xml"), 5, cfg)
+    with pytest.raises(ValueError, match="not an OpenVINO INT8 export"):
+        head_clip.export_input_range(str(run / "ov"), 5, cfg, str(run / "run"))
     exported = export.ExportedModel(str(run / "int8"))
-    cfg = keras_model[0]
     for frame in _noise_frames():
         out, ref = exported(frame), _keras_outputs(keras_model, frame)
         n = int(out["num_valid"])
