@@ -77,6 +77,7 @@ def test_a_range_holding_every_value_changes_nothing_and_bad_ranges_are_refused(
         hc.HeadInputPatch(model, 4, 0.0, 1.0, "floor")
 
 
+@pytest.mark.slow
 def test_clipped_predictions_on_a_split_count_real_frames_only(tiny_infer, synthetic_root):
     """Through tracker.py's traced predictor: a range holding every value gives tracker.py's detections exactly; a
     narrow one counts the values outside over the real frames, not the copies that pad a video's last batch (3
