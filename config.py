@@ -210,6 +210,10 @@ class Config:
             return [int(c["id"]) for c in self.data.categories]
         return list(range(1, self.model.num_classes + 1))
 
+    def categories(self) -> list:
+        """[{"id", "name"}] of the model's classes in their order, as the outputs and the JSON files name them."""
+        return [{"id": i, "name": n} for i, n in zip(self.category_ids(), self.class_names())]
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -588,7 +588,7 @@ def export(run_dir, fmt, out, checkpoint=None, fp16=False, graph=None, select_tf
                 "mask_rois": mask_rois,
                 "outputs": dict(OUTPUTS), "input_size": cfg.model.input_size, "mask_size": cfg.model.mask_size,
                 "max_detections": cfg.model.max_prop,
-                "categories": [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())],
+                "categories": cfg.categories(),
                 "source": {"run_dir": run_dir, "checkpoint": checkpoint},
                 "tensorflow": tf.__version__, "config": cfg.to_dict()}
         _convert(tmp, sm_dir, fmt, fp16, select_tf_ops, frames, int8, meta, bar, log)

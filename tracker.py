@@ -361,7 +361,7 @@ def main(argv=None):
             check_writable_dir(args.out_dir, "--out-dir")
         videos = open_videos(args)
         cfg, predictor = make_predictor(args)
-        categories = [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())]
+        categories = cfg.categories()
         doc = predict_videos(predictor, videos, categories)
     except errors as e:
         sys.exit(f"tracker.py: {e}")

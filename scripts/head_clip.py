@@ -98,8 +98,6 @@ class HeadInputPatch:
     model's graph is traced."""
 
     def __init__(self, model, level: int, low: float, high: float, mode: str = "clip"):
-        import math
-
         import tensorflow as tf
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -149,8 +147,7 @@ def clipped_predictions(cfg, model, videos, level: int, low: float, high: float,
         patch.rows.assign(len(frames))          # a short batch is padded with copies of its last frame
         return forward(frames)
     predictor.forward = forward_counted
-    categories = [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())]
-    return tracker.predict_videos(predictor, videos, categories), patch.outside_fraction
+    return tracker.predict_videos(predictor, videos, cfg.categories()), patch.outside_fraction
 
 
 def main(argv=None):

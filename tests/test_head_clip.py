@@ -90,8 +90,7 @@ def test_clipped_predictions_on_a_split_count_real_frames_only(tiny_infer, synth
     model = _model(cfg, model_lib)
     videos, _ = tracker.dataset_source(f"{synthetic_root}/valid")
     predictor = tracker.FramePredictor(cfg, model, 3, cfg.infer.score_floor)
-    categories = [{"id": i, "name": n} for i, n in zip(cfg.category_ids(), cfg.class_names())]
-    plain = tracker.predict_videos(predictor, videos, categories)
+    plain = tracker.predict_videos(predictor, videos, cfg.categories())
     doc, outside = hc.clipped_predictions(cfg, model, videos, 5, -1e9, 1e9, batch_size=3)
     assert doc == plain and outside == 0.0
     sub = keras.Model(model.input, model.get_layer("head_det_leaky_5").output)
